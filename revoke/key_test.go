@@ -1,0 +1,228 @@
+package revoke_test
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"math/big"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/revoke"
+)
+
+const h64 = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08"
+
+func TestParseKey(t *testing.T) {
+	lower := strings.ToLower(h64)
+	tests := []struct {
+		name, in, want string
+	}{
+		{"sha256 upper", "sha256:" + h64, "sha256:" + lower},
+		{"sha256 0x and colons", "SHA256:0x" + colons(h64), "sha256:" + lower},
+		{"spki", "spki:" + lower, "spki:" + lower},
+		{"serial leading zeros", "serial:" + h64 + ":000A0b", "serial:" + lower + ":a0b"},
+		{"serial zero", "serial:" + lower + ":00", "serial:" + lower + ":0"},
+		{"serial colons", "serial:" + lower + ":0a:0b", "serial:" + lower + ":a0b"},
+		{"uri spiffe", "uri:SPIFFE://Prod/Payments", "uri:spiffe://prod/Payments"},
+		{"dns", "dns:API.Example.COM.", "dns:api.example.com"},
+		{"email", "email:Alice@Example.COM", "email:Alice@example.com"},
+		{"subject spaces", "subject: cn = Alice , o=Acme", "subject:CN=Alice,O=Acme"},
+		{"subject multi-valued", "subject:CN=a+OU=b,O=c", "subject:CN=a+OU=b,O=c"},
+		{"subject escaped comma", `subject:CN=Doe\, John,O=Acme`, `subject:CN=Doe\, John,O=Acme`},
+		{"subject oid", "subject:2.5.4.3=bob", "subject:CN=bob"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := revoke.ParseKey(tt.in)
+			if err != nil {
+				t.Fatalf("ParseKey(%q): %v", tt.in, err)
+			}
+			if string(got) != tt.want {
+				t.Fatalf("ParseKey(%q) = %q; want %q", tt.in, got, tt.want)
+			}
+			again, err := revoke.ParseKey(string(got))
+			if err != nil || again != got {
+				t.Fatalf("ParseKey(%q) = %q, %v; want it unchanged", got, again, err)
+			}
+		})
+	}
+}
+
+func colons(h string) string {
+	var b strings.Builder
+	for i := 0; i < len(h); i += 2 {
+		if i > 0 {
+			b.WriteByte(':')
+		}
+		b.WriteString(h[i : i+2])
+	}
+	return b.String()
+}
+
+func TestParseKeyRefuses(t *testing.T) {
+	tests := []struct{ name, in, mention string }{
+		{"no kind", "deadbeef", "KIND:VALUE"},
+		{"unknown kind", "md5:abcd", "unknown kind"},
+		{"empty", "sha256:", "empty"},
+		{"short hash", "sha256:abcd", "64 hex"},
+		{"not hex", "spki:" + strings.Repeat("z", 64), "64 hex"},
+		{"serial without issuer", "serial:abcd", "serial:<sha256"},
+		{"serial bad hex", "serial:" + h64 + ":xyz", "hex"},
+		{"uri no scheme", "uri:/just/a/path", "no scheme"},
+		{"dns bad char", "dns:exa mple.com", "invalid character"},
+		{"email no at", "email:alice", "local@domain"},
+		{"subject no equals", "subject:Alice", "TYPE=VALUE"},
+		{"subject unknown attr", "subject:FOO=bar", "attribute type"},
+		{"too long", "uri:x://" + strings.Repeat("a", revoke.MaxKeyLen), "longer than"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			k, err := revoke.ParseKey(tt.in)
+			if err == nil {
+				t.Fatalf("ParseKey(%q) = %q; want an error", tt.in, k)
+			}
+			if !errors.Is(err, revoke.ErrBadKey) {
+				t.Errorf("error %v does not wrap ErrBadKey", err)
+			}
+			if !strings.Contains(err.Error(), tt.mention) {
+				t.Errorf("error %q does not mention %q", err, tt.mention)
+			}
+		})
+	}
+}
+
+func TestKeysOfChain(t *testing.T) {
+	root := testpki.NewCA(t)
+	inter := root.MustIntermediate(t, "inter")
+	leaf := inter.MustIssue(t, testpki.Opts{
+		CommonName: "payments", Serial: big.NewInt(0x0102),
+		URIs: []string{"spiffe://prod/payments"}, DNS: []string{"Pay.Example.com"}, Emails: []string{"ops@Example.com"},
+	})
+	chain := append(append([]*x509Cert{}, leaf.Chain...), root.Cert)
+	keys := revoke.KeysOf(chain)
+
+	want := map[revoke.Key]bool{}
+	for _, c := range chain {
+		want[revoke.Key("sha256:"+hexSum(c.Raw))] = true
+		want[revoke.Key("spki:"+hexSum(c.RawSubjectPublicKeyInfo))] = true
+		want[revoke.SerialKey(c.RawIssuer, c.SerialNumber)] = true
+	}
+	want[revoke.Key("uri:spiffe://prod/payments")] = true
+	want[revoke.Key("dns:pay.example.com")] = true
+	want[revoke.Key("email:ops@example.com")] = true
+	want[revoke.Key("subject:CN=payments,O=guardian test")] = true
+	if len(keys) != len(want) {
+		t.Fatalf("KeysOf returned %d keys %v; want %d", len(keys), keys, len(want))
+	}
+	for _, k := range keys {
+		if !want[k] {
+			t.Errorf("unexpected key %q", k)
+		}
+		if _, err := revoke.ParseKey(string(k)); err != nil {
+			t.Errorf("KeysOf produced a key ParseKey refuses: %v", err)
+		}
+		if !revoke.Matches([][]*x509Cert{chain}, k) {
+			t.Errorf("Matches(chain, %q) = false; want true", k)
+		}
+	}
+	serial := revoke.SerialKey(inter.Cert.RawSubject, big.NewInt(0x102))
+	if !strings.HasSuffix(string(serial), ":102") || !want[serial] {
+		t.Errorf("leaf serial key %q not derived from the issuer's subject", serial)
+	}
+	other := root.MustIssue(t, testpki.Opts{CommonName: "other"})
+	for _, k := range revoke.KeysOf(other.Chain) {
+		if k.Kind() == revoke.KindSHA256 || k.Kind() == revoke.KindSubject {
+			if revoke.Matches([][]*x509Cert{chain}, k) {
+				t.Errorf("Matches(chain, %q of another cert) = true", k)
+			}
+		}
+	}
+}
+
+func TestKeyForMissingField(t *testing.T) {
+	leaf := testpki.NewCA(t).MustIssue(t, testpki.Opts{CommonName: "plain"})
+	for _, kind := range []revoke.Kind{revoke.KindURI, revoke.KindDNS, revoke.KindEmail} {
+		if k, err := revoke.KeyFor(leaf.Cert, kind); !errors.Is(err, revoke.ErrNoField) {
+			t.Errorf("KeyFor(%s) = %q, %v; want ErrNoField", kind, k, err)
+		}
+	}
+}
+
+// The sha256 and spki keys equal what openssl prints for the same certificate.
+func TestKeysMatchOpenSSL(t *testing.T) {
+	if _, err := exec.LookPath("openssl"); err != nil {
+		t.Skip("openssl not installed")
+	}
+	leaf := testpki.NewCA(t).MustIssue(t, testpki.Opts{CommonName: "o"})
+	dir := t.TempDir()
+	f := filepath.Join(dir, "c.pem")
+	if err := os.WriteFile(f, leaf.CertPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("openssl", "x509", "-in", f, "-noout", "-fingerprint", "-sha256").CombinedOutput()
+	if err != nil {
+		t.Fatalf("openssl: %v: %s", err, out)
+	}
+	fp := strings.TrimSpace(string(out[strings.IndexByte(string(out), '=')+1:]))
+	k, err := revoke.ParseKey("sha256:" + fp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := revoke.KeyFor(leaf.Cert, revoke.KindSHA256); k != want {
+		t.Errorf("openssl fingerprint gives %q; KeyFor gives %q", k, want)
+	}
+	spki, err := exec.Command("sh", "-c", "openssl x509 -in "+f+" -noout -pubkey | openssl pkey -pubin -outform DER | openssl dgst -sha256 -r").CombinedOutput()
+	if err != nil {
+		t.Fatalf("openssl: %v: %s", err, spki)
+	}
+	k, err = revoke.ParseKey("spki:" + strings.Fields(string(spki))[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := revoke.KeyFor(leaf.Cert, revoke.KindSPKI); k != want {
+		t.Errorf("openssl SPKI digest gives %q; KeyFor gives %q", k, want)
+	}
+	subj, err := exec.Command("openssl", "x509", "-in", f, "-noout", "-subject", "-nameopt", "RFC2253").CombinedOutput()
+	if err != nil {
+		t.Fatalf("openssl: %v: %s", err, subj)
+	}
+	k, err = revoke.ParseKey("subject:" + strings.TrimSpace(strings.TrimPrefix(string(subj), "subject=")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := revoke.KeyFor(leaf.Cert, revoke.KindSubject); k != want {
+		t.Errorf("openssl subject gives %q; KeyFor gives %q", k, want)
+	}
+}
+
+func hexSum(b []byte) string { h := sha256.Sum256(b); return hex.EncodeToString(h[:]) }
+
+func FuzzParseKey(f *testing.F) {
+	for _, s := range []string{
+		"sha256:" + h64, "serial:" + h64 + ":00ff", "uri:spiffe://a/b", "dns:a.b", "email:a@b",
+		"subject:CN=a+OU=b,O=c", `subject:CN=\41\,b`, "subject:2.5.4.3=#0c0161", "spki:0x" + h64,
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		k, err := revoke.ParseKey(s)
+		if err != nil {
+			if !errors.Is(err, revoke.ErrBadKey) {
+				t.Fatalf("error %v does not wrap ErrBadKey", err)
+			}
+			return
+		}
+		again, err := revoke.ParseKey(string(k))
+		if err != nil {
+			t.Fatalf("canonical %q refused: %v", k, err)
+		}
+		if again != k {
+			t.Fatalf("not idempotent: %q -> %q -> %q", s, k, again)
+		}
+	})
+}

@@ -1,0 +1,193 @@
+package revoke_test
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/guardian-mtls/guardian/internal/metrictest"
+	"github.com/guardian-mtls/guardian/revoke"
+)
+
+func newSet(t testing.TB, reg prometheus.Registerer) *revoke.Set {
+	t.Helper()
+	s, err := revoke.NewSet(revoke.SetOptions{Metrics: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func synthKey(i int) revoke.Key {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], uint64(i))
+	h := sha256.Sum256(b[:])
+	return revoke.Key("sha256:" + hex.EncodeToString(h[:]))
+}
+
+func TestSetAddRemoveNotify(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s := newSet(t, reg)
+	var got []revoke.Change
+	cancel := s.Subscribe(func(c revoke.Change) { got = append(got, c) })
+
+	a, b := synthKey(1), synthKey(2)
+	if _, err := s.Add(revoke.Entry{Key: a, Source: "api"}, revoke.Entry{Key: b, Source: "redis", Reason: "keyCompromise"}); err != nil {
+		t.Fatal(err)
+	}
+	if !s.Has(a) || !s.Has(b) || s.Len() != 2 {
+		t.Fatalf("after Add: Has(a)=%v Has(b)=%v Len=%d", s.Has(a), s.Has(b), s.Len())
+	}
+	if e, _ := s.Lookup(a); e.Reason != "unspecified" {
+		t.Errorf("default reason = %q; want unspecified", e.Reason)
+	}
+	// Re-adding an existing key updates it but is not reported as added.
+	if c, _ := s.Add(revoke.Entry{Key: a, Source: "api", Reason: "superseded"}); len(c.Added) != 0 {
+		t.Errorf("re-add reported %v as added", c.Added)
+	}
+	if _, err := s.Remove(a); err != nil {
+		t.Fatal(err)
+	}
+	if s.Has(a) {
+		t.Fatal("a still revoked after Remove")
+	}
+	if c, _ := s.Remove(a); len(c.Removed) != 0 {
+		t.Errorf("removing an absent key reported %v", c.Removed)
+	}
+	if len(got) != 2 || got[0].Version != 1 || got[1].Version != 2 || len(got[0].Added) != 2 || got[1].Removed[0] != a {
+		t.Fatalf("notifications = %+v; want v1 adding 2 keys then v2 removing a", got)
+	}
+	if v := metrictest.Value(t, reg, "guardian_revocations", "source", "redis"); v != 1 {
+		t.Errorf("guardian_revocations{source=redis} = %v; want 1", v)
+	}
+	cancel()
+	s.Add(revoke.Entry{Key: synthKey(3)})
+	if len(got) != 2 {
+		t.Errorf("cancelled subscriber still notified")
+	}
+}
+
+func TestSetRefusesWholeBatchOnBadKey(t *testing.T) {
+	s := newSet(t, nil)
+	_, err := s.Apply([]revoke.Entry{{Key: synthKey(1)}, {Key: "sha256:ABC"}}, []revoke.Key{"nonsense"})
+	if err == nil {
+		t.Fatal("Apply with bad keys succeeded")
+	}
+	if !strings.Contains(err.Error(), "sha256:ABC") || !strings.Contains(err.Error(), "nonsense") {
+		t.Errorf("error %q does not name both bad keys", err)
+	}
+	if s.Len() != 0 || s.Version() != 0 {
+		t.Fatalf("half-applied: Len=%d Version=%d", s.Len(), s.Version())
+	}
+	upper := revoke.Key("dns:API.example.com")
+	if _, err := s.Add(revoke.Entry{Key: upper}); err == nil || !strings.Contains(err.Error(), "not canonical") {
+		t.Errorf("non-canonical key accepted or unclear error: %v", err)
+	}
+}
+
+func TestSetPrune(t *testing.T) {
+	s := newSet(t, nil)
+	now := time.Now()
+	s.Add(revoke.Entry{Key: synthKey(1), Expires: now.Add(-time.Second)}, revoke.Entry{Key: synthKey(2), Expires: now.Add(time.Hour)}, revoke.Entry{Key: synthKey(3)})
+	c, err := s.Prune(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Removed) != 1 || c.Removed[0] != synthKey(1) || s.Len() != 2 {
+		t.Fatalf("Prune removed %v, Len=%d; want only the expired entry", c.Removed, s.Len())
+	}
+}
+
+// Concurrent writers and readers: every change is delivered exactly once, in version order,
+// and a subscriber always finds an added key already in the Set.
+func TestSetConcurrentOrdered(t *testing.T) {
+	s := newSet(t, nil)
+	var mu sync.Mutex
+	var versions []uint64
+	var notInSet int
+	s.Subscribe(func(c revoke.Change) {
+		for _, e := range c.Added {
+			if !s.Has(e.Key) {
+				notInSet++
+			}
+		}
+		mu.Lock()
+		versions = append(versions, c.Version)
+		mu.Unlock()
+	})
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(2)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < 200; i++ {
+				k := synthKey(w*1000 + i)
+				s.Add(revoke.Entry{Key: k})
+				if i%3 == 0 {
+					s.Remove(k)
+				}
+			}
+		}(w)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < 2000; i++ {
+				s.Has(synthKey(w*1000 + i%200))
+			}
+		}(w)
+	}
+	wg.Wait()
+	want := 8*200 + 8*67
+	if len(versions) != want {
+		t.Fatalf("got %d notifications; want %d", len(versions), want)
+	}
+	for i, v := range versions {
+		if v != uint64(i+1) {
+			t.Fatalf("notification %d has version %d; want %d", i, v, i+1)
+		}
+	}
+	if notInSet != 0 {
+		t.Fatalf("%d added keys were not yet in the Set when their change was delivered", notInSet)
+	}
+	if s.Len() != 8*200-8*67 {
+		t.Fatalf("Len = %d; want %d", s.Len(), 8*200-8*67)
+	}
+}
+
+func BenchmarkSetLookup(b *testing.B) {
+	for _, n := range []int{100_000, 1_000_000} {
+		b.Run(fmt.Sprintf("entries=%d", n), func(b *testing.B) {
+			s := newSet(b, nil)
+			batch := make([]revoke.Entry, 0, 10_000)
+			for i := 0; i < n; i++ {
+				batch = append(batch, revoke.Entry{Key: synthKey(i)})
+				if len(batch) == cap(batch) {
+					s.Add(batch...)
+					batch = batch[:0]
+				}
+			}
+			probes := make([]revoke.Key, 4096)
+			for i := range probes {
+				if i%2 == 0 {
+					probes[i] = synthKey(i * 7919 % n) // hit
+				} else {
+					probes[i] = synthKey(n + i) // miss
+				}
+			}
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				i := 0
+				for pb.Next() {
+					s.Has(probes[i&4095])
+					i++
+				}
+			})
+		})
+	}
+}
