@@ -6,6 +6,7 @@ import (
 	"hash/maphash"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -65,10 +66,54 @@ type Change struct {
 
 const setShards = 64
 
+// Shards are keyed by the key's 64-bit hash, so that a miss never dereferences a stored
+// key string; the rare entries whose hashes collide are chained through next.
 type setShard struct {
 	mu sync.RWMutex
-	m  map[Key]*Entry
+	m  map[uint64]*node
 	_  [40]byte // keep neighbouring shards' locks off one cache line
+}
+
+type node struct {
+	Entry
+	next *node
+}
+
+func (sh *setShard) get(h uint64, k Key) *node {
+	n := sh.m[h]
+	for n != nil && n.Key != k {
+		n = n.next
+	}
+	return n
+}
+
+// put stores e and returns the entry it replaced, if any.
+func (sh *setShard) put(h uint64, e Entry) (old Entry, existed bool) {
+	if n := sh.get(h, e.Key); n != nil {
+		old, n.Entry = n.Entry, e
+		return old, true
+	}
+	sh.m[h] = &node{Entry: e, next: sh.m[h]}
+	return Entry{}, false
+}
+
+func (sh *setShard) del(h uint64, k Key) (old Entry, existed bool) {
+	var prev *node
+	for n := sh.m[h]; n != nil; prev, n = n, n.next {
+		if n.Key != k {
+			continue
+		}
+		switch {
+		case prev != nil:
+			prev.next = n.next
+		case n.next != nil:
+			sh.m[h] = n.next
+		default:
+			delete(sh.m, h)
+		}
+		return n.Entry, true
+	}
+	return Entry{}, false
 }
 
 // Set is the in-memory denylist. Lookups take one shard's read lock; changes are
@@ -77,7 +122,10 @@ type Set struct {
 	seed   maphash.Seed
 	shards [setShards]setShard
 
+	filter atomic.Pointer[filter]
+
 	wmu     sync.Mutex // serialises changes and their delivery
+	removed int        // removals since the filter was built
 	version uint64
 	n       int
 	bySrc   map[string]int
@@ -96,8 +144,9 @@ type SetOptions struct {
 func NewSet(opts SetOptions) (*Set, error) {
 	s := &Set{seed: maphash.MakeSeed(), bySrc: map[string]int{}, subs: map[int]func(Change){}}
 	for i := range s.shards {
-		s.shards[i].m = map[Key]*Entry{}
+		s.shards[i].m = map[uint64]*node{}
 	}
+	s.filter.Store(newFilter(0))
 	if opts.Metrics != nil {
 		s.gauge = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "guardian_revocations",
@@ -110,30 +159,37 @@ func NewSet(opts SetOptions) (*Set, error) {
 	return s, nil
 }
 
-func (s *Set) shard(k Key) *setShard {
-	return &s.shards[maphash.String(s.seed, string(k))%setShards]
+func (s *Set) shard(k Key) (*setShard, uint64) {
+	h := maphash.String(s.seed, string(k))
+	return &s.shards[h%setShards], h
 }
 
 // Lookup returns the entry for k.
 func (s *Set) Lookup(k Key) (Entry, bool) {
-	sh := s.shard(k)
+	sh, h := s.shard(k)
+	if !s.filter.Load().mayHave(h) {
+		return Entry{}, false
+	}
 	sh.mu.RLock()
-	e, ok := sh.m[k]
+	n := sh.get(h, k)
 	var out Entry
-	if ok {
-		out = *e
+	if n != nil {
+		out = n.Entry
 	}
 	sh.mu.RUnlock()
-	return out, ok
+	return out, n != nil
 }
 
 // Has reports whether k is revoked.
 func (s *Set) Has(k Key) bool {
-	sh := s.shard(k)
+	sh, h := s.shard(k)
+	if !s.filter.Load().mayHave(h) {
+		return false
+	}
 	sh.mu.RLock()
-	_, ok := sh.m[k]
+	n := sh.get(h, k)
 	sh.mu.RUnlock()
-	return ok
+	return n != nil
 }
 
 // AnyOf returns the entry of the first of keys that is revoked.
@@ -166,8 +222,10 @@ func (s *Set) Entries() []Entry {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.RLock()
-		for _, e := range sh.m {
-			out = append(out, *e)
+		for _, n := range sh.m {
+			for ; n != nil; n = n.next {
+				out = append(out, n.Entry)
+			}
 		}
 		sh.mu.RUnlock()
 	}
@@ -220,14 +278,15 @@ func (s *Set) Apply(added []Entry, removed []Key) (Change, error) {
 	defer s.wmu.Unlock()
 	var ch Change
 	for _, e := range added {
-		e := e
 		if e.Reason == "" {
 			e.Reason = "unspecified"
 		}
-		sh := s.shard(e.Key)
+		sh, h := s.shard(e.Key)
+		// The bit goes in before the entry: a reader that finds the entry's bit missing
+		// is one that began before this change.
+		s.filter.Load().add(h)
 		sh.mu.Lock()
-		old, existed := sh.m[e.Key]
-		sh.m[e.Key] = &e
+		old, existed := sh.put(h, e)
 		sh.mu.Unlock()
 		if existed {
 			s.bySrc[old.Source]--
@@ -238,13 +297,13 @@ func (s *Set) Apply(added []Entry, removed []Key) (Change, error) {
 		s.bySrc[e.Source]++
 	}
 	for _, k := range removed {
-		sh := s.shard(k)
+		sh, h := s.shard(k)
 		sh.mu.Lock()
-		old, existed := sh.m[k]
-		delete(sh.m, k)
+		old, existed := sh.del(h, k)
 		sh.mu.Unlock()
 		if existed {
 			s.n--
+			s.removed++
 			s.bySrc[old.Source]--
 			ch.Removed = append(ch.Removed, k)
 		}
@@ -255,6 +314,9 @@ func (s *Set) Apply(added []Entry, removed []Key) (Change, error) {
 	}
 	s.version++
 	ch.Version = s.version
+	if f := s.filter.Load(); s.n > f.cap || (s.removed > 1024 && s.removed > s.n) {
+		s.rebuildFilter()
+	}
 	s.updateGauge()
 	for _, fn := range s.subscribers() {
 		fn(ch)
@@ -268,9 +330,11 @@ func (s *Set) Prune(now time.Time) (Change, error) {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.RLock()
-		for k, e := range sh.m {
-			if !e.Expires.IsZero() && !e.Expires.After(now) {
-				dead = append(dead, k)
+		for _, n := range sh.m {
+			for ; n != nil; n = n.next {
+				if !n.Expires.IsZero() && !n.Expires.After(now) {
+					dead = append(dead, n.Key)
+				}
 			}
 		}
 		sh.mu.RUnlock()
@@ -318,4 +382,20 @@ func checkCanonical(k Key) error {
 		return fmt.Errorf("%w %q: not canonical; use %q", ErrBadKey, k, c)
 	}
 	return nil
+}
+
+// rebuildFilter sizes a new filter for twice the current entries and swaps it in. Called
+// with wmu held, so no entry is added while the maps are read.
+func (s *Set) rebuildFilter() {
+	f := newFilter(2 * s.n)
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.RLock()
+		for h := range sh.m {
+			f.add(h)
+		}
+		sh.mu.RUnlock()
+	}
+	s.filter.Store(f)
+	s.removed = 0
 }

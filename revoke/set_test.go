@@ -160,34 +160,74 @@ func TestSetConcurrentOrdered(t *testing.T) {
 	}
 }
 
+// BenchmarkSetLookup measures one lookup on one goroutine. A handshake's check is almost
+// always a miss (a key that is not revoked); hits are measured separately.
 func BenchmarkSetLookup(b *testing.B) {
 	for _, n := range []int{100_000, 1_000_000} {
-		b.Run(fmt.Sprintf("entries=%d", n), func(b *testing.B) {
-			s := newSet(b, nil)
-			batch := make([]revoke.Entry, 0, 10_000)
-			for i := 0; i < n; i++ {
-				batch = append(batch, revoke.Entry{Key: synthKey(i)})
-				if len(batch) == cap(batch) {
-					s.Add(batch...)
-					batch = batch[:0]
-				}
+		s := newSet(b, nil)
+		batch := make([]revoke.Entry, 0, 10_000)
+		for i := 0; i < n; i++ {
+			batch = append(batch, revoke.Entry{Key: synthKey(i)})
+			if len(batch) == cap(batch) {
+				s.Add(batch...)
+				batch = batch[:0]
 			}
-			probes := make([]revoke.Key, 4096)
-			for i := range probes {
-				if i%2 == 0 {
-					probes[i] = synthKey(i * 7919 % n) // hit
-				} else {
-					probes[i] = synthKey(n + i) // miss
-				}
-			}
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				i := 0
-				for pb.Next() {
-					s.Has(probes[i&4095])
-					i++
+		}
+		// A handshake looks up keys it has just computed, so the probes are few and cached.
+		hits, misses := make([]revoke.Key, 1<<10), make([]revoke.Key, 1<<10)
+		for i := range hits {
+			hits[i] = synthKey(i * 7919 % n)
+			misses[i] = synthKey(n + i)
+		}
+		for _, c := range []struct {
+			name  string
+			probe []revoke.Key
+			want  bool
+		}{{"miss", misses, false}, {"hit", hits, true}} {
+			b.Run(fmt.Sprintf("entries=%d/%s", n, c.name), func(b *testing.B) {
+				for i := 0; i < b.N; i++ {
+					if s.Has(c.probe[i&(1<<10-1)]) != c.want {
+						b.Fatal("wrong answer")
+					}
 				}
 			})
-		})
+			b.Run(fmt.Sprintf("entries=%d/%s-parallel", n, c.name), func(b *testing.B) {
+				b.RunParallel(func(pb *testing.PB) {
+					i := 0
+					for pb.Next() {
+						s.Has(c.probe[i&(1<<10-1)])
+						i++
+					}
+				})
+			})
+		}
+	}
+}
+
+// Growth and mass removal rebuild the lookup filter; answers stay exact throughout.
+func TestSetExactAcrossFilterRebuilds(t *testing.T) {
+	s := newSet(t, nil)
+	const n = 20_000
+	for i := 0; i < n; i += 500 {
+		batch := make([]revoke.Entry, 0, 500)
+		for j := i; j < i+500; j++ {
+			batch = append(batch, revoke.Entry{Key: synthKey(j)})
+		}
+		if _, err := s.Add(batch...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var gone []revoke.Key
+	for i := 0; i < n; i += 2 {
+		gone = append(gone, synthKey(i))
+	}
+	if _, err := s.Remove(gone...); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < n+1000; i++ {
+		want := i < n && i%2 == 1
+		if got := s.Has(synthKey(i)); got != want {
+			t.Fatalf("Has(key %d) = %v; want %v", i, got, want)
+		}
 	}
 }
