@@ -1,0 +1,668 @@
+package listener
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/guardian-mtls/guardian/conntrack"
+	"github.com/guardian-mtls/guardian/revoke"
+)
+
+// Sentinel errors of a refused handshake, checked with errors.Is.
+var (
+	ErrRevoked    = errors.New("listener: client certificate revoked")
+	ErrUnknownSNI = errors.New("listener: unknown server name")
+)
+
+// Audience is one set of clients served on the port, chosen by the SNI they send.
+type Audience struct {
+	Name string
+	// SNI lists exact names and "*.example.com" wildcards (one label).
+	SNI []string
+	// Default makes this audience serve clients that send no SNI.
+	Default      bool
+	Certificates []tls.Certificate
+	ClientAuth   tls.ClientAuthType
+	ClientCAs    *x509.CertPool
+	// SessionTicketKeys, if set, are this audience's ticket keys (first one encrypts). If
+	// nil, crypto/tls rotates keys of its own for this audience alone, so a ticket issued
+	// for one audience never resumes a session on another.
+	SessionTicketKeys [][32]byte
+	// NextProtos defaults to h2 and http/1.1.
+	NextProtos []string
+	// TLS, if set, is the starting point: cloned, then the fields above override it, and
+	// its own VerifyConnection, if any, runs after guardian's check.
+	TLS *tls.Config
+}
+
+// Config configures a Listener.
+type Config struct {
+	Audiences []Audience
+	// Set is the revocation denylist the listener checks and subscribes to. Required.
+	Set *revoke.Set
+	// HandshakeTimeout bounds each handshake; 0 means 10s.
+	HandshakeTimeout time.Duration
+	// KeepExpired disables eviction of conns whose certificate expires (expired: keep).
+	KeepExpired bool
+	// Clock decides expiry, for the TLS verification as well; nil means the real clock.
+	Clock   conntrack.Clock
+	Metrics prometheus.Registerer
+	Logger  *slog.Logger
+	// EvictionWorkers bounds the goroutines that close evicted conns; 0 means 4×GOMAXPROCS.
+	EvictionWorkers int
+}
+
+type audience struct {
+	Audience
+	cfg *tls.Config
+
+	// Own ticket keys, when the caller set none. crypto/tls falls back to the base config's
+	// automatic keys for a GetConfigForClient config without explicit keys, which would
+	// let a ticket from one audience resume on another; so each audience gets random keys,
+	// rotated daily with a week of old ones kept for decryption, as crypto/tls does.
+	ownKeys   bool
+	keyMu     sync.Mutex
+	keys      [][32]byte
+	rotatedAt atomic.Int64
+}
+
+const (
+	ticketKeyLifetime = 24 * time.Hour
+	ticketKeysKept    = 7
+)
+
+func (a *audience) rotateTicketKeys(now time.Time) error {
+	a.keyMu.Lock()
+	defer a.keyMu.Unlock()
+	if last := a.rotatedAt.Load(); last != 0 && now.Sub(time.Unix(0, last)) < ticketKeyLifetime {
+		return nil
+	}
+	var k [32]byte
+	if _, err := rand.Read(k[:]); err != nil {
+		return err
+	}
+	a.keys = append([][32]byte{k}, a.keys...)
+	if len(a.keys) > ticketKeysKept {
+		a.keys = a.keys[:ticketKeysKept]
+	}
+	a.cfg.SetSessionTicketKeys(a.keys)
+	a.rotatedAt.Store(now.UnixNano())
+	return nil
+}
+
+// Listener is a revocation-aware TLS listener. Create one with New.
+type Listener struct {
+	inner   net.Listener
+	set     *revoke.Set
+	reg     *conntrack.Registry
+	base    *tls.Config
+	exact   map[string]*audience
+	wild    map[string]*audience // key: the name without its first label
+	def     *audience
+	clock   conntrack.Clock
+	timeout time.Duration
+	keepExp bool
+	log     *slog.Logger
+	m       *metrics
+	unsub   func()
+
+	ready     chan *tls.Conn
+	done      chan struct{}
+	closeOnce sync.Once
+	stopOnce  sync.Once
+	acceptErr error // set before done is closed
+
+	hsMu       sync.Mutex
+	handshakes map[*conntrack.Conn]struct{}
+	wg         sync.WaitGroup
+}
+
+// New returns a Listener over inner. It subscribes to cfg.Set at once: every revocation
+// applied from now on closes the matching conns. Close stops accepting; Stop ends the
+// enforcement as well, once the served conns no longer matter.
+func New(inner net.Listener, cfg Config) (*Listener, error) {
+	if cfg.Set == nil {
+		return nil, errors.New("listener: Config.Set is required")
+	}
+	if len(cfg.Audiences) == 0 {
+		return nil, errors.New("listener: no audiences")
+	}
+	l := &Listener{
+		inner: inner, set: cfg.Set, clock: cfg.Clock, timeout: cfg.HandshakeTimeout,
+		keepExp: cfg.KeepExpired, log: cfg.Logger,
+		exact: map[string]*audience{}, wild: map[string]*audience{},
+		ready: make(chan *tls.Conn), done: make(chan struct{}), handshakes: map[*conntrack.Conn]struct{}{},
+	}
+	if l.clock == nil {
+		l.clock = conntrack.SystemClock{}
+	}
+	if l.timeout <= 0 {
+		l.timeout = 10 * time.Second
+	}
+	if l.log == nil {
+		l.log = slog.New(slog.DiscardHandler)
+	}
+	for i := range cfg.Audiences {
+		if err := l.addAudience(&cfg.Audiences[i]); err != nil {
+			return nil, err
+		}
+	}
+	m, err := newMetrics(cfg.Metrics)
+	if err != nil {
+		return nil, err
+	}
+	l.m = m
+	reg, err := conntrack.New(conntrack.Options{
+		Confirm: confirm, Clock: l.clock, Workers: cfg.EvictionWorkers, Metrics: cfg.Metrics,
+		Logger: l.log, OnEvict: l.onEvict,
+	})
+	if err != nil {
+		return nil, err
+	}
+	l.reg = reg
+	l.base = &tls.Config{GetConfigForClient: l.route}
+	l.unsub = l.set.Subscribe(l.onChange)
+	l.wg.Add(1)
+	go l.acceptLoop()
+	return l, nil
+}
+
+func (l *Listener) addAudience(a *Audience) error {
+	if a.Name == "" {
+		return errors.New("listener: an audience has no name")
+	}
+	for _, o := range l.all() {
+		if o.Name == a.Name {
+			return fmt.Errorf("listener: audience %q defined twice", a.Name)
+		}
+	}
+	if len(a.Certificates) == 0 && (a.TLS == nil || (len(a.TLS.Certificates) == 0 && a.TLS.GetCertificate == nil)) {
+		return fmt.Errorf("listener: audience %q has no server certificate", a.Name)
+	}
+	if a.ClientAuth >= tls.VerifyClientCertIfGiven && a.ClientCAs == nil {
+		return fmt.Errorf("listener: audience %q verifies client certificates but has no client CA pool", a.Name)
+	}
+	if len(a.SNI) == 0 && !a.Default {
+		return fmt.Errorf("listener: audience %q has no SNI names and is not the default", a.Name)
+	}
+	au := &audience{Audience: *a}
+	for _, n := range a.SNI {
+		name := strings.ToLower(strings.TrimSuffix(n, "."))
+		if rest, ok := strings.CutPrefix(name, "*."); ok {
+			if rest == "" || strings.Contains(rest, "*") {
+				return fmt.Errorf("listener: audience %q: bad wildcard %q", a.Name, n)
+			}
+			if o := l.wild[rest]; o != nil {
+				return fmt.Errorf("listener: SNI %q is in audiences %q and %q", n, o.Name, a.Name)
+			}
+			l.wild[rest] = au
+			continue
+		}
+		if name == "" || strings.Contains(name, "*") {
+			return fmt.Errorf("listener: audience %q: bad SNI name %q", a.Name, n)
+		}
+		if o := l.exact[name]; o != nil {
+			return fmt.Errorf("listener: SNI %q is in audiences %q and %q", n, o.Name, a.Name)
+		}
+		l.exact[name] = au
+	}
+	if a.Default {
+		if l.def != nil {
+			return fmt.Errorf("listener: audiences %q and %q are both the default", l.def.Name, a.Name)
+		}
+		l.def = au
+	}
+	cfg := &tls.Config{}
+	if a.TLS != nil {
+		cfg = a.TLS.Clone()
+	}
+	if len(a.Certificates) > 0 {
+		cfg.Certificates = a.Certificates
+	}
+	cfg.ClientAuth = a.ClientAuth
+	cfg.ClientCAs = a.ClientCAs
+	cfg.NextProtos = a.NextProtos
+	if len(cfg.NextProtos) == 0 {
+		cfg.NextProtos = []string{"h2", "http/1.1"}
+	}
+	if cfg.MinVersion == 0 {
+		cfg.MinVersion = tls.VersionTLS12
+	}
+	cfg.Time = l.clock.Now
+	au.cfg = cfg
+	if len(a.SessionTicketKeys) > 0 {
+		cfg.SetSessionTicketKeys(a.SessionTicketKeys)
+	} else if !cfg.SessionTicketsDisabled {
+		au.ownKeys = true
+		if err := au.rotateTicketKeys(l.clock.Now()); err != nil {
+			return fmt.Errorf("listener: audience %q: ticket keys: %w", a.Name, err)
+		}
+	}
+	theirs := cfg.VerifyConnection
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if err := l.check(cs); err != nil {
+			return err
+		}
+		if theirs != nil {
+			return theirs(cs)
+		}
+		return nil
+	}
+	return nil
+}
+
+func (l *Listener) all() []*audience {
+	seen := map[*audience]bool{}
+	var out []*audience
+	for _, m := range []map[string]*audience{l.exact, l.wild} {
+		for _, a := range m {
+			if !seen[a] {
+				seen[a] = true
+				out = append(out, a)
+			}
+		}
+	}
+	if l.def != nil && !seen[l.def] {
+		out = append(out, l.def)
+	}
+	return out
+}
+
+// lookup finds the audience for an SNI name.
+func (l *Listener) lookup(sni string) *audience {
+	name := strings.ToLower(strings.TrimSuffix(sni, "."))
+	if name == "" {
+		return l.def
+	}
+	if a := l.exact[name]; a != nil {
+		return a
+	}
+	if i := strings.IndexByte(name, '.'); i > 0 {
+		return l.wild[name[i+1:]]
+	}
+	return nil
+}
+
+// route is the base config's GetConfigForClient: it picks the audience and records it on
+// the conn.
+func (l *Listener) route(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+	a := l.lookup(hello.ServerName)
+	if a == nil {
+		return nil, fmt.Errorf("%w %q", ErrUnknownSNI, truncate(hello.ServerName, 64))
+	}
+	if c, ok := hello.Conn.(*conntrack.Conn); ok {
+		c.Owner().(*ConnInfo).aud = a
+	}
+	if a.ownKeys {
+		if now := l.clock.Now(); now.UnixNano()-a.rotatedAt.Load() >= int64(ticketKeyLifetime) {
+			if err := a.rotateTicketKeys(now); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return a.cfg, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+// chainsOf returns the verified chains, or the presented certificates when the audience
+// asks for a certificate without verifying it: those can still be denied by key.
+func chainsOf(cs *tls.ConnectionState) [][]*x509.Certificate {
+	if len(cs.VerifiedChains) > 0 {
+		return cs.VerifiedChains
+	}
+	if len(cs.PeerCertificates) > 0 {
+		return [][]*x509.Certificate{cs.PeerCertificates}
+	}
+	return nil
+}
+
+// check is the revocation check, run by crypto/tls on full and resumed handshakes alike
+// (VerifyPeerCertificate is skipped on resumption).
+func (l *Listener) check(cs tls.ConnectionState) error {
+	chains := chainsOf(&cs)
+	if len(chains) == 0 {
+		return nil
+	}
+	if e, ok := l.set.AnyOf(revoke.KeysOfChains(chains)); ok {
+		return fmt.Errorf("%w: %s", ErrRevoked, e.Key)
+	}
+	return nil
+}
+
+// Accept returns the next conn whose handshake succeeded and which is tracked. It returns
+// an error only once the listener is closed or the wrapped listener fails for good.
+func (l *Listener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ready:
+		return c, nil
+	case <-l.done:
+		return nil, l.acceptErr
+	}
+}
+
+// Addr returns the wrapped listener's address.
+func (l *Listener) Addr() net.Addr { return l.inner.Addr() }
+
+// Close stops accepting: it closes the wrapped listener and every conn still in its
+// handshake. Accepted conns stay open, and revocations still close them, until Stop.
+func (l *Listener) Close() error {
+	var err error
+	l.closeOnce.Do(func() {
+		err = l.inner.Close()
+		l.shut(net.ErrClosed)
+		l.hsMu.Lock()
+		for c := range l.handshakes {
+			c.Close()
+		}
+		l.hsMu.Unlock()
+		l.wg.Wait()
+	})
+	return err
+}
+
+func (l *Listener) shut(err error) {
+	l.hsMu.Lock()
+	defer l.hsMu.Unlock()
+	select {
+	case <-l.done:
+	default:
+		l.acceptErr = err
+		close(l.done)
+	}
+}
+
+// Stop closes the listener and ends revocation enforcement: it unsubscribes from the Set
+// and stops the registry's workers and expiry scheduler. Conns stay open. Call it after
+// the server using the listener has shut down.
+func (l *Listener) Stop() {
+	l.Close()
+	l.stopOnce.Do(func() {
+		l.unsub()
+		l.reg.Close()
+	})
+}
+
+// Registry returns the registry of live conns.
+func (l *Listener) Registry() *conntrack.Registry { return l.reg }
+
+func (l *Listener) acceptLoop() {
+	defer l.wg.Done()
+	var delay time.Duration
+	for {
+		nc, err := l.inner.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				l.shut(err)
+				return
+			}
+			// As net/http does: a resource error (EMFILE, ECONNABORTED) is waited out,
+			// never returned, so that one bad moment does not stop the server.
+			l.m.acceptErrors.Inc()
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			l.log.Warn("accept failed; retrying", "err", err, "delay", delay)
+			select {
+			case <-time.After(delay):
+			case <-l.done:
+				return
+			}
+			continue
+		}
+		delay = 0
+		info := &ConnInfo{}
+		c := l.reg.Wrap(nc, info)
+		l.hsMu.Lock()
+		select {
+		case <-l.done:
+			l.hsMu.Unlock()
+			nc.Close()
+			return
+		default:
+		}
+		l.handshakes[c] = struct{}{}
+		l.wg.Add(1)
+		l.hsMu.Unlock()
+		go l.serveHandshake(c, info)
+	}
+}
+
+func (l *Listener) endHandshake(c *conntrack.Conn) {
+	l.hsMu.Lock()
+	delete(l.handshakes, c)
+	l.hsMu.Unlock()
+}
+
+func (l *Listener) serveHandshake(c *conntrack.Conn, info *ConnInfo) {
+	defer l.wg.Done()
+	tc := tls.Server(c, l.base)
+	c.SetDeadline(time.Now().Add(l.timeout))
+	err := tc.Handshake()
+	l.endHandshake(c)
+	if err != nil {
+		l.refuse(c, info, err)
+		return
+	}
+	c.SetDeadline(time.Time{})
+	cs := tc.ConnectionState()
+	info.chains = chainsOf(&cs)
+	info.serverName = cs.ServerName
+	keys := revoke.KeysOfChains(info.chains)
+	strs := make([]string, len(keys))
+	for i, k := range keys {
+		strs[i] = string(k)
+	}
+	var notAfter time.Time
+	if !l.keepExp {
+		notAfter = expiry(info.chains)
+	}
+	if err := l.reg.Track(c, strs, notAfter); err != nil {
+		return // closed during the handshake's last moments
+	}
+	// Track inserted first; a revocation applied before the insert was missed by its
+	// Evict but is in the Set now.
+	if e, ok := l.set.AnyOf(keys); ok {
+		l.refuse(c, info, fmt.Errorf("%w: %s (revoked during the handshake)", ErrRevoked, e.Key))
+		return
+	}
+	if !notAfter.IsZero() && l.clock.Now().After(notAfter) {
+		l.refuse(c, info, errors.New("listener: certificate expired during the handshake"))
+		return
+	}
+	result := "full"
+	if cs.DidResume {
+		result = "resumed"
+	}
+	l.m.handshakes.WithLabelValues(info.aud.Name, result).Inc()
+	select {
+	case l.ready <- tc:
+	case <-l.done:
+		c.Close()
+	}
+}
+
+// expiry is when the conn stops being valid: the latest, over its verified chains, of
+// each chain's earliest NotAfter.
+func expiry(chains [][]*x509.Certificate) time.Time {
+	var best time.Time
+	for _, ch := range chains {
+		var first time.Time
+		for _, c := range ch {
+			if first.IsZero() || c.NotAfter.Before(first) {
+				first = c.NotAfter
+			}
+		}
+		if first.After(best) {
+			best = first
+		}
+	}
+	return best
+}
+
+func (l *Listener) refuse(c *conntrack.Conn, info *ConnInfo, err error) {
+	c.Close()
+	reason := classify(err)
+	aud := ""
+	if info.aud != nil {
+		aud = info.aud.Name
+	}
+	l.m.failures.WithLabelValues(reason).Inc()
+	l.log.Debug("handshake refused", "reason", reason, "audience", aud, "remote", c.RemoteAddr().String(), "err", err)
+}
+
+func classify(err error) string {
+	var rh tls.RecordHeaderError
+	switch {
+	case errors.Is(err, ErrRevoked):
+		return "revoked"
+	case errors.Is(err, ErrUnknownSNI):
+		return "unknown_sni"
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return "timeout"
+	case errors.As(err, &rh):
+		return "not_tls"
+	case errors.Is(err, net.ErrClosed):
+		return "closed"
+	}
+	var ce *tls.CertificateVerificationError
+	if errors.As(err, &ce) || strings.Contains(err.Error(), "certificate") {
+		return "bad_certificate"
+	}
+	return "tls_error"
+}
+
+func confirm(c *conntrack.Conn, key string) bool {
+	info, ok := c.Owner().(*ConnInfo)
+	return ok && revoke.Matches(info.chains, revoke.Key(key))
+}
+
+func (l *Listener) onChange(ch revoke.Change) {
+	if len(ch.Added) == 0 {
+		return
+	}
+	keys := make([]string, len(ch.Added))
+	for i, e := range ch.Added {
+		keys[i] = string(e.Key)
+	}
+	l.reg.Evict(keys, conntrack.Cause{Reason: conntrack.ReasonRevoked, Since: time.Now()})
+}
+
+func (l *Listener) onEvict(e conntrack.Eviction) {
+	info, _ := e.Conn.Owner().(*ConnInfo)
+	aud := ""
+	if info != nil && info.aud != nil {
+		aud = info.aud.Name
+	}
+	l.log.Info("conn evicted", "key", e.Key, "reason", e.Reason, "audience", aud,
+		"remote", e.Conn.RemoteAddr().String(), "age", time.Since(e.Conn.Since()).Round(time.Millisecond),
+		"latency", e.Latency)
+}
+
+// ConnInfo is what the listener knows of a conn: its audience and verified client chains.
+type ConnInfo struct {
+	aud        *audience
+	chains     [][]*x509.Certificate
+	serverName string
+}
+
+// Audience returns the name of the audience that served the conn.
+func (i *ConnInfo) Audience() string {
+	if i.aud == nil {
+		return ""
+	}
+	return i.aud.Name
+}
+
+// ServerName returns the SNI the client sent.
+func (i *ConnInfo) ServerName() string { return i.serverName }
+
+// Chains returns the client's verified chains (or its unverified certificates, for an
+// audience that does not verify them); nil without a client certificate.
+func (i *ConnInfo) Chains() [][]*x509.Certificate { return i.chains }
+
+// Leaf returns the client certificate, or nil.
+func (i *ConnInfo) Leaf() *x509.Certificate {
+	if len(i.chains) == 0 || len(i.chains[0]) == 0 {
+		return nil
+	}
+	return i.chains[0][0]
+}
+
+// Keys returns every revocation key that would close this conn.
+func (i *ConnInfo) Keys() []revoke.Key { return revoke.KeysOfChains(i.chains) }
+
+type ctxKey struct{}
+
+// ConnContext is for http.Server.ConnContext: it puts the conn's ConnInfo in the context
+// of every request on it, for FromContext.
+func (l *Listener) ConnContext(ctx context.Context, c net.Conn) context.Context {
+	if info, ok := FromConn(c); ok {
+		return context.WithValue(ctx, ctxKey{}, info)
+	}
+	return ctx
+}
+
+// FromContext returns the ConnInfo that ConnContext stored.
+func FromContext(ctx context.Context) (*ConnInfo, bool) {
+	info, ok := ctx.Value(ctxKey{}).(*ConnInfo)
+	return info, ok
+}
+
+// FromConn returns the ConnInfo of a conn that a Listener accepted.
+func FromConn(c net.Conn) (*ConnInfo, bool) {
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return nil, false
+	}
+	raw, ok := tc.NetConn().(*conntrack.Conn)
+	if !ok {
+		return nil, false
+	}
+	info, ok := raw.Owner().(*ConnInfo)
+	return info, ok
+}
+
+type metrics struct {
+	handshakes   *prometheus.CounterVec
+	failures     *prometheus.CounterVec
+	acceptErrors prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "guardian_handshakes_total", Help: "Handshakes completed and tracked, by audience and kind (full, resumed).",
+		}, []string{"audience", "kind"}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "guardian_handshake_failures_total", Help: "Handshakes refused or failed, by reason.",
+		}, []string{"reason"}),
+		acceptErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "guardian_accept_errors_total", Help: "Errors from the wrapped listener's Accept, each retried.",
+		}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.handshakes, m.failures, m.acceptErrors} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("listener: register metrics: %w", err)
+			}
+		}
+	}
+	return m, nil
+}
