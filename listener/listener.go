@@ -517,13 +517,13 @@ func expiry(chains [][]*x509.Certificate) time.Time {
 }
 
 func (l *Listener) refuse(c *conntrack.Conn, info *ConnInfo, err error) {
-	c.Close()
 	reason := classify(err)
 	aud := ""
 	if info.aud != nil {
 		aud = info.aud.Name
 	}
 	l.m.failures.WithLabelValues(reason).Inc()
+	c.Close()
 	l.log.Debug("handshake refused", "reason", reason, "audience", aud, "remote", c.RemoteAddr().String(), "err", err)
 }
 
