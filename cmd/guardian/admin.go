@@ -1,0 +1,277 @@
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/guardian-mtls/guardian/conntrack"
+	"github.com/guardian-mtls/guardian/listener"
+	"github.com/guardian-mtls/guardian/revoke"
+)
+
+// adminAPI serves the operator API: revocations and live conns. It runs behind a listener
+// that verifies client certificates against the admin CA; on top of that it answers only
+// certificates holding one of the allowed identity keys.
+type adminAPI struct {
+	set     *revoke.Set
+	reg     *conntrack.Registry // the data listener's conns
+	allowed []revoke.Key
+	log     *slog.Logger
+}
+
+type revokeRequest struct {
+	Key    string `json:"key"`
+	Reason string `json:"reason,omitempty"`
+}
+
+type revokeResponse struct {
+	Entry   revoke.Entry `json:"entry"`
+	Version uint64       `json:"version"`
+	// Matched counts this node's live conns the key hit; each is being closed.
+	Matched int `json:"matched_conns"`
+}
+
+type connView struct {
+	Remote   string    `json:"remote"`
+	Audience string    `json:"audience"`
+	Subject  string    `json:"subject,omitempty"`
+	URIs     []string  `json:"uris,omitempty"`
+	Since    time.Time `json:"since"`
+	Keys     []string  `json:"keys,omitempty"`
+}
+
+const maxAdminBody = 64 << 10
+
+func (a *adminAPI) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /v1/revocations", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, a.set.Entries())
+	})
+	mux.HandleFunc("POST /v1/revocations", a.revoke)
+	mux.HandleFunc("DELETE /v1/revocations", a.unrevoke)
+	mux.HandleFunc("GET /v1/conns", a.conns)
+	return a.authorize(mux)
+}
+
+// authorize refuses every request whose client certificate lacks an allowed identity.
+func (a *adminAPI) authorize(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+			writeError(w, http.StatusForbidden, "admin certificate required")
+			return
+		}
+		for _, k := range revoke.KeysOf(r.TLS.VerifiedChains[0][:1]) {
+			if slices.Contains(a.allowed, k) {
+				next.ServeHTTP(w, r)
+				return
+			}
+		}
+		a.log.Warn("admin API refused a certificate", "subject", r.TLS.VerifiedChains[0][0].Subject.String(), "remote", r.RemoteAddr)
+		writeError(w, http.StatusForbidden, "this certificate is not an admin")
+	})
+}
+
+func (a *adminAPI) revoke(w http.ResponseWriter, r *http.Request) {
+	var req revokeRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxAdminBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "bad request body: "+err.Error())
+		return
+	}
+	key, err := revoke.ParseKey(req.Key)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	reason, err := revoke.ParseReason(req.Reason)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	matched := 0
+	a.reg.Range(func(c *conntrack.Conn) bool {
+		if info, ok := c.Owner().(*listener.ConnInfo); ok && revoke.Matches(info.Chains(), key) {
+			matched++
+		}
+		return true
+	})
+	e := revoke.Entry{Key: key, Reason: reason, RevokedAt: time.Now().UTC(), Source: "api"}
+	ch, err := a.set.Add(e)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	a.log.Info("revoked", "key", key, "reason", reason, "matched_conns", matched)
+	writeJSON(w, http.StatusOK, revokeResponse{Entry: e, Version: ch.Version, Matched: matched})
+}
+
+func (a *adminAPI) unrevoke(w http.ResponseWriter, r *http.Request) {
+	key, err := revoke.ParseKey(r.URL.Query().Get("key"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	ch, err := a.set.Remove(key)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if len(ch.Removed) == 0 {
+		writeError(w, http.StatusNotFound, "not revoked: "+string(key))
+		return
+	}
+	a.log.Info("unrevoked", "key", key)
+	writeJSON(w, http.StatusOK, map[string]any{"key": key, "version": ch.Version})
+}
+
+func (a *adminAPI) conns(w http.ResponseWriter, r *http.Request) {
+	out := []connView{}
+	a.reg.Range(func(c *conntrack.Conn) bool {
+		v := connView{Remote: c.RemoteAddr().String(), Since: c.Since()}
+		if info, ok := c.Owner().(*listener.ConnInfo); ok {
+			v.Audience = info.Audience()
+			if leaf := info.Leaf(); leaf != nil {
+				v.Subject = leaf.Subject.String()
+				for _, u := range leaf.URIs {
+					v.URIs = append(v.URIs, u.String())
+				}
+			}
+			for _, k := range info.Keys() {
+				v.Keys = append(v.Keys, string(k))
+			}
+		}
+		out = append(out, v)
+		return true
+	})
+	writeJSON(w, http.StatusOK, out)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}
+
+// adminClient talks to a node's admin API with an admin certificate.
+type adminClient struct {
+	base string
+	http *http.Client
+}
+
+func newAdminClient(url, certFile, keyFile, caFile string) (*adminClient, error) {
+	if url == "" || certFile == "" || keyFile == "" || caFile == "" {
+		return nil, errors.New("--admin, --admin-cert, --admin-key and --admin-ca are all required")
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("admin certificate %s / %s: %w", certFile, keyFile, err)
+	}
+	pool, err := loadPool(caFile)
+	if err != nil {
+		return nil, err
+	}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12}}
+	return &adminClient{base: strings.TrimSuffix(url, "/"), http: &http.Client{Transport: tr, Timeout: 30 * time.Second}}, nil
+}
+
+func (c *adminClient) do(method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = strings.NewReader(string(b))
+	}
+	req, err := http.NewRequest(method, c.base+path, rd)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("admin API %s: %w", c.base, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct{ Error string }
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return fmt.Errorf("admin API: %s (HTTP %d)", e.Error, resp.StatusCode)
+		}
+		return fmt.Errorf("admin API: HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(b)))
+	}
+	if out != nil {
+		return json.Unmarshal(b, out)
+	}
+	return nil
+}
+
+func loadPool(files ...string) (*x509.CertPool, error) {
+	pool := x509.NewCertPool()
+	for _, f := range files {
+		certs, err := loadCerts(f)
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range certs {
+			pool.AddCert(c)
+		}
+	}
+	return pool, nil
+}
+
+// loadCerts reads every certificate of a PEM file (or one DER certificate).
+func loadCerts(file string) ([]*x509.Certificate, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	var out []*x509.Certificate
+	rest := b
+	for {
+		var blk *pem.Block
+		blk, rest = pem.Decode(rest)
+		if blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", file, err)
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		c, err := x509.ParseCertificate(b)
+		if err != nil {
+			return nil, fmt.Errorf("%s: no PEM certificate and not a DER certificate", file)
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}

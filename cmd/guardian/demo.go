@@ -1,0 +1,197 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/guardian-mtls/guardian/listener"
+	"github.com/guardian-mtls/guardian/revoke"
+)
+
+func runDemo(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("demo", stderr)
+	dir := fs.String("dir", ".demo", "`DIR` to write the demo PKI into (overwritten)")
+	listen := fs.String("listen", "127.0.0.1:8443", "`ADDR` of the mTLS port")
+	adminAddr := fs.String("admin", "127.0.0.1:9443", "`ADDR` of the admin API")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return demo(ctx, *dir, *listen, *adminAddr, stdout, stderr)
+}
+
+func demo(ctx context.Context, dir, listenAddr, adminAddr string, stdout, stderr io.Writer) error {
+	if err := writePKI(dir); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	serverCert, err := tls.LoadX509KeyPair(filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"))
+	if err != nil {
+		return err
+	}
+	pool, err := loadPool(filepath.Join(dir, "ca.pem"))
+	if err != nil {
+		return err
+	}
+	metrics := prometheus.NewRegistry()
+	// The demo keeps revocations in memory; `guardian serve` has the persistent stores.
+	set, err := revoke.NewSet(revoke.SetOptions{Metrics: metrics})
+	if err != nil {
+		return err
+	}
+
+	dataLn, err := net.Listen("tcp", listenAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (pass --listen to use another address)", listenAddr, err)
+	}
+	adminLn, err := net.Listen("tcp", adminAddr)
+	if err != nil {
+		dataLn.Close()
+		return fmt.Errorf("admin API: listen on %s: %w (pass --admin to use another address)", adminAddr, err)
+	}
+	data, err := listener.New(dataLn, listener.Config{
+		Set: set, Metrics: metrics, Logger: log,
+		Audiences: []listener.Audience{{
+			Name: "demo", SNI: []string{"localhost"}, Default: true, Certificates: []tls.Certificate{serverCert},
+			ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool,
+		}},
+	})
+	if err != nil {
+		dataLn.Close()
+		adminLn.Close()
+		return err
+	}
+	defer data.Stop()
+	// The admin API sits on a revocation-aware listener too: revoking the admin
+	// certificate ends its sessions as well.
+	admin, err := listener.New(adminLn, listener.Config{
+		Set: set, Logger: log,
+		Audiences: []listener.Audience{{
+			Name: "admin", SNI: []string{"localhost"}, Default: true, Certificates: []tls.Certificate{serverCert},
+			ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool,
+		}},
+	})
+	if err != nil {
+		adminLn.Close()
+		return err
+	}
+	defer admin.Stop()
+	api := &adminAPI{set: set, reg: data.Registry(), allowed: []revoke.Key{revoke.MustParseKey("uri:" + adminURI)}, log: log}
+
+	dataSrv := &http.Server{Handler: demoHandler(), ConnContext: data.ConnContext, ReadHeaderTimeout: 10 * time.Second}
+	adminSrv := &http.Server{Handler: api.handler(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 2)
+	go func() { errc <- dataSrv.Serve(data) }()
+	go func() { errc <- adminSrv.Serve(admin) }()
+
+	printDemo(stdout, dir, dataLn.Addr().String(), adminLn.Addr().String())
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	dataSrv.Shutdown(sctx)
+	adminSrv.Shutdown(sctx)
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// demoHandler echoes the caller's identity; /stream keeps a response open, one line a
+// second, so that a revocation can be seen ending a live request.
+func demoHandler() http.Handler {
+	mux := http.NewServeMux()
+	identity := func(r *http.Request) string {
+		info, ok := listener.FromContext(r.Context())
+		if !ok || info.Leaf() == nil {
+			return "anonymous"
+		}
+		leaf := info.Leaf()
+		id := leaf.Subject.String()
+		if len(leaf.URIs) > 0 {
+			id = leaf.URIs[0].String()
+		}
+		return fmt.Sprintf("%s (audience %s, serial %s)", id, info.Audience(), leaf.SerialNumber.Text(16))
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello %s\n", identity(r))
+	})
+	mux.HandleFunc("/stream", func(w http.ResponseWriter, r *http.Request) {
+		f, _ := w.(http.Flusher)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for i := 0; ; i++ {
+			fmt.Fprintf(w, "%s still connected as %s\n", time.Now().Format(time.TimeOnly), identity(r))
+			if f != nil {
+				f.Flush()
+			}
+			select {
+			case <-r.Context().Done():
+				return
+			case <-t.C:
+			}
+		}
+	})
+	return mux
+}
+
+func printDemo(w io.Writer, dir, dataAddr, adminAddr string) {
+	_, port, _ := net.SplitHostPort(dataAddr)
+	self := selfCommand()
+	curl := func(name string) string {
+		return fmt.Sprintf("curl --cacert %s --cert %s --key %s", filepath.Join(dir, "ca.pem"),
+			filepath.Join(dir, name+".pem"), filepath.Join(dir, name+".key"))
+	}
+	admin := fmt.Sprintf("--admin https://%s --admin-cert %s --admin-key %s --admin-ca %s", adminAddr,
+		filepath.Join(dir, "admin.pem"), filepath.Join(dir, "admin.key"), filepath.Join(dir, "ca.pem"))
+	fmt.Fprintf(w, `guardian demo: a fresh PKI is in %[1]s
+listening on %[2]s (mTLS, client certificates from %[1]s/ca.pem)
+admin API on %[3]s (admin.pem only)
+
+Try it, each in its own terminal:
+  # who am I?
+  %[4]s https://localhost:%[5]s/
+  # a live request that streams until its certificate is revoked:
+  %[4]s -N https://localhost:%[5]s/stream
+  # another client, which nothing below touches:
+  %[6]s -N https://localhost:%[5]s/stream
+  # revoke client.pem: the first stream ends at once, the second goes on
+  %[7]s revoke %[8]s --cert %[9]s --reason keyCompromise
+  # what is revoked, who is connected, and undo it
+  %[7]s list %[8]s
+  %[7]s conns %[8]s
+  %[7]s unrevoke %[8]s --cert %[9]s
+`, dir, dataAddr, adminAddr, curl("client"), port, curl("client2"), self, admin, filepath.Join(dir, "client.pem"))
+}
+
+// selfCommand is how the user can run this binary again: its path, or "go run" when the
+// binary is go run's temporary build.
+func selfCommand() string {
+	exe, err := os.Executable()
+	if err != nil || strings.HasPrefix(exe, os.TempDir()) || strings.Contains(exe, "go-build") {
+		return "go run ./cmd/guardian"
+	}
+	if wd, err := os.Getwd(); err == nil {
+		if rel, err := filepath.Rel(wd, exe); err == nil && !strings.HasPrefix(rel, "..") {
+			return "./" + rel
+		}
+	}
+	return exe
+}

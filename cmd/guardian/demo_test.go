@@ -1,0 +1,269 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// syncBuffer is a bytes.Buffer safe for the demo goroutine to write while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type runningDemo struct {
+	dir, addr, admin string
+	out, log         *syncBuffer
+}
+
+func startDemo(t *testing.T) *runningDemo {
+	t.Helper()
+	d := &runningDemo{dir: t.TempDir(), out: &syncBuffer{}, log: &syncBuffer{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- demo(ctx, d.dir, "127.0.0.1:0", "127.0.0.1:0", d.out, d.log) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("demo returned %v", err)
+		}
+	})
+	re := regexp.MustCompile(`listening on (\S+) .*\nadmin API on (\S+) `)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if m := re.FindStringSubmatch(d.out.String()); m != nil {
+			d.addr, d.admin = m[1], m[2]
+			return d
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("demo did not start; output:\n%s\nlog:\n%s", d.out, d.log)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (d *runningDemo) client(t *testing.T, name string) *http.Client {
+	t.Helper()
+	cert, err := tls.LoadX509KeyPair(filepath.Join(d.dir, name+".pem"), filepath.Join(d.dir, name+".key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := loadPool(filepath.Join(d.dir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: "localhost"}}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr}
+}
+
+func (d *runningDemo) adminArgs(name string) []string {
+	return []string{"--admin", "https://" + d.admin, "--admin-cert", filepath.Join(d.dir, name+".pem"),
+		"--admin-key", filepath.Join(d.dir, name+".key"), "--admin-ca", filepath.Join(d.dir, "ca.pem")}
+}
+
+func (d *runningDemo) cli(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(args, &out, &errb)
+	return out.String() + errb.String(), code
+}
+
+// openStream starts GET /stream and returns a channel that yields each line, closed when
+// the stream ends.
+func openStream(t *testing.T, c *http.Client, addr string) <-chan string {
+	t.Helper()
+	resp, err := c.Get("https://" + addr + "/stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	lines := make(chan string, 100)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	if l, ok := <-lines; !ok || !strings.Contains(l, "still connected") {
+		t.Fatalf("stream's first line %q", l)
+	}
+	return lines
+}
+
+func streamEnds(lines <-chan string, within time.Duration) bool {
+	deadline := time.After(within)
+	for {
+		select {
+		case _, ok := <-lines:
+			if !ok {
+				return true
+			}
+		case <-deadline:
+			return false
+		}
+	}
+}
+
+// The demo's promise: `guardian revoke --cert client.pem` through the admin API ends
+// client.pem's live request at once, and client2.pem's goes on.
+func TestDemoRevokeEndsLiveStream(t *testing.T) {
+	d := startDemo(t)
+	for _, f := range []string{"ca.pem", "server.pem", "server.key", "client.pem", "client.key", "client2.pem", "client2.key", "admin.pem", "admin.key"} {
+		if _, err := os.Stat(filepath.Join(d.dir, f)); err != nil {
+			t.Fatalf("demo PKI lacks %s", f)
+		}
+	}
+	if !strings.Contains(d.out.String(), "revoke --admin https://"+d.admin) || !strings.Contains(d.out.String(), "curl --cacert") {
+		t.Fatalf("demo did not print the lines to try:\n%s", d.out)
+	}
+	victim := openStream(t, d.client(t, "client"), d.addr)
+	bystander := openStream(t, d.client(t, "client2"), d.addr)
+
+	out, code := d.cli(t, append([]string{"revoke"}, append(d.adminArgs("admin"), "--cert", filepath.Join(d.dir, "client.pem"), "--reason", "keyCompromise")...)...)
+	if code != 0 || !strings.Contains(out, "1 live conn(s) matched") {
+		t.Fatalf("guardian revoke: exit %d:\n%s", code, out)
+	}
+	if !streamEnds(victim, 10*time.Second) {
+		t.Fatal("client.pem's stream still flowing 10s after the revocation")
+	}
+	if streamEnds(bystander, 1500*time.Millisecond) {
+		t.Fatal("client2.pem's stream ended too")
+	}
+	if _, err := d.client(t, "client").Get("https://" + d.addr + "/"); err == nil {
+		t.Fatal("revoked client.pem served on a new conn")
+	}
+	out, code = d.cli(t, append([]string{"list"}, d.adminArgs("admin")...)...)
+	if code != 0 || !strings.Contains(out, "keyCompromise") {
+		t.Fatalf("guardian list: exit %d:\n%s", code, out)
+	}
+	out, code = d.cli(t, append([]string{"conns"}, d.adminArgs("admin")...)...)
+	if code != 0 || !strings.Contains(out, clientURI+"2") || strings.Contains(out, clientURI+"\n") {
+		t.Fatalf("guardian conns: exit %d:\n%s", code, out)
+	}
+	out, code = d.cli(t, append([]string{"unrevoke"}, append(d.adminArgs("admin"), "--uri", clientURI)...)...)
+	if code == 0 {
+		t.Fatalf("unrevoking a key that is not revoked succeeded:\n%s", out)
+	}
+	out, code = d.cli(t, append([]string{"unrevoke"}, append(d.adminArgs("admin"), "--cert", filepath.Join(d.dir, "client.pem"))...)...)
+	if code != 0 {
+		t.Fatalf("guardian unrevoke: exit %d:\n%s", code, out)
+	}
+	resp, err := d.client(t, "client").Get("https://" + d.addr + "/")
+	if err != nil {
+		t.Fatalf("client.pem refused after unrevoke: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(b), "hello "+clientURI) {
+		t.Fatalf("echo: %q", b)
+	}
+	if !strings.Contains(d.log.String(), `msg="conn evicted"`) {
+		t.Errorf("no eviction log line:\n%s", d.log)
+	}
+}
+
+// The admin API answers the admin certificate only.
+func TestDemoAdminRefusesOthers(t *testing.T) {
+	d := startDemo(t)
+	for _, name := range []string{"client", "client2", "server"} {
+		out, code := d.cli(t, append([]string{"revoke"}, append(d.adminArgs(name), "--uri", client2URI)...)...)
+		if code == 0 || !strings.Contains(out, "not an admin") {
+			t.Fatalf("revoke with %s.pem: exit %d:\n%s", name, code, out)
+		}
+	}
+	out, code := d.cli(t, append([]string{"list"}, d.adminArgs("admin")...)...)
+	if code != 0 || strings.Contains(out, "uri:") {
+		t.Fatalf("a refused revoke left an entry: exit %d:\n%s", code, out)
+	}
+	// No certificate at all: the handshake itself is refused.
+	pool, _ := loadPool(filepath.Join(d.dir, "ca.pem"))
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"}}}
+	if resp, err := c.Get("https://" + d.admin + "/v1/revocations"); err == nil {
+		resp.Body.Close()
+		t.Fatalf("admin API answered a client without a certificate: %s", resp.Status)
+	}
+}
+
+func TestCLIErrors(t *testing.T) {
+	dir := t.TempDir()
+	if err := writePKI(dir); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		args    []string
+		code    int
+		mention string
+	}{
+		{"no selector", []string{"revoke", "--admin", "https://x"}, 1, "exactly one of"},
+		{"two selectors", []string{"revoke", "--uri", "spiffe://a/b", "--dns", "a"}, 1, "exactly one of"},
+		{"bad key", []string{"revoke", "--key", "sha256:zz"}, 1, "64 hex"},
+		{"serial without issuer", []string{"revoke", "--serial", "0a"}, 1, "--issuer-cert"},
+		{"bad reason", []string{"revoke", "--uri", "spiffe://a/b", "--reason", "because"}, 1, "unknown reason"},
+		{"cert without the field", []string{"revoke", "--cert", filepath.Join(dir, "client.pem"), "--by", "email"}, 1, "no email SAN"},
+		{"missing admin flags", []string{"revoke", "--uri", "spiffe://a/b"}, 1, "--admin-cert"},
+		{"unknown flag", []string{"revoke", "--bogus"}, 2, "bogus"},
+		{"unknown command", []string{"frobnicate"}, 2, "unknown command"},
+		{"missing file", []string{"revoke", "--cert", filepath.Join(dir, "nope.pem")}, 1, "no such file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			code := run(tt.args, &out, &out)
+			if code != tt.code || !strings.Contains(out.String(), tt.mention) {
+				t.Fatalf("exit %d, output %q; want exit %d mentioning %q", code, out.String(), tt.code, tt.mention)
+			}
+		})
+	}
+}
+
+// `guardian pki init` writes a PKI that openssl itself verifies.
+func TestPKIInitVerifiesWithOpenSSL(t *testing.T) {
+	dir := t.TempDir()
+	var out bytes.Buffer
+	if code := run([]string{"pki", "init", dir}, &out, &out); code != 0 {
+		t.Fatalf("pki init: exit %d: %s", code, out.String())
+	}
+	if _, err := exec.LookPath("openssl"); err != nil {
+		t.Skip("openssl not installed")
+	}
+	for _, name := range []string{"server", "client", "client2", "admin"} {
+		cmd := exec.Command("openssl", "verify", "-CAfile", filepath.Join(dir, "ca.pem"), filepath.Join(dir, name+".pem"))
+		if b, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(b), ": OK") {
+			t.Fatalf("openssl verify %s.pem: %v: %s", name, err, b)
+		}
+		cmd = exec.Command("openssl", "pkey", "-in", filepath.Join(dir, name+".key"), "-noout")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("openssl pkey %s.key: %v: %s", name, err, b)
+		}
+	}
+	if st, err := os.Stat(filepath.Join(dir, "client.key")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("client.key mode %v, %v; want 0600", st.Mode().Perm(), err)
+	}
+}

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const usage = `guardian closes live mTLS connections the moment their client certificate is revoked.
+
+Usage:
+  guardian demo [--dir DIR] [--listen ADDR] [--admin ADDR]
+  guardian pki init DIR
+  guardian revoke   --admin URL --admin-cert F --admin-key F --admin-ca F SELECTOR [--reason R]
+  guardian unrevoke --admin URL --admin-cert F --admin-key F --admin-ca F SELECTOR
+  guardian list     --admin URL --admin-cert F --admin-key F --admin-ca F
+  guardian conns    --admin URL --admin-cert F --admin-key F --admin-ca F
+  guardian version
+
+SELECTOR: --cert FILE [--by serial|sha256|spki|uri|dns|email|subject],
+          --serial HEX --issuer-cert FILE, --fingerprint HEX, --spki HEX,
+          --uri URI, --dns NAME, --email ADDR, --subject DN, or --key KEY.
+Run "guardian COMMAND -h" for a command's flags.
+`
+
+// errUsage means the message was already printed with the command's usage.
+var errUsage = errors.New("usage")
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "demo":
+		err = runDemo(args[1:], stdout, stderr)
+	case "pki":
+		err = runPKI(args[1:], stdout, stderr)
+	case "revoke":
+		err = runRevoke(args[1:], stdout, stderr, true)
+	case "unrevoke":
+		err = runRevoke(args[1:], stdout, stderr, false)
+	case "list":
+		err = runList(args[1:], stdout, stderr)
+	case "conns":
+		err = runConns(args[1:], stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, version())
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "guardian: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		return 2
+	}
+	fmt.Fprintf(stderr, "guardian %s: %v\n", args[0], err)
+	return 1
+}
+
+func version() string {
+	v := "guardian (devel)"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			v = "guardian " + bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				v += " " + s.Value
+			}
+		}
+		v += " " + bi.GoVersion
+	}
+	return v
+}
+
+func newFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("guardian "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+// parse parses flags, mapping a flag error to errUsage (the flag package printed it).
+func parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(fs.Output(), "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return errUsage
+	}
+	return nil
+}
