@@ -26,7 +26,7 @@ import (
 
 // env is a guardian listener under a real net/http server on a loopback port.
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	root    *testpki.CA
 	server  *testpki.Leaf
 	set     *revoke.Set
@@ -45,7 +45,7 @@ type envOpts struct {
 	timeout   time.Duration
 }
 
-func newEnv(t *testing.T, o envOpts) *env {
+func newEnv(t testing.TB, o envOpts) *env {
 	t.Helper()
 	leakCheck(t)
 	e := &env{t: t, root: testpki.NewCA(t), metrics: prometheus.NewRegistry(), streamEnded: make(chan error, 16)}
@@ -173,7 +173,7 @@ func (e *env) client(leaf *testpki.Leaf, h2 bool, tweak ...func(*tls.Config)) *c
 	return c
 }
 
-func (c *client) get(t *testing.T, path string) string {
+func (c *client) get(t testing.TB, path string) string {
 	t.Helper()
 	body, err := c.try(path)
 	if err != nil {
@@ -252,7 +252,7 @@ func readLine(t *testing.T, r *bufio.Reader) string {
 }
 
 // leakCheck fails the test if goroutines of the listener or registry outlive it.
-func leakCheck(t *testing.T) {
+func leakCheck(t testing.TB) {
 	t.Cleanup(func() {
 		deadline := time.Now().Add(5 * time.Second)
 		for {

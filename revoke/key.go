@@ -76,13 +76,8 @@ func ParseKey(s string) (Key, error) {
 	if len(s) > MaxKeyLen {
 		return "", badKey(s, "longer than %d bytes", MaxKeyLen)
 	}
-	if !utf8.ValidString(s) {
-		return "", badKey(s, "not valid UTF-8")
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < 0x20 || s[i] == 0x7f {
-			return "", badKey(s, "control character at byte %d; keys are printable", i)
-		}
+	if !printable(s) {
+		return "", badKey(s, "not printable UTF-8; keys hold no control characters")
 	}
 	i := strings.IndexByte(s, ':')
 	if i < 0 {
@@ -235,8 +230,8 @@ func uriString(u *url.URL) (string, error) {
 	c.Scheme = strings.ToLower(c.Scheme)
 	c.Host = strings.ToLower(c.Host)
 	s := c.String()
-	if strings.ContainsAny(s, " \t\r\n") {
-		return "", errors.New("URI contains white space")
+	if strings.ContainsAny(s, " ") || !printable(s) {
+		return "", errors.New("URI contains white space or control characters")
 	}
 	return s, nil
 }
@@ -263,8 +258,8 @@ func canonEmail(v string) (string, error) {
 	if at <= 0 || at == len(v)-1 {
 		return "", errors.New("want local@domain")
 	}
-	if strings.ContainsAny(v, " \t\r\n<>") {
-		return "", errors.New("email contains white space or angle brackets")
+	if strings.ContainsAny(v, " <>") || !printable(v) {
+		return "", errors.New("email contains white space, control characters or angle brackets")
 	}
 	// RFC 5321: the local part is case-sensitive, the domain is not.
 	return v[:at] + "@" + strings.ToLower(v[at+1:]), nil
@@ -330,7 +325,21 @@ func subjectString(raw []byte) (string, bool) {
 		return "", false
 	}
 	s := seq.String()
-	return s, s != ""
+	return s, s != "" && printable(s)
+}
+
+// printable reports whether s can be a key: valid UTF-8 without control characters.
+// Certificates can carry anything; a key that ParseKey would refuse is never produced.
+func printable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // KeysOf returns every key a connection presenting chain can be hit by: the serial,

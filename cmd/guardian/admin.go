@@ -243,12 +243,21 @@ func loadPool(files ...string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
-// loadCerts reads every certificate of a PEM file (or one DER certificate).
+// loadCerts reads every certificate of a PEM file, or one DER certificate.
 func loadCerts(file string) ([]*x509.Certificate, error) {
 	b, err := os.ReadFile(file)
 	if err != nil {
 		return nil, err
 	}
+	certs, err := parseCerts(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	return certs, nil
+}
+
+// parseCerts reads every certificate of PEM input, or one DER certificate.
+func parseCerts(b []byte) ([]*x509.Certificate, error) {
 	var out []*x509.Certificate
 	rest := b
 	for {
@@ -262,14 +271,14 @@ func loadCerts(file string) ([]*x509.Certificate, error) {
 		}
 		c, err := x509.ParseCertificate(blk.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", file, err)
+			return nil, err
 		}
 		out = append(out, c)
 	}
 	if len(out) == 0 {
 		c, err := x509.ParseCertificate(b)
 		if err != nil {
-			return nil, fmt.Errorf("%s: no PEM certificate and not a DER certificate", file)
+			return nil, errors.New("no PEM certificate and not a DER certificate")
 		}
 		out = append(out, c)
 	}
