@@ -184,7 +184,7 @@ func TestExpiry(t *testing.T) {
 	r.Track(ps[0].server, []string{"a"}, start.Add(time.Hour))
 	r.Track(ps[1].server, []string{"b"}, start.Add(2*time.Hour))
 	r.Track(ps[2].server, []string{"c"}, time.Time{}) // never expires
-	clk.Advance(time.Hour)                           // valid through NotAfter inclusive
+	clk.Advance(time.Hour)                            // valid through NotAfter inclusive
 	if !stillOpen(t, ps[0].client) {
 		t.Fatal("conn evicted at NotAfter; it is valid through NotAfter")
 	}
