@@ -279,17 +279,25 @@ func (r *Registry) removeLocked(sh *shard, c *Conn) {
 	}
 }
 
-// compact drops dead blocks, rewriting offsets; amortised O(1) per untrack.
+// compact slides live blocks down over dead ones, in place, rewriting offsets; amortised
+// O(1) per untrack. Each block's header names its conn, so no other order is needed.
 func (sh *shard) compact() {
-	live := len(sh.keys) - sh.dead
-	keys := make([]uint64, 0, live+live/4)
-	for _, c := range sh.conns {
-		off := int(c.off)
-		n := int((sh.keys[off] >> 32) & 0x7fffffff)
-		c.off = int32(len(keys))
-		keys = append(keys, sh.keys[off:off+1+n]...)
+	ks := sh.keys
+	w := 0
+	for r := 0; r < len(ks); {
+		v := ks[r]
+		if v == 0 {
+			r++
+			continue
+		}
+		n := int((v >> 32) & 0x7fffffff)
+		sh.conns[uint32(v)].off = int32(w)
+		copy(ks[w:], ks[r:r+1+n])
+		w += 1 + n
+		r += 1 + n
 	}
-	sh.keys = keys
+	clear(ks[w:])
+	sh.keys = ks[:w]
 	sh.dead = 0
 }
 

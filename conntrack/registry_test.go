@@ -278,3 +278,55 @@ func TestConcurrentTrackCloseEvict(t *testing.T) {
 	r.EvictAll(conntrack.Cause{Reason: conntrack.ReasonShutdown})
 	waitFor(t, func() bool { return r.Len() == 0 })
 }
+
+// After heavy churn forces compaction, every surviving conn is still found by its own key
+// and by nothing else, and closed conns are found by nothing.
+func TestCompactionKeepsIndexExact(t *testing.T) {
+	var mu sync.Mutex
+	closedBy := map[int]string{}
+	r := newRegistry(t, conntrack.Options{OnEvict: func(e conntrack.Eviction) {
+		mu.Lock()
+		closedBy[e.Conn.Owner().(int)] = e.Key
+		mu.Unlock()
+	}})
+	const n = 6000
+	conns := make([]*conntrack.Conn, n)
+	for i := range conns {
+		a, b := net.Pipe()
+		t.Cleanup(func() { b.Close() })
+		conns[i] = r.Wrap(a, i)
+		keys := []string{fmt.Sprintf("own:%d", i), "shared"}
+		if i%2 == 0 {
+			keys = append(keys, "even", fmt.Sprintf("extra:%d", i)) // blocks of two sizes
+		}
+		if err := r.Track(conns[i], keys, time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range conns {
+		if i%5 != 0 {
+			conns[i].Close()
+		}
+	}
+	if r.Len() != n/5 {
+		t.Fatalf("Len = %d; want %d", r.Len(), n/5)
+	}
+	for i := 0; i < n; i++ {
+		got := r.Evict([]string{fmt.Sprintf("own:%d", i)}, conntrack.Cause{Reason: conntrack.ReasonRevoked})
+		want := 0
+		if i%5 == 0 {
+			want = 1
+		}
+		if got != want {
+			t.Fatalf("Evict(own:%d) matched %d; want %d", i, got, want)
+		}
+	}
+	waitFor(t, func() bool { return r.Len() == 0 })
+	mu.Lock()
+	defer mu.Unlock()
+	for i, k := range closedBy {
+		if k != fmt.Sprintf("own:%d", i) {
+			t.Fatalf("conn %d evicted by %q", i, k)
+		}
+	}
+}
