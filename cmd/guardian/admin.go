@@ -15,6 +15,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/guardian-mtls/guardian/conntrack"
 	"github.com/guardian-mtls/guardian/listener"
 	"github.com/guardian-mtls/guardian/revoke"
@@ -28,6 +31,32 @@ type adminAPI struct {
 	reg     *conntrack.Registry // the data listener's conns
 	allowed []revoke.Key
 	log     *slog.Logger
+	// gatherer, if set, is served on /metrics.
+	gatherer prometheus.Gatherer
+	requests *prometheus.CounterVec
+}
+
+func newAdminAPI(set *revoke.Set, reg *conntrack.Registry, allowed []revoke.Key, log *slog.Logger, metrics *prometheus.Registry) (*adminAPI, error) {
+	a := &adminAPI{set: set, reg: reg, allowed: allowed, log: log,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "guardian_admin_requests_total",
+			Help: "Admin API requests by operation and result (ok, bad_request, forbidden, not_found).",
+		}, []string{"op", "result"})}
+	if metrics != nil {
+		a.gatherer = metrics
+		if err := metrics.Register(a.requests); err != nil {
+			return nil, err
+		}
+	}
+	return a, nil
+}
+
+func (a *adminAPI) count(op string, code int) {
+	result := map[int]string{200: "ok", 400: "bad_request", 403: "forbidden", 404: "not_found"}[code]
+	if result == "" {
+		result = fmt.Sprint(code)
+	}
+	a.requests.WithLabelValues(op, result).Inc()
 }
 
 type revokeRequest struct {
@@ -62,6 +91,9 @@ func (a *adminAPI) handler() http.Handler {
 	mux.HandleFunc("POST /v1/revocations", a.revoke)
 	mux.HandleFunc("DELETE /v1/revocations", a.unrevoke)
 	mux.HandleFunc("GET /v1/conns", a.conns)
+	if a.gatherer != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(a.gatherer, promhttp.HandlerOpts{}))
+	}
 	return a.authorize(mux)
 }
 
@@ -79,11 +111,13 @@ func (a *adminAPI) authorize(next http.Handler) http.Handler {
 			}
 		}
 		a.log.Warn("admin API refused a certificate", "subject", r.TLS.VerifiedChains[0][0].Subject.String(), "remote", r.RemoteAddr)
+		a.count("any", http.StatusForbidden)
 		writeError(w, http.StatusForbidden, "this certificate is not an admin")
 	})
 }
 
 func (a *adminAPI) revoke(w http.ResponseWriter, r *http.Request) {
+	w = &countingWriter{ResponseWriter: w, done: func(code int) { a.count("revoke", code) }}
 	var req revokeRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxAdminBody))
 	dec.DisallowUnknownFields()
@@ -119,6 +153,7 @@ func (a *adminAPI) revoke(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *adminAPI) unrevoke(w http.ResponseWriter, r *http.Request) {
+	w = &countingWriter{ResponseWriter: w, done: func(code int) { a.count("unrevoke", code) }}
 	key, err := revoke.ParseKey(r.URL.Query().Get("key"))
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
@@ -157,6 +192,20 @@ func (a *adminAPI) conns(w http.ResponseWriter, r *http.Request) {
 		return true
 	})
 	writeJSON(w, http.StatusOK, out)
+}
+
+// countingWriter reports the status code of a response once.
+type countingWriter struct {
+	http.ResponseWriter
+	done func(code int)
+}
+
+func (c *countingWriter) WriteHeader(code int) {
+	if c.done != nil {
+		c.done(code)
+		c.done = nil
+	}
+	c.ResponseWriter.WriteHeader(code)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

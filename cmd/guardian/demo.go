@@ -91,7 +91,10 @@ func demo(ctx context.Context, dir, listenAddr, adminAddr string, stdout, stderr
 		return err
 	}
 	defer admin.Stop()
-	api := &adminAPI{set: set, reg: data.Registry(), allowed: []revoke.Key{revoke.MustParseKey("uri:" + adminURI)}, log: log}
+	api, err := newAdminAPI(set, data.Registry(), []revoke.Key{revoke.MustParseKey("uri:" + adminURI)}, log, metrics)
+	if err != nil {
+		return err
+	}
 
 	dataSrv := &http.Server{Handler: demoHandler(), ConnContext: data.ConnContext, ReadHeaderTimeout: 10 * time.Second}
 	adminSrv := &http.Server{Handler: api.handler(), ReadHeaderTimeout: 10 * time.Second}

@@ -201,6 +201,38 @@ func TestDemoAdminRefusesOthers(t *testing.T) {
 	if code != 0 || strings.Contains(out, "uri:") {
 		t.Fatalf("a refused revoke left an entry: exit %d:\n%s", code, out)
 	}
+	out, code = d.cli(t, append([]string{"revoke"}, append(d.adminArgs("admin"), "--key", "uri:spiffe://ok/x", "--reason", "keyCompromise")...)...)
+	if code != 0 {
+		t.Fatalf("admin revoke: %s", out)
+	}
+	// A malformed key sent straight to the API: 400 naming the problem, nothing stored.
+	for _, body := range []string{`{"key":"sha256:nothex"}`, `{"key":"uri:spiffe://a/b","extra":1}`, `not json`} {
+		resp, err := d.client(t, "admin").Post("https://"+d.admin+"/v1/revocations", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 400 || !strings.Contains(string(b), "error") {
+			t.Fatalf("POST %s: %s %s; want 400 with an error", body, resp.Status, b)
+		}
+	}
+	out, _ = d.cli(t, append([]string{"list"}, d.adminArgs("admin")...)...)
+	if strings.Count(out, "\n") != 2 { // header + the one good entry
+		t.Fatalf("bad requests changed the set:\n%s", out)
+	}
+	// The admin's /metrics counts the refusals and the success.
+	resp, err := d.client(t, "admin").Get("https://" + d.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`guardian_admin_requests_total{op="any",result="forbidden"} 3`, `guardian_admin_requests_total{op="revoke",result="ok"} 1`, `guardian_admin_requests_total{op="revoke",result="bad_request"} 3`, "guardian_connections_active"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
 	// No certificate at all: the handshake itself is refused.
 	pool, _ := loadPool(filepath.Join(d.dir, "ca.pem"))
 	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"}}}

@@ -1,4 +1,3 @@
-// Package fakeclock is a manually advanced clock for tests of expiry and staleness.
 package fakeclock
 
 import (

@@ -1,4 +1,3 @@
-// Package metrictest reads single values out of a Prometheus registry in tests.
 package metrictest
 
 import (
