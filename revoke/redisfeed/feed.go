@@ -1,0 +1,359 @@
+package redisfeed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/guardian-mtls/guardian/revoke"
+)
+
+// FeedOptions configures a Feed.
+type FeedOptions struct {
+	// Block is how long one XREAD waits for records; it also bounds how stale a node can
+	// be before it notices. 0 means 2s.
+	Block time.Duration
+	// Now is the clock for staleness; nil means time.Now.
+	Now     func() time.Time
+	Logger  *slog.Logger
+	Metrics prometheus.Registerer
+}
+
+// Status is a Feed's state, for /readyz, metrics and the CLI.
+type Status struct {
+	Applied   uint64    // the last version applied
+	Epoch     string    // the Redis epoch the node follows
+	LastHeard time.Time // last successful read from Redis
+	Resyncs   uint64
+	// Regressed is set when Redis came back with less than the node had seen; the node
+	// kept its entries. Cleared by a reseed.
+	Regressed bool
+	Reason    string // why it regressed
+}
+
+// Feed keeps a Set in step with a Store's Redis.
+type Feed struct {
+	store *Store
+	set   *revoke.Set
+	opts  FeedOptions
+	log   *slog.Logger
+	m     *feedMetrics
+
+	mu        sync.Mutex // guards the status fields below
+	applied   uint64
+	epoch     string
+	resyncs   uint64
+	regressed bool
+	reason    string
+
+	lastHeard atomic.Int64 // unix nanos
+	synced    chan struct{}
+	syncOnce  sync.Once
+}
+
+// NewFeed returns a Feed that applies store's changes to set. Run starts it.
+func NewFeed(store *Store, set *revoke.Set, opts FeedOptions) (*Feed, error) {
+	if opts.Block <= 0 {
+		opts.Block = 2 * time.Second
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	f := &Feed{store: store, set: set, opts: opts, log: opts.Logger, synced: make(chan struct{})}
+	if f.log == nil {
+		f.log = slog.New(slog.DiscardHandler)
+	}
+	m, err := newFeedMetrics(opts.Metrics, f)
+	if err != nil {
+		return nil, err
+	}
+	f.m = m
+	return f, nil
+}
+
+// Synced is closed once the first snapshot has been applied.
+func (f *Feed) Synced() <-chan struct{} { return f.synced }
+
+// Status returns the feed's state.
+func (f *Feed) Status() Status {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return Status{Applied: f.applied, Epoch: f.epoch, LastHeard: f.heard(), Resyncs: f.resyncs,
+		Regressed: f.regressed, Reason: f.reason}
+}
+
+// Staleness is how long ago the feed last heard from Redis; a feed that never has is
+// infinitely stale.
+func (f *Feed) Staleness() time.Duration {
+	h := f.heard()
+	if h.IsZero() {
+		return time.Duration(1<<63 - 1)
+	}
+	return f.opts.Now().Sub(h)
+}
+
+func (f *Feed) heard() time.Time {
+	n := f.lastHeard.Load()
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}
+
+func (f *Feed) markHeard() { f.lastHeard.Store(f.opts.Now().UnixNano()) }
+
+// Run follows Redis until ctx ends. Errors from Redis are retried with backoff, never
+// returned; Run returns ctx's error.
+func (f *Feed) Run(ctx context.Context) error {
+	needSync, why := true, "start"
+	var backoff time.Duration
+	wait := func() bool {
+		backoff = min(max(2*backoff, 50*time.Millisecond), 2*time.Second)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(backoff):
+			return true
+		}
+	}
+	for ctx.Err() == nil {
+		if needSync {
+			if err := f.resync(ctx, why); err != nil {
+				if ctx.Err() != nil {
+					break
+				}
+				f.log.Warn("redis resync failed; retrying", "err", err)
+				if !wait() {
+					break
+				}
+				continue
+			}
+			needSync, backoff = false, 0
+		}
+		f.mu.Lock()
+		from := f.applied
+		f.mu.Unlock()
+		res, err := f.store.rdb.XRead(ctx, &redis.XReadArgs{
+			Streams: []string{f.store.keys.Log, fmt.Sprintf("%d-0", from)},
+			Block:   f.opts.Block, Count: 1000,
+		}).Result()
+		if errors.Is(err, redis.Nil) {
+			f.markHeard()
+			continue
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			// A reconnect may land on another Redis (a restart, a failover): resync.
+			f.log.Warn("redis read failed; will resync", "err", err)
+			needSync, why = true, "reconnect"
+			if !wait() {
+				break
+			}
+			continue
+		}
+		f.markHeard()
+		for _, st := range res {
+			if gap := f.applyMessages(st.Messages); gap != "" {
+				needSync, why = true, gap
+				break
+			}
+		}
+	}
+	return ctx.Err()
+}
+
+// applyMessages applies stream messages in order; it returns a resync reason if the
+// messages do not continue from the applied version.
+func (f *Feed) applyMessages(msgs []redis.XMessage) string {
+	for _, msg := range msgs {
+		v, err := parseVersion(msg.ID)
+		if err != nil {
+			f.malformed("stream", msg.ID, err)
+			return "bad stream ID"
+		}
+		f.mu.Lock()
+		applied := f.applied
+		f.mu.Unlock()
+		if v <= applied {
+			continue
+		}
+		if v != applied+1 {
+			// The records in between were trimmed, or a script failed after INCR.
+			return "version gap"
+		}
+		rec, err := parseRecord(v, msg.Values)
+		if err != nil {
+			f.malformed("stream", msg.ID, err)
+		} else {
+			f.apply(rec)
+		}
+		f.mu.Lock()
+		f.applied = v
+		f.mu.Unlock()
+		f.m.applied.Set(float64(v))
+	}
+	return ""
+}
+
+func (f *Feed) apply(r record) {
+	var err error
+	switch r.op {
+	case OpRevoke:
+		_, err = f.set.Add(r.entry)
+	case OpUnrevoke:
+		_, err = f.set.Remove(r.key)
+	}
+	if err != nil { // cannot happen for a parsed record; counted if it does
+		f.malformed("stream", fmt.Sprint(r.version), err)
+	}
+}
+
+func (f *Feed) malformed(where, what string, err error) {
+	f.m.malformed.WithLabelValues(where).Inc()
+	f.log.Error("skipped a malformed revocation record", "where", where, "record", truncate(what, 200), "err", err)
+}
+
+// resync reads the version, the epoch and the whole hash in one transaction and brings the
+// Set in line with them. It never removes an entry when Redis has regressed.
+func (f *Feed) resync(ctx context.Context, why string) error {
+	k := f.store.keys
+	var epochCmd, versionCmd *redis.StringCmd
+	var hashCmd *redis.MapStringStringCmd
+	_, err := f.store.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.SetNX(ctx, k.Epoch, newEpoch(), 0)
+		epochCmd = p.Get(ctx, k.Epoch)
+		versionCmd = p.Get(ctx, k.Version)
+		hashCmd = p.HGetAll(ctx, k.Revoked)
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("redisfeed: snapshot: %w", err)
+	}
+	epoch := epochCmd.Val()
+	var version uint64
+	if s := versionCmd.Val(); s != "" {
+		if _, err := fmt.Sscan(s, &version); err != nil {
+			return fmt.Errorf("redisfeed: %s is %q, not a number", k.Version, truncate(s, 32))
+		}
+	}
+	entries, bad := parseHash(hashCmd.Val())
+	for field, err := range bad {
+		f.malformed("hash", field, err)
+	}
+	f.markHeard()
+
+	f.mu.Lock()
+	prevEpoch, prevApplied, stillRegressed := f.epoch, f.applied, f.regressed
+	f.mu.Unlock()
+	regression := ""
+	switch {
+	case prevEpoch != "" && epoch != prevEpoch:
+		regression = fmt.Sprintf("redis epoch changed from %s to %s: it restarted without its data or is another instance", prevEpoch, epoch)
+	case version < prevApplied:
+		regression = fmt.Sprintf("redis version %d is lower than the %d this node applied", version, prevApplied)
+	}
+
+	inRedis := make(map[revoke.Key]bool, len(entries))
+	for _, e := range entries {
+		inRedis[e.Key] = true
+	}
+	var removed []revoke.Key
+	if regression == "" && !stillRegressed {
+		for _, e := range f.set.Entries() {
+			if e.Source == "redis" && !inRedis[e.Key] {
+				removed = append(removed, e.Key)
+			}
+		}
+	} else if regression != "" {
+		var kept int
+		for _, e := range f.set.Entries() {
+			if e.Source == "redis" && !inRedis[e.Key] {
+				kept++
+			}
+		}
+		f.log.Error("redis has less than this node has seen; keeping every entry, unrevoking nothing. Check, then run `guardian reseed`",
+			"reason", regression, "entries_kept_not_in_redis", kept)
+		f.m.regressions.Inc()
+	}
+	if _, err := f.set.Apply(entries, removed); err != nil {
+		return fmt.Errorf("redisfeed: apply snapshot: %w", err)
+	}
+	f.mu.Lock()
+	f.applied, f.epoch = version, epoch
+	f.resyncs++
+	if regression != "" {
+		f.regressed, f.reason = true, regression
+	}
+	f.mu.Unlock()
+	f.m.applied.Set(float64(version))
+	f.m.resyncs.WithLabelValues(why).Inc()
+	f.log.Info("resynced from redis", "reason", why, "version", version, "entries", len(entries), "removed", len(removed))
+	f.syncOnce.Do(func() { close(f.synced) })
+	return nil
+}
+
+// ClearRegression marks the regression handled (after a reseed).
+func (f *Feed) ClearRegression() {
+	f.mu.Lock()
+	f.regressed, f.reason = false, ""
+	f.mu.Unlock()
+}
+
+type feedMetrics struct {
+	applied     prometheus.Gauge
+	resyncs     *prometheus.CounterVec
+	malformed   *prometheus.CounterVec
+	regressions prometheus.Counter
+}
+
+func newFeedMetrics(reg prometheus.Registerer, f *Feed) (*feedMetrics, error) {
+	m := &feedMetrics{
+		applied: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "guardian_feed_applied_version", Help: "The last Redis change version this node applied.",
+		}),
+		resyncs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "guardian_feed_resyncs_total", Help: "Full resyncs from Redis, by reason.",
+		}, []string{"reason"}),
+		malformed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "guardian_feed_malformed_records_total", Help: "Records skipped because they did not parse, by where (hash, stream).",
+		}, []string{"where"}),
+		regressions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "guardian_feed_regressions_total", Help: "Times Redis came back with less than this node had seen.",
+		}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	staleness := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "guardian_revocation_staleness_seconds", Help: "Seconds since the node last heard from Redis.",
+	}, func() float64 {
+		h := f.heard()
+		if h.IsZero() {
+			return -1
+		}
+		return f.opts.Now().Sub(h).Seconds()
+	})
+	regressed := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "guardian_feed_regressed", Help: "1 while Redis holds less than this node has seen (until a reseed).",
+	}, func() float64 {
+		if f.Status().Regressed {
+			return 1
+		}
+		return 0
+	})
+	for _, c := range []prometheus.Collector{m.applied, m.resyncs, m.malformed, m.regressions, staleness, regressed} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("redisfeed: register metrics: %w", err)
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,250 @@
+package redisfeed
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/guardian-mtls/guardian/revoke"
+)
+
+// Ops recorded in the stream.
+const (
+	OpRevoke   = "revoke"
+	OpUnrevoke = "unrevoke"
+)
+
+// Defaults.
+const (
+	DefaultPrefix = "guardian"
+	DefaultMaxLen = 100_000
+	// MaxEntryBytes bounds one entry's JSON; larger records are skipped as malformed.
+	MaxEntryBytes = 16 << 10
+)
+
+// Keys names the Redis keys of one fleet. All share the hash tag {prefix}, so they live in
+// one Cluster slot and one script can touch them all.
+type Keys struct {
+	Revoked, Log, Version, Epoch string
+}
+
+// KeysFor returns the keys for prefix.
+func KeysFor(prefix string) Keys {
+	p := "{" + prefix + "}:"
+	return Keys{Revoked: p + "revoked", Log: p + "log", Version: p + "version", Epoch: p + "epoch"}
+}
+
+// changeScript applies one change. It refuses an unrevoke of an absent key without
+// touching anything, bumps the version and appends the record before changing the hash,
+// so that a failure leaves at worst a version gap (which makes every node resync), never a
+// change without its record. KEYS: revoked, version, log, epoch.
+// ARGV: op, key, entry JSON, maxlen, a fresh epoch token for an empty Redis.
+var changeScript = redis.NewScript(`
+local epoch = redis.call('GET', KEYS[4])
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('SET', KEYS[4], epoch)
+end
+if ARGV[1] == 'unrevoke' and redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then
+  return {tonumber(redis.call('GET', KEYS[2]) or '0'), 0, epoch}
+end
+local v = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], v .. '-0', 'op', ARGV[1], 'key', ARGV[2], 'entry', ARGV[3])
+if ARGV[1] == 'revoke' then
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+else
+  redis.call('HDEL', KEYS[1], ARGV[2])
+end
+return {v, 1, epoch}
+`)
+
+// Store writes revocations to Redis.
+type Store struct {
+	rdb    redis.UniversalClient
+	keys   Keys
+	maxLen int64
+}
+
+// NewStore returns a Store over rdb for prefix ("" means DefaultPrefix); maxLen caps the
+// stream (0 means DefaultMaxLen).
+func NewStore(rdb redis.UniversalClient, prefix string, maxLen int64) *Store {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	if maxLen <= 0 {
+		maxLen = DefaultMaxLen
+	}
+	return &Store{rdb: rdb, keys: KeysFor(prefix), maxLen: maxLen}
+}
+
+// Keys returns the store's Redis keys.
+func (s *Store) Keys() Keys { return s.keys }
+
+// Client returns the Redis client.
+func (s *Store) Client() redis.UniversalClient { return s.rdb }
+
+// Revoke writes e and returns the version of the change.
+func (s *Store) Revoke(ctx context.Context, e revoke.Entry) (uint64, error) {
+	if _, err := revoke.ParseKey(string(e.Key)); err != nil {
+		return 0, err
+	}
+	b, err := json.Marshal(e)
+	if err != nil {
+		return 0, err
+	}
+	v, _, err := s.change(ctx, OpRevoke, string(e.Key), string(b))
+	return v, err
+}
+
+// Unrevoke removes k. changed is false if k was not revoked.
+func (s *Store) Unrevoke(ctx context.Context, k revoke.Key) (version uint64, changed bool, err error) {
+	if _, err := revoke.ParseKey(string(k)); err != nil {
+		return 0, false, err
+	}
+	return s.change(ctx, OpUnrevoke, string(k), "")
+}
+
+func (s *Store) change(ctx context.Context, op, key, entry string) (uint64, bool, error) {
+	res, err := changeScript.Run(ctx, s.rdb, []string{s.keys.Revoked, s.keys.Version, s.keys.Log, s.keys.Epoch},
+		op, key, entry, s.maxLen, newEpoch()).Slice()
+	if err != nil {
+		return 0, false, fmt.Errorf("redisfeed: %s %s: %w", op, key, err)
+	}
+	if len(res) != 3 {
+		return 0, false, fmt.Errorf("redisfeed: %s %s: unexpected reply %v", op, key, res)
+	}
+	v, _ := res[0].(int64)
+	changed, _ := res[1].(int64)
+	return uint64(v), changed == 1, nil
+}
+
+// Entries reads the hash: every revocation in Redis. Records that do not parse are
+// returned in bad, by field.
+func (s *Store) Entries(ctx context.Context) (entries []revoke.Entry, bad map[string]error, err error) {
+	m, err := s.rdb.HGetAll(ctx, s.keys.Revoked).Result()
+	if err != nil {
+		return nil, nil, fmt.Errorf("redisfeed: read %s: %w", s.keys.Revoked, err)
+	}
+	entries, bad = parseHash(m)
+	return entries, bad, nil
+}
+
+func newEpoch() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// ParseEntry parses one hash value (or stream record entry) stored under field. The entry's
+// key must be canonical and equal to field.
+func ParseEntry(field, value string) (revoke.Entry, error) {
+	if len(value) > MaxEntryBytes {
+		return revoke.Entry{}, fmt.Errorf("entry of %d bytes, more than %d", len(value), MaxEntryBytes)
+	}
+	var e revoke.Entry
+	if err := json.Unmarshal([]byte(value), &e); err != nil {
+		return revoke.Entry{}, fmt.Errorf("entry is not JSON: %w", err)
+	}
+	k, err := revoke.ParseKey(field)
+	if err != nil {
+		return revoke.Entry{}, err
+	}
+	if k != revoke.Key(field) || e.Key != k {
+		return revoke.Entry{}, fmt.Errorf("entry key %q does not match field %q, or is not canonical", e.Key, field)
+	}
+	if e.Reason != "" {
+		if _, err := revoke.ParseReason(string(e.Reason)); err != nil {
+			return revoke.Entry{}, err
+		}
+	}
+	e.Source = "redis"
+	return e, nil
+}
+
+func parseHash(m map[string]string) ([]revoke.Entry, map[string]error) {
+	var out []revoke.Entry
+	var bad map[string]error
+	for f, v := range m {
+		e, err := ParseEntry(f, v)
+		if err != nil {
+			if bad == nil {
+				bad = map[string]error{}
+			}
+			bad[f] = err
+			continue
+		}
+		out = append(out, e)
+	}
+	return out, bad
+}
+
+// record is one parsed stream record.
+type record struct {
+	version uint64
+	op      string
+	key     revoke.Key
+	entry   revoke.Entry
+}
+
+var errBadID = errors.New("stream ID is not <version>-0")
+
+func parseVersion(id string) (uint64, error) {
+	ms, seq, ok := cut(id, '-')
+	if !ok || seq != "0" {
+		return 0, errBadID
+	}
+	v, err := strconv.ParseUint(ms, 10, 64)
+	if err != nil || v == 0 {
+		return 0, errBadID
+	}
+	return v, nil
+}
+
+func cut(s string, c byte) (string, string, bool) {
+	for i := 0; i < len(s); i++ {
+		if s[i] == c {
+			return s[:i], s[i+1:], true
+		}
+	}
+	return s, "", false
+}
+
+// parseRecord parses a stream message's fields (its version comes from the ID).
+func parseRecord(v uint64, values map[string]any) (record, error) {
+	str := func(k string) string { s, _ := values[k].(string); return s }
+	r := record{version: v, op: str("op")}
+	key := str("key")
+	switch r.op {
+	case OpRevoke:
+		e, err := ParseEntry(key, str("entry"))
+		if err != nil {
+			return r, err
+		}
+		r.key, r.entry = e.Key, e
+	case OpUnrevoke:
+		k, err := revoke.ParseKey(key)
+		if err != nil {
+			return r, err
+		}
+		if k != revoke.Key(key) {
+			return r, fmt.Errorf("key %q is not canonical", key)
+		}
+		r.key = k
+	default:
+		return r, fmt.Errorf("unknown op %q", truncate(r.op, 32))
+	}
+	return r, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
