@@ -25,6 +25,17 @@ import (
 var (
 	ErrRevoked    = errors.New("listener: client certificate revoked")
 	ErrUnknownSNI = errors.New("listener: unknown server name")
+	ErrStale      = errors.New("listener: revocation data is stale and this audience is on_stale: closed")
+)
+
+// StalePolicy is what an audience does while the revocation data is stale.
+type StalePolicy int
+
+const (
+	// StaleOpen keeps serving with the last known revocations.
+	StaleOpen StalePolicy = iota
+	// StaleClosed refuses new handshakes until the data is fresh again; live conns stay.
+	StaleClosed
 )
 
 // Audience is one set of clients served on the port, chosen by the SNI they send.
@@ -43,6 +54,8 @@ type Audience struct {
 	SessionTicketKeys [][32]byte
 	// NextProtos defaults to h2 and http/1.1.
 	NextProtos []string
+	// OnStale applies while Config.Stale reports stale revocation data.
+	OnStale StalePolicy
 	// TLS, if set, is the starting point: cloned, then the fields above override it, and
 	// its own VerifyConnection, if any, runs after guardian's check.
 	TLS *tls.Config
@@ -61,6 +74,9 @@ type Config struct {
 	Clock   conntrack.Clock
 	Metrics prometheus.Registerer
 	Logger  *slog.Logger
+	// Stale, if set, reports whether the revocation data is stale (its source unheard
+	// for too long); audiences with OnStale: StaleClosed then refuse new handshakes.
+	Stale func() bool
 	// EvictionWorkers bounds the goroutines that close evicted conns; 0 means 4×GOMAXPROCS.
 	EvictionWorkers int
 }
@@ -115,6 +131,7 @@ type Listener struct {
 	clock   conntrack.Clock
 	timeout time.Duration
 	keepExp bool
+	stale   func() bool
 	log     *slog.Logger
 	m       *metrics
 	unsub   func()
@@ -142,7 +159,7 @@ func New(inner net.Listener, cfg Config) (*Listener, error) {
 	}
 	l := &Listener{
 		inner: inner, set: cfg.Set, clock: cfg.Clock, timeout: cfg.HandshakeTimeout,
-		keepExp: cfg.KeepExpired, log: cfg.Logger,
+		keepExp: cfg.KeepExpired, stale: cfg.Stale, log: cfg.Logger,
 		exact: map[string]*audience{}, wild: map[string]*audience{},
 		ready: make(chan *tls.Conn), done: make(chan struct{}), handshakes: map[*conntrack.Conn]struct{}{},
 	}
@@ -305,6 +322,9 @@ func (l *Listener) route(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 	}
 	if c, ok := hello.Conn.(*conntrack.Conn); ok {
 		c.Owner().(*ConnInfo).aud = a
+	}
+	if a.OnStale == StaleClosed && l.stale != nil && l.stale() {
+		return nil, ErrStale
 	}
 	if a.ownKeys {
 		if now := l.clock.Now(); now.UnixNano()-a.rotatedAt.Load() >= int64(ticketKeyLifetime) {
@@ -534,6 +554,8 @@ func classify(err error) string {
 		return "revoked"
 	case errors.Is(err, ErrUnknownSNI):
 		return "unknown_sni"
+	case errors.Is(err, ErrStale):
+		return "stale"
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return "timeout"
 	case errors.As(err, &rh):

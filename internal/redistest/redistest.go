@@ -2,11 +2,13 @@ package redistest
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -115,4 +117,110 @@ func freePort(tb testing.TB) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Proxy is a TCP proxy in front of a Server that a test can partition: while partitioned
+// it cuts every proxied conn and holds new ones open without forwarding a byte, as a
+// network that drops packets does. It is a fault injector, not a Redis fake.
+type Proxy struct {
+	tb      testing.TB
+	ln      net.Listener
+	target  string
+	mu      sync.Mutex
+	cut     bool
+	conns   map[net.Conn]struct{}
+	closing bool
+}
+
+// NewProxy listens on a free loopback port and forwards to target.
+func NewProxy(tb testing.TB, target string) *Proxy {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p := &Proxy{tb: tb, ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	go p.serve()
+	tb.Cleanup(p.Close)
+	return p
+}
+
+// Addr is the proxy's address.
+func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+
+func (p *Proxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		if p.closing {
+			p.mu.Unlock()
+			c.Close()
+			return
+		}
+		p.conns[c] = struct{}{}
+		cut := p.cut
+		p.mu.Unlock()
+		if cut {
+			continue // held: never forwarded, closed on Heal
+		}
+		go p.forward(c)
+	}
+}
+
+func (p *Proxy) forward(c net.Conn) {
+	b, err := net.Dial("tcp", p.target)
+	if err != nil {
+		p.drop(c)
+		return
+	}
+	p.mu.Lock()
+	p.conns[b] = struct{}{}
+	p.mu.Unlock()
+	go func() { io.Copy(b, c); p.drop(b) }()
+	io.Copy(c, b)
+	p.drop(c)
+}
+
+func (p *Proxy) drop(c net.Conn) {
+	c.Close()
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+}
+
+// Partition cuts every conn and blackholes new ones.
+func (p *Proxy) Partition() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = true
+	for c := range p.conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.SetLinger(0)
+		}
+		c.Close()
+	}
+	clear(p.conns)
+}
+
+// Heal forwards again; conns held during the partition are closed.
+func (p *Proxy) Heal() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = false
+	for c := range p.conns {
+		c.Close()
+	}
+	clear(p.conns)
+}
+
+// Close stops the proxy.
+func (p *Proxy) Close() {
+	p.mu.Lock()
+	p.closing = true
+	p.mu.Unlock()
+	p.ln.Close()
+	p.Heal()
 }

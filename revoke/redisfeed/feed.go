@@ -99,6 +99,12 @@ func (f *Feed) Staleness() time.Duration {
 	return f.opts.Now().Sub(h)
 }
 
+// StaleAfter returns a function reporting whether the feed has been unheard for longer than
+// max: listener.Config.Stale.
+func (f *Feed) StaleAfter(max time.Duration) func() bool {
+	return func() bool { return f.Staleness() > max }
+}
+
 func (f *Feed) heard() time.Time {
 	n := f.lastHeard.Load()
 	if n == 0 {
