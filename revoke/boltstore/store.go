@@ -1,0 +1,130 @@
+package boltstore
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/guardian-mtls/guardian/revoke"
+)
+
+var bucket = []byte("revoked")
+
+// Store is a revocation store in a bbolt file.
+type Store struct {
+	db   *bolt.DB
+	set  *revoke.Set
+	path string
+	mu   sync.Mutex // orders file writes with their application to the Set
+}
+
+// Open opens (creating if needed) the file at path and loads its entries into set. Entries
+// that do not parse are skipped and returned in skipped with the reason; they stay in the
+// file for an operator to inspect.
+func Open(path string, set *revoke.Set, log *slog.Logger) (s *Store, skipped map[string]error, err error) {
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	if err != nil {
+		return nil, nil, fmt.Errorf("boltstore: open %s: %w (is another guardian using it?)", path, err)
+	}
+	s = &Store{db: db, set: set, path: path}
+	var entries []revoke.Entry
+	err = db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(bucket)
+		if err != nil {
+			return err
+		}
+		return b.ForEach(func(k, v []byte) error {
+			e, err := parse(k, v)
+			if err != nil {
+				if skipped == nil {
+					skipped = map[string]error{}
+				}
+				skipped[string(k)] = err
+				return nil
+			}
+			entries = append(entries, e)
+			return nil
+		})
+	})
+	if err == nil {
+		_, err = set.Add(entries...)
+	}
+	if err != nil {
+		db.Close()
+		return nil, nil, fmt.Errorf("boltstore: load %s: %w", path, err)
+	}
+	if log != nil {
+		for k, why := range skipped {
+			log.Error("skipped a malformed entry in the embedded store", "path", path, "key", k, "err", why)
+		}
+		log.Info("loaded revocations from the embedded store", "path", path, "entries", len(entries))
+	}
+	return s, skipped, nil
+}
+
+func parse(k, v []byte) (revoke.Entry, error) {
+	var e revoke.Entry
+	if err := json.Unmarshal(v, &e); err != nil {
+		return e, fmt.Errorf("not JSON: %w", err)
+	}
+	key, err := revoke.ParseKey(string(k))
+	if err != nil {
+		return e, err
+	}
+	if key != revoke.Key(k) || e.Key != key {
+		return e, fmt.Errorf("entry key %q does not match %q, or is not canonical", e.Key, k)
+	}
+	return e, nil
+}
+
+// Revoke stores e durably, then adds it to the Set.
+func (s *Store) Revoke(_ context.Context, e revoke.Entry) (revoke.Change, error) {
+	if c, err := revoke.ParseKey(string(e.Key)); err != nil || c != e.Key {
+		if err == nil {
+			err = fmt.Errorf("key %q is not canonical", e.Key)
+		}
+		return revoke.Change{}, err
+	}
+	b, err := json.Marshal(e)
+	if err != nil {
+		return revoke.Change{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(e.Key), b) }); err != nil {
+		return revoke.Change{}, fmt.Errorf("boltstore: write %s: %w", s.path, err)
+	}
+	return s.set.Add(e)
+}
+
+// Unrevoke deletes k durably, then removes it from the Set. changed is false if k was not
+// in the store.
+func (s *Store) Unrevoke(_ context.Context, k revoke.Key) (revoke.Change, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	found := false
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucket)
+		if b.Get([]byte(k)) == nil {
+			return nil
+		}
+		found = true
+		return b.Delete([]byte(k))
+	})
+	if err != nil {
+		return revoke.Change{}, false, fmt.Errorf("boltstore: write %s: %w", s.path, err)
+	}
+	if !found {
+		return revoke.Change{}, false, nil
+	}
+	ch, err := s.set.Remove(k)
+	return ch, true, err
+}
+
+// Close closes the file.
+func (s *Store) Close() error { return s.db.Close() }
