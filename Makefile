@@ -8,6 +8,7 @@ FUZZ_TARGETS = \
 	./revoke:FuzzParseKey \
 	./cmd/guardian:FuzzParseCerts \
 	./cmd/guardian:FuzzRevokeRequest \
+	./cmd/guardian:FuzzParseConfig \
 	./listener:FuzzHandshakeBytes
 
 .PHONY: all build demo test lint fuzz bench clean
@@ -24,7 +25,7 @@ demo: build
 
 ## test: vet, formatting, and every test under the race detector in random order.
 test: lint
-	$(GO) test -race -shuffle=on -count=1 ./...
+	$(GO) test -race -shuffle=on -count=1 -timeout 5m ./...
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

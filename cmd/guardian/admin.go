@@ -28,7 +28,10 @@ import (
 // certificates holding one of the allowed identity keys.
 type adminAPI struct {
 	set     *revoke.Set
+	store   revocationStore
 	reg     *conntrack.Registry // the data listener's conns
+	// ready, if set, answers /readyz: "" when ready, else why not.
+	ready func() string
 	allowed []revoke.Key
 	log     *slog.Logger
 	// gatherer, if set, is served on /metrics.
@@ -36,8 +39,8 @@ type adminAPI struct {
 	requests *prometheus.CounterVec
 }
 
-func newAdminAPI(set *revoke.Set, reg *conntrack.Registry, allowed []revoke.Key, log *slog.Logger, metrics *prometheus.Registry) (*adminAPI, error) {
-	a := &adminAPI{set: set, reg: reg, allowed: allowed, log: log,
+func newAdminAPI(set *revoke.Set, store revocationStore, reg *conntrack.Registry, allowed []revoke.Key, log *slog.Logger, metrics *prometheus.Registry) (*adminAPI, error) {
+	a := &adminAPI{set: set, store: store, reg: reg, allowed: allowed, log: log,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "guardian_admin_requests_total",
 			Help: "Admin API requests by operation and result (ok, bad_request, forbidden, not_found).",
@@ -85,6 +88,15 @@ const maxAdminBody = 64 << 10
 func (a *adminAPI) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if a.ready != nil {
+			if why := a.ready(); why != "" {
+				http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
+				return
+			}
+		}
+		io.WriteString(w, "ready\n")
+	})
 	mux.HandleFunc("GET /v1/revocations", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, a.set.Entries())
 	})
@@ -102,6 +114,10 @@ func (a *adminAPI) authorize(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
 			writeError(w, http.StatusForbidden, "admin certificate required")
+			return
+		}
+		if len(a.allowed) == 0 { // any certificate the admin CA verifies
+			next.ServeHTTP(w, r)
 			return
 		}
 		for _, k := range revoke.KeysOf(r.TLS.VerifiedChains[0][:1]) {
@@ -143,13 +159,14 @@ func (a *adminAPI) revoke(w http.ResponseWriter, r *http.Request) {
 		return true
 	})
 	e := revoke.Entry{Key: key, Reason: reason, RevokedAt: time.Now().UTC(), Source: "api"}
-	ch, err := a.set.Add(e)
+	v, err := a.store.Revoke(r.Context(), e)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		a.log.Error("revoke failed", "key", key, "err", err)
+		writeError(w, http.StatusServiceUnavailable, "store: "+err.Error())
 		return
 	}
 	a.log.Info("revoked", "key", key, "reason", reason, "matched_conns", matched)
-	writeJSON(w, http.StatusOK, revokeResponse{Entry: e, Version: ch.Version, Matched: matched})
+	writeJSON(w, http.StatusOK, revokeResponse{Entry: e, Version: v, Matched: matched})
 }
 
 func (a *adminAPI) unrevoke(w http.ResponseWriter, r *http.Request) {
@@ -159,17 +176,18 @@ func (a *adminAPI) unrevoke(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	ch, err := a.set.Remove(key)
+	changed, err := a.store.Unrevoke(r.Context(), key)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
+		a.log.Error("unrevoke failed", "key", key, "err", err)
+		writeError(w, http.StatusServiceUnavailable, "store: "+err.Error())
 		return
 	}
-	if len(ch.Removed) == 0 {
+	if !changed {
 		writeError(w, http.StatusNotFound, "not revoked: "+string(key))
 		return
 	}
 	a.log.Info("unrevoked", "key", key)
-	writeJSON(w, http.StatusOK, map[string]any{"key": key, "version": ch.Version})
+	writeJSON(w, http.StatusOK, map[string]any{"key": key})
 }
 
 func (a *adminAPI) conns(w http.ResponseWriter, r *http.Request) {

@@ -91,7 +91,7 @@ func demo(ctx context.Context, dir, listenAddr, adminAddr string, stdout, stderr
 		return err
 	}
 	defer admin.Stop()
-	api, err := newAdminAPI(set, data.Registry(), []revoke.Key{revoke.MustParseKey("uri:" + adminURI)}, log, metrics)
+	api, err := newAdminAPI(set, memStore{set}, data.Registry(), []revoke.Key{revoke.MustParseKey("uri:" + adminURI)}, log, metrics)
 	if err != nil {
 		return err
 	}

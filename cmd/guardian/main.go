@@ -17,6 +17,7 @@ const usage = `guardian closes live mTLS connections the moment their client cer
 
 Usage:
   guardian demo [--dir DIR] [--listen ADDR] [--admin ADDR]
+  guardian serve [--config guardian.yaml] [--log-format text|json]
   guardian pki init DIR
   guardian revoke   --admin URL --admin-cert F --admin-key F --admin-ca F SELECTOR [--reason R]
   guardian unrevoke --admin URL --admin-cert F --admin-key F --admin-ca F SELECTOR
@@ -42,6 +43,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "demo":
 		err = runDemo(args[1:], stdout, stderr)
+	case "serve":
+		err = runServe(args[1:], stdout, stderr)
 	case "pki":
 		err = runPKI(args[1:], stdout, stderr)
 	case "revoke":

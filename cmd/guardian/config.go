@@ -1,0 +1,305 @@
+package main
+
+import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/guardian-mtls/guardian/listener"
+	"github.com/guardian-mtls/guardian/revoke"
+)
+
+// Config is guardian.yaml (see DESIGN.md's "Configuration").
+type Config struct {
+	Listen           string           `yaml:"listen"`
+	HandshakeTimeout Duration         `yaml:"handshake_timeout"`
+	Admin            AdminConfig      `yaml:"admin"`
+	Revocation       RevocationConfig `yaml:"revocation"`
+	Audiences        []AudienceConfig `yaml:"audiences"`
+
+	file string // where it was read from; relative paths are relative to its directory
+}
+
+// AdminConfig is the admin listener: mTLS with its own CA.
+type AdminConfig struct {
+	Listen   string   `yaml:"listen"`
+	Cert     string   `yaml:"cert"`
+	Key      string   `yaml:"key"`
+	ClientCA []string `yaml:"client_ca"`
+	// Allow lists the identity keys (e.g. uri:spiffe://ops/admin) whose certificates may use
+	// the API; empty means any certificate the admin CA verifies.
+	Allow []string `yaml:"allow"`
+}
+
+// RevocationConfig says where revocations come from.
+type RevocationConfig struct {
+	Store        string         `yaml:"store"` // redis | embedded | memory
+	Redis        RedisConfig    `yaml:"redis"`
+	Embedded     EmbeddedConfig `yaml:"embedded"`
+	MaxStaleness Duration       `yaml:"max_staleness"`
+	Expired      string         `yaml:"expired"` // evict | keep
+	CRL          []any          `yaml:"crl"`
+	OCSP         map[string]any `yaml:"ocsp"`
+}
+
+// RedisConfig selects a single server (url), Sentinel (master_name + addrs) or Cluster
+// (addrs without master_name).
+type RedisConfig struct {
+	URL        string   `yaml:"url"`
+	Addrs      []string `yaml:"addrs"`
+	MasterName string   `yaml:"master_name"`
+	Username   string   `yaml:"username"`
+	Password   string   `yaml:"password"`
+	DB         int      `yaml:"db"`
+	TLS        bool     `yaml:"tls"`
+	CA         string   `yaml:"ca"`
+	Prefix     string   `yaml:"prefix"`
+	MaxLen     int64    `yaml:"max_len"`
+}
+
+// EmbeddedConfig is the local store's file.
+type EmbeddedConfig struct {
+	Path string `yaml:"path"`
+}
+
+// AudienceConfig is one audience on the port.
+type AudienceConfig struct {
+	Name           string   `yaml:"name"`
+	SNI            []string `yaml:"sni"`
+	Default        bool     `yaml:"default"`
+	Cert           string   `yaml:"cert"`
+	Key            string   `yaml:"key"`
+	ClientAuth     string   `yaml:"client_auth"` // none | optional | require
+	ClientCA       []string `yaml:"client_ca"`
+	OnStale        string   `yaml:"on_stale"` // open | closed
+	Upstream       string   `yaml:"upstream"`
+	SessionBinding bool     `yaml:"session_binding"`
+	TokenBinding   any      `yaml:"token_binding"`
+}
+
+// Duration is a time.Duration written as "10s" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: bad duration %q (want e.g. 10s, 5m)", n.Line, s)
+	}
+	if v < 0 {
+		return fmt.Errorf("line %d: negative duration %q", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// configError names the file and the field.
+func configError(file, field, format string, args ...any) error {
+	return fmt.Errorf("%s: %s: %s", file, field, fmt.Sprintf(format, args...))
+}
+
+// loadConfig reads, parses and validates a configuration file; nothing is started.
+func loadConfig(file string) (*Config, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	return parseConfig(file, b)
+}
+
+// maxConfigBytes bounds a configuration file.
+const maxConfigBytes = 4 << 20
+
+func parseConfig(file string, b []byte) (*Config, error) {
+	if len(b) > maxConfigBytes {
+		return nil, fmt.Errorf("%s: larger than %d bytes", file, maxConfigBytes)
+	}
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("%s: %v", file, strings.ReplaceAll(err.Error(), "yaml: unmarshal errors:\n  ", ""))
+	}
+	c.file = file
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Config) validate() error {
+	f := c.file
+	if c.Listen == "" {
+		c.Listen = ":8443"
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return configError(f, "listen", "%q is not host:port", c.Listen)
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = Duration(10 * time.Second)
+	}
+	r := &c.Revocation
+	switch r.Store {
+	case "":
+		r.Store = "embedded"
+	case "redis", "embedded", "memory":
+	default:
+		return configError(f, "revocation.store", "%q; want redis, embedded or memory", r.Store)
+	}
+	if r.Store == "redis" {
+		rc := r.Redis
+		switch {
+		case rc.URL == "" && len(rc.Addrs) == 0:
+			return configError(f, "revocation.redis", "store is redis but neither url nor addrs is set")
+		case rc.URL != "" && len(rc.Addrs) > 0:
+			return configError(f, "revocation.redis", "set url (one server) or addrs (sentinel or cluster), not both")
+		case rc.URL != "":
+			if _, err := url.Parse(rc.URL); err != nil || !(strings.HasPrefix(rc.URL, "redis://") || strings.HasPrefix(rc.URL, "rediss://") || strings.HasPrefix(rc.URL, "unix://")) {
+				return configError(f, "revocation.redis.url", "%q is not a redis://, rediss:// or unix:// URL", rc.URL)
+			}
+		}
+	}
+	if r.Store == "embedded" && r.Embedded.Path == "" {
+		r.Embedded.Path = "guardian.db"
+	}
+	r.Embedded.Path = c.path(r.Embedded.Path)
+	if r.MaxStaleness == 0 {
+		r.MaxStaleness = Duration(30 * time.Second)
+	}
+	switch r.Expired {
+	case "":
+		r.Expired = "evict"
+	case "evict", "keep":
+	default:
+		return configError(f, "revocation.expired", "%q; want evict or keep", r.Expired)
+	}
+	if len(r.CRL) > 0 {
+		return configError(f, "revocation.crl", "CRL sources are not supported by this build yet")
+	}
+	if len(r.OCSP) > 0 {
+		if m, _ := r.OCSP["mode"].(string); m != "" && m != "off" {
+			return configError(f, "revocation.ocsp", "OCSP is not supported by this build yet; use mode: off")
+		}
+	}
+	if c.Admin.Listen != "" {
+		a := &c.Admin
+		if a.Cert == "" || a.Key == "" || len(a.ClientCA) == 0 {
+			return configError(f, "admin", "listen is set, so cert, key and client_ca are required (the admin API is mTLS only)")
+		}
+		for i, k := range a.Allow {
+			if _, err := revoke.ParseKey(k); err != nil {
+				return configError(f, fmt.Sprintf("admin.allow[%d]", i), "%v", err)
+			}
+		}
+	}
+	if len(c.Audiences) == 0 {
+		return configError(f, "audiences", "at least one audience is required")
+	}
+	names := map[string]bool{}
+	for i := range c.Audiences {
+		a := &c.Audiences[i]
+		field := fmt.Sprintf("audiences[%d]", i)
+		if a.Name == "" {
+			return configError(f, field+".name", "required")
+		}
+		if names[a.Name] {
+			return configError(f, field+".name", "%q is used by another audience", a.Name)
+		}
+		names[a.Name] = true
+		if a.Cert == "" || a.Key == "" {
+			return configError(f, field, "cert and key are required")
+		}
+		switch a.ClientAuth {
+		case "":
+			a.ClientAuth = "require"
+		case "none", "optional", "require":
+		default:
+			return configError(f, field+".client_auth", "%q; want none, optional or require", a.ClientAuth)
+		}
+		if a.ClientAuth != "none" && len(a.ClientCA) == 0 {
+			return configError(f, field+".client_ca", "client_auth is %s, so client_ca is required", a.ClientAuth)
+		}
+		switch a.OnStale {
+		case "":
+			a.OnStale = "open"
+		case "open", "closed":
+		default:
+			return configError(f, field+".on_stale", "%q; want open or closed", a.OnStale)
+		}
+		if a.Upstream != "" {
+			u, err := url.Parse(a.Upstream)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				return configError(f, field+".upstream", "%q is not an http:// or https:// URL", a.Upstream)
+			}
+		}
+		if a.SessionBinding || a.TokenBinding != nil {
+			return configError(f, field, "session_binding and token_binding are not supported by this build yet")
+		}
+	}
+	return nil
+}
+
+// path resolves p relative to the configuration file's directory.
+func (c *Config) path(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(filepath.Dir(c.file), p)
+}
+
+// audiences loads every audience's files into listener.Audience values.
+func (c *Config) audiences() ([]listener.Audience, error) {
+	var out []listener.Audience
+	for i, a := range c.Audiences {
+		field := fmt.Sprintf("audiences[%d]", i)
+		cert, err := tls.LoadX509KeyPair(c.path(a.Cert), c.path(a.Key))
+		if err != nil {
+			return nil, configError(c.file, field+".cert", "%v", err)
+		}
+		la := listener.Audience{Name: a.Name, SNI: a.SNI, Default: a.Default, Certificates: []tls.Certificate{cert}}
+		switch a.ClientAuth {
+		case "none":
+			la.ClientAuth = tls.NoClientCert
+		case "optional":
+			la.ClientAuth = tls.VerifyClientCertIfGiven
+		case "require":
+			la.ClientAuth = tls.RequireAndVerifyClientCert
+		}
+		if len(a.ClientCA) > 0 {
+			la.ClientCAs, err = c.pool(a.ClientCA, field+".client_ca")
+			if err != nil {
+				return nil, err
+			}
+		}
+		if a.OnStale == "closed" {
+			la.OnStale = listener.StaleClosed
+		}
+		out = append(out, la)
+	}
+	return out, nil
+}
+
+func (c *Config) pool(files []string, field string) (*x509.CertPool, error) {
+	var paths []string
+	for _, p := range files {
+		paths = append(paths, c.path(p))
+	}
+	pool, err := loadPool(paths...)
+	if err != nil {
+		return nil, configError(c.file, field, "%v", err)
+	}
+	return pool, nil
+}

@@ -1,0 +1,263 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/guardian-mtls/guardian/listener"
+	"github.com/guardian-mtls/guardian/revoke"
+	"github.com/guardian-mtls/guardian/revoke/boltstore"
+	"github.com/guardian-mtls/guardian/revoke/redisfeed"
+)
+
+func runServe(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("serve", stderr)
+	file := fs.String("config", "guardian.yaml", "configuration `FILE`")
+	format := fs.String("log-format", "text", "log format: text or json")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(*file)
+	if err != nil {
+		return err
+	}
+	var h slog.Handler = slog.NewTextHandler(stderr, nil)
+	if *format == "json" {
+		h = slog.NewJSONHandler(stderr, nil)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return serve(ctx, cfg, stdout, slog.New(h))
+}
+
+// node is a running guardian: what serve builds from a Config.
+type node struct {
+	set   *revoke.Set
+	store revocationStore
+	feed  *redisfeed.Feed // nil unless the store is Redis
+	close []func()
+}
+
+// openStore builds the Set and the configured store, loading what it holds.
+func openStore(ctx context.Context, cfg *Config, metrics *prometheus.Registry, log *slog.Logger) (*node, error) {
+	set, err := revoke.NewSet(revoke.SetOptions{Metrics: metrics})
+	if err != nil {
+		return nil, err
+	}
+	n := &node{set: set}
+	r := cfg.Revocation
+	switch r.Store {
+	case "memory":
+		n.store = memStore{set}
+	case "embedded":
+		bs, _, err := boltstore.Open(r.Embedded.Path, set, log)
+		if err != nil {
+			return nil, configError(cfg.file, "revocation.embedded.path", "%v", err)
+		}
+		n.store = boltAdapter{bs}
+		n.close = append(n.close, func() { bs.Close() })
+	case "redis":
+		rc := r.Redis
+		cc := redisfeed.ClientConfig{URL: rc.URL, Addrs: rc.Addrs, MasterName: rc.MasterName,
+			Username: rc.Username, Password: rc.Password, DB: rc.DB}
+		if rc.TLS || rc.CA != "" {
+			cc.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
+			if rc.CA != "" {
+				if cc.TLS.RootCAs, err = cfg.pool([]string{rc.CA}, "revocation.redis.ca"); err != nil {
+					return nil, err
+				}
+			}
+		}
+		rdb, err := redisfeed.NewClient(cc)
+		if err != nil {
+			return nil, configError(cfg.file, "revocation.redis", "%v", err)
+		}
+		st := redisfeed.NewStore(rdb, rc.Prefix, rc.MaxLen)
+		feed, err := redisfeed.NewFeed(st, set, redisfeed.FeedOptions{Metrics: metrics, Logger: log})
+		if err != nil {
+			return nil, err
+		}
+		fctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { feed.Run(fctx); close(done) }()
+		n.close = append(n.close, func() { cancel(); <-done; rdb.Close() })
+		// Accept nothing with an empty Set if Redis answers: wait for the first snapshot,
+		// briefly. If Redis is down, the audiences' on_stale policies decide.
+		select {
+		case <-feed.Synced():
+		case <-time.After(5 * time.Second):
+			log.Warn("redis not reachable yet; serving per each audience's on_stale policy until it is")
+		case <-ctx.Done():
+		}
+		n.store, n.feed = redisAdapter{st}, feed
+	}
+	return n, nil
+}
+
+func (n *node) shutdown() {
+	for i := len(n.close) - 1; i >= 0; i-- {
+		n.close[i]()
+	}
+}
+
+// ready reports why the node is not ready, or "".
+func (n *node) ready(max time.Duration) string {
+	if n.feed == nil {
+		return ""
+	}
+	if s := n.feed.Staleness(); s > max {
+		return fmt.Sprintf("revocation feed stale: Redis unheard for %s (max_staleness %s)", s.Round(time.Second), max)
+	}
+	if st := n.feed.Status(); st.Regressed {
+		return "redis regressed: " + st.Reason + "; check it, then run guardian reseed"
+	}
+	return ""
+}
+
+func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger) error {
+	metrics := prometheus.NewRegistry()
+	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	auds, err := cfg.audiences()
+	if err != nil {
+		return err
+	}
+	handler, err := audienceHandler(cfg)
+	if err != nil {
+		return err
+	}
+	var adminCert tls.Certificate
+	var allowed []revoke.Key
+	if cfg.Admin.Listen != "" {
+		if adminCert, err = tls.LoadX509KeyPair(cfg.path(cfg.Admin.Cert), cfg.path(cfg.Admin.Key)); err != nil {
+			return configError(cfg.file, "admin.cert", "%v", err)
+		}
+		for _, k := range cfg.Admin.Allow {
+			allowed = append(allowed, revoke.MustParseKey(k)) // validated with the config
+		}
+	}
+	adminPool, err := cfg.pool(cfg.Admin.ClientCA, "admin.client_ca")
+	if err != nil {
+		return err
+	}
+
+	n, err := openStore(ctx, cfg, metrics, log)
+	if err != nil {
+		return err
+	}
+	defer n.shutdown()
+	maxStale := time.Duration(cfg.Revocation.MaxStaleness)
+	lcfg := listener.Config{Audiences: auds, Set: n.set, HandshakeTimeout: time.Duration(cfg.HandshakeTimeout),
+		KeepExpired: cfg.Revocation.Expired == "keep", Metrics: metrics, Logger: log}
+	if n.feed != nil {
+		lcfg.Stale = n.feed.StaleAfter(maxStale)
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return configError(cfg.file, "listen", "%v", err)
+	}
+	l, err := listener.New(ln, lcfg)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer l.Stop()
+	servers := []*http.Server{{Handler: handler, ConnContext: l.ConnContext, ReadHeaderTimeout: 30 * time.Second}}
+	listeners := []net.Listener{l}
+
+	if cfg.Admin.Listen != "" {
+		aln, err := net.Listen("tcp", cfg.Admin.Listen)
+		if err != nil {
+			return configError(cfg.file, "admin.listen", "%v", err)
+		}
+		al, err := listener.New(aln, listener.Config{Set: n.set, Logger: log, Audiences: []listener.Audience{{
+			Name: "admin", Default: true, SNI: []string{"localhost"}, Certificates: []tls.Certificate{adminCert},
+			ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: adminPool,
+		}}})
+		if err != nil {
+			aln.Close()
+			return err
+		}
+		defer al.Stop()
+		api, err := newAdminAPI(n.set, n.store, l.Registry(), allowed, log, metrics)
+		if err != nil {
+			return err
+		}
+		api.ready = func() string { return n.ready(maxStale) }
+		servers = append(servers, &http.Server{Handler: api.handler(), ReadHeaderTimeout: 10 * time.Second})
+		listeners = append(listeners, al)
+		fmt.Fprintf(stdout, "admin API on %s\n", aln.Addr())
+	}
+	fmt.Fprintf(stdout, "listening on %s (%d audiences, revocations: %s)\n", ln.Addr(), len(auds), cfg.Revocation.Store)
+	errc := make(chan error, len(servers))
+	for i, s := range servers {
+		go func() { errc <- s.Serve(listeners[i]) }()
+	}
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, s := range servers {
+		s.Shutdown(sctx)
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// audienceHandler sends each request to its audience's upstream, or to the identity echo
+// for an audience without one.
+func audienceHandler(cfg *Config) (http.Handler, error) {
+	echo := demoHandler()
+	byName := map[string]http.Handler{}
+	for _, a := range cfg.Audiences {
+		if a.Upstream == "" {
+			byName[a.Name] = echo
+			continue
+		}
+		u, err := url.Parse(a.Upstream)
+		if err != nil {
+			return nil, err
+		}
+		byName[a.Name] = &httputil.ReverseProxy{
+			Rewrite: func(pr *httputil.ProxyRequest) {
+				pr.SetURL(u)
+				pr.SetXForwarded()
+				// Identity headers come from guardian alone, never from the client.
+				pr.Out.Header.Del("X-Forwarded-Client-Cert")
+			},
+			// Streaming responses go through as they come.
+			FlushInterval: -1,
+		}
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		info, ok := listener.FromContext(r.Context())
+		if !ok {
+			http.Error(w, "no connection identity", http.StatusInternalServerError)
+			return
+		}
+		h := byName[info.Audience()]
+		if h == nil {
+			http.Error(w, "unknown audience", http.StatusMisdirectedRequest)
+			return
+		}
+		h.ServeHTTP(w, r)
+	}), nil
+}

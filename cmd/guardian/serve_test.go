@@ -1,0 +1,304 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/guardian-mtls/guardian/internal/redistest"
+)
+
+type runningServe struct {
+	dir, addr, admin string
+	out              *syncBuffer
+	stop             func()
+}
+
+// startServe writes cfg (with PKI in dir) and runs `guardian serve` on it in-process.
+func startServe(t *testing.T, dir, cfg string) *runningServe {
+	t.Helper()
+	file := filepath.Join(dir, fmt.Sprintf("guardian-%d.yaml", time.Now().UnixNano()))
+	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := loadConfig(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &runningServe{dir: dir, out: &syncBuffer{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	log := slog.New(slog.NewTextHandler(&syncBuffer{}, nil))
+	go func() { done <- serve(ctx, c, s.out, log) }()
+	var once bool
+	s.stop = func() {
+		if once {
+			return
+		}
+		once = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve returned %v", err)
+		}
+	}
+	t.Cleanup(s.stop)
+	re := regexp.MustCompile(`listening on (\S+) `)
+	are := regexp.MustCompile(`admin API on (\S+)`)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		out := s.out.String()
+		if m := re.FindStringSubmatch(out); m != nil {
+			s.addr = m[1]
+			if m := are.FindStringSubmatch(out); m != nil {
+				s.admin = m[1]
+			}
+			return s
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("serve ended: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("serve did not start:\n%s", out)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (s *runningServe) demoView() *runningDemo {
+	return &runningDemo{dir: s.dir, addr: s.addr, admin: s.admin}
+}
+
+const serveConfig = `
+listen: "127.0.0.1:0"
+handshake_timeout: 5s
+admin: { listen: "127.0.0.1:0", cert: server.pem, key: server.key, client_ca: [ca.pem], allow: ["uri:spiffe://guardian.demo/admin"] }
+revocation:
+  %s
+  max_staleness: 5s
+audiences:
+  - name: api
+    sni: [localhost]
+    cert: server.pem
+    key: server.key
+    client_auth: require
+    client_ca: [ca.pem]
+    on_stale: closed
+%s`
+
+// With the embedded store, a revocation closes the live conn and is still in force after
+// the daemon restarts.
+func TestServeEmbeddedSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	if err := writePKI(dir); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(serveConfig, "store: embedded\n  embedded: { path: state.db }", "")
+	s := startServe(t, dir, cfg)
+	d := s.demoView()
+	stream := openStream(t, d.client(t, "client"), s.addr)
+	other := openStream(t, d.client(t, "client2"), s.addr)
+	out, code := d.cli(t, append([]string{"revoke"}, append(d.adminArgs("admin"), "--cert", filepath.Join(dir, "client.pem"))...)...)
+	if code != 0 {
+		t.Fatalf("revoke: %s", out)
+	}
+	if !streamEnds(stream, 10*time.Second) {
+		t.Fatal("revoked client's stream still flowing")
+	}
+	if streamEnds(other, time.Second) {
+		t.Fatal("bystander's stream ended")
+	}
+	s.stop()
+
+	s2 := startServe(t, dir, cfg)
+	d2 := s2.demoView()
+	if _, err := d2.client(t, "client").Get("https://" + s2.addr + "/"); err == nil {
+		t.Fatal("revoked client served after a restart: the embedded store forgot")
+	}
+	resp, err := d2.client(t, "client2").Get("https://" + s2.addr + "/")
+	if err != nil {
+		t.Fatalf("client2 refused after restart: %v", err)
+	}
+	resp.Body.Close()
+	if _, err := os.Stat(filepath.Join(dir, "state.db")); err != nil {
+		t.Fatalf("embedded store path not relative to the config file: %v", err)
+	}
+}
+
+// Two daemons on one Redis: a revocation through one node's admin API closes the client's
+// conns on both, including a request streaming through an upstream proxy.
+func TestServeRedisFleetAndUpstream(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	dir := t.TempDir()
+	if err := writePKI(dir); err != nil {
+		t.Fatal(err)
+	}
+	upstreamDone := make(chan error, 4)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("X-Forwarded-Client-Cert") != "" {
+			http.Error(w, "client-sent XFCC reached the upstream", 500)
+			return
+		}
+		for i := 0; ; i++ {
+			if _, err := fmt.Fprintf(w, "still connected %d\n", i); err != nil {
+				break
+			}
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+			case <-time.After(20 * time.Millisecond):
+				continue
+			}
+			break
+		}
+		upstreamDone <- r.Context().Err()
+	}))
+	// A cleanup, not a defer: Close waits for the bystander's proxied request, which ends
+	// only when the nodes (registered later, so stopped first) are stopped.
+	t.Cleanup(up.Close)
+	store := fmt.Sprintf("store: redis\n  redis: { url: %q, prefix: testfleet }", srv.URL())
+	plain := startServe(t, dir, fmt.Sprintf(serveConfig, store, ""))
+	proxied := startServe(t, dir, strings.Replace(fmt.Sprintf(serveConfig, store, ""), "on_stale: closed", "on_stale: closed\n    upstream: "+up.URL, 1))
+
+	d1, d2 := plain.demoView(), proxied.demoView()
+	s1 := openStream(t, d1.client(t, "client"), plain.addr)
+	req, _ := http.NewRequest("GET", "https://"+proxied.addr+"/stream", nil)
+	req.Header.Set("X-Forwarded-Client-Cert", "Hash=forged")
+	resp, err := d2.client(t, "client").Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("proxied stream: %s", resp.Status)
+	}
+	s2 := make(chan string, 100)
+	go func() {
+		defer close(s2)
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			s2 <- sc.Text()
+		}
+	}()
+	if l := <-s2; !strings.HasPrefix(l, "still connected") {
+		t.Fatalf("proxied stream's first line %q", l)
+	}
+	bystander := openStream(t, d2.client(t, "client2"), proxied.addr)
+
+	out, code := d1.cli(t, append([]string{"revoke"}, append(d1.adminArgs("admin"), "--uri", clientURI, "--reason", "keyCompromise")...)...)
+	if code != 0 {
+		t.Fatalf("revoke: %s", out)
+	}
+	if !streamEnds(s1, 10*time.Second) {
+		t.Fatal("node 1: revoked stream still flowing")
+	}
+	if !streamEnds(s2, 10*time.Second) {
+		t.Fatal("node 2: revoked proxied stream still flowing")
+	}
+	select {
+	case err := <-upstreamDone:
+		if err == nil {
+			t.Fatal("upstream request ended without its context cancelled")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream request outlived the eviction")
+	}
+	if streamEnds(bystander, time.Second) {
+		t.Fatal("bystander's proxied stream ended")
+	}
+	// readyz is ready with a live feed.
+	resp2, err := d1.client(t, "admin").Get("https://" + plain.admin + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp2.Body.Close()
+	if resp2.StatusCode != 200 {
+		t.Fatalf("/readyz = %s with Redis up", resp2.Status)
+	}
+	srv.Kill()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp3, err := d1.client(t, "admin").Get("https://" + plain.admin + "/readyz")
+		if err == nil {
+			resp3.Body.Close()
+			if resp3.StatusCode == http.StatusServiceUnavailable {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("/readyz still ready 20s after Redis died (max_staleness 5s)")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func TestConfigErrorsNameFileAndField(t *testing.T) {
+	dir := t.TempDir()
+	good := `
+audiences:
+  - { name: a, sni: [x], cert: s.pem, key: s.key, client_ca: [ca.pem] }
+`
+	tests := []struct{ name, yaml, mention string }{
+		{"unknown key", "listne: x\n" + good, "listne"},
+		{"bad duration", "handshake_timeout: soon\n" + good, "bad duration"},
+		{"bad store", "revocation: { store: etcd }\n" + good, "revocation.store"},
+		{"redis without address", "revocation: { store: redis }\n" + good, "revocation.redis"},
+		{"redis bad url", "revocation: { store: redis, redis: { url: 'http://x' } }\n" + good, "revocation.redis.url"},
+		{"no audiences", "listen: ':1'\n", "audiences"},
+		{"client auth without CA", "audiences:\n  - { name: a, sni: [x], cert: s.pem, key: s.key }\n", "audiences[0].client_ca"},
+		{"bad on_stale", "audiences:\n  - { name: a, sni: [x], cert: s.pem, key: s.key, client_ca: [c], on_stale: maybe }\n", "audiences[0].on_stale"},
+		{"duplicate audience", "audiences:\n  - { name: a, sni: [x], cert: s.pem, key: s.key, client_ca: [c] }\n  - { name: a, sni: [y], cert: s.pem, key: s.key, client_ca: [c] }\n", "audiences[1].name"},
+		{"bad upstream", "audiences:\n  - { name: a, sni: [x], cert: s.pem, key: s.key, client_ca: [c], upstream: 'ftp://x' }\n", "audiences[0].upstream"},
+		{"admin without CA", "admin: { listen: ':9', cert: a, key: b }\n" + good, "admin"},
+		{"bad allow key", "admin: { listen: ':9', cert: a, key: b, client_ca: [c], allow: ['sha256:zz'] }\n" + good, "admin.allow[0]"},
+		{"crl not yet", "revocation: { crl: [ { file: x.crl } ] }\n" + good, "revocation.crl"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			file := filepath.Join(dir, "g.yaml")
+			_, err := parseConfig(file, []byte(tt.yaml))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !strings.Contains(err.Error(), file) || !strings.Contains(err.Error(), tt.mention) {
+				t.Fatalf("error %q does not name the file and %q", err, tt.mention)
+			}
+		})
+	}
+	// Missing files fail at start-up, naming the field; nothing is left listening.
+	c, err := parseConfig(filepath.Join(dir, "g.yaml"), []byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = serve(context.Background(), c, &syncBuffer{}, slog.New(slog.DiscardHandler))
+	if err == nil || !strings.Contains(err.Error(), "audiences[0].cert") {
+		t.Fatalf("serve with missing cert files: %v", err)
+	}
+}
+
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte(fmt.Sprintf(serveConfig, "store: memory", "")))
+	f.Add([]byte("audiences: [ { name: a } ]"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := parseConfig("f.yaml", b)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "f.yaml") {
+				t.Fatalf("error does not name the file: %v", err)
+			}
+			return
+		}
+		if len(c.Audiences) == 0 || c.Revocation.Store == "" {
+			t.Fatalf("accepted an incomplete config: %+v", c)
+		}
+	})
+}
