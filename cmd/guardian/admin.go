@@ -27,11 +27,11 @@ import (
 // that verifies client certificates against the admin CA; on top of that it answers only
 // certificates holding one of the allowed identity keys.
 type adminAPI struct {
-	set     *revoke.Set
-	store   revocationStore
-	reg     *conntrack.Registry // the data listener's conns
+	set   *revoke.Set
+	store revocationStore
+	reg   *conntrack.Registry // the data listener's conns
 	// ready, if set, answers /readyz: "" when ready, else why not.
-	ready func() string
+	ready   func() string
 	allowed []revoke.Key
 	log     *slog.Logger
 	// gatherer, if set, is served on /metrics.
