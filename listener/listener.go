@@ -77,6 +77,10 @@ type Config struct {
 	// Stale, if set, reports whether the revocation data is stale (its source unheard
 	// for too long); audiences with OnStale: StaleClosed then refuse new handshakes.
 	Stale func() bool
+	// OnRevocation, if set, is told of each change that revoked keys and how many live
+	// conns matched it (each is then confirmed and closed). It runs on the goroutine that
+	// applied the change and must be quick.
+	OnRevocation func(ch revoke.Change, matched int)
 	// EvictionWorkers bounds the goroutines that close evicted conns; 0 means 4×GOMAXPROCS.
 	EvictionWorkers int
 }
@@ -132,6 +136,7 @@ type Listener struct {
 	timeout time.Duration
 	keepExp bool
 	stale   func() bool
+	onRev   func(revoke.Change, int)
 	log     *slog.Logger
 	m       *metrics
 	unsub   func()
@@ -159,7 +164,7 @@ func New(inner net.Listener, cfg Config) (*Listener, error) {
 	}
 	l := &Listener{
 		inner: inner, set: cfg.Set, clock: cfg.Clock, timeout: cfg.HandshakeTimeout,
-		keepExp: cfg.KeepExpired, stale: cfg.Stale, log: cfg.Logger,
+		keepExp: cfg.KeepExpired, stale: cfg.Stale, onRev: cfg.OnRevocation, log: cfg.Logger,
 		exact: map[string]*audience{}, wild: map[string]*audience{},
 		ready: make(chan *tls.Conn), done: make(chan struct{}), handshakes: map[*conntrack.Conn]struct{}{},
 	}
@@ -583,7 +588,10 @@ func (l *Listener) onChange(ch revoke.Change) {
 	for i, e := range ch.Added {
 		keys[i] = string(e.Key)
 	}
-	l.reg.Evict(keys, conntrack.Cause{Reason: conntrack.ReasonRevoked, Since: time.Now()})
+	n := l.reg.Evict(keys, conntrack.Cause{Reason: conntrack.ReasonRevoked, Since: time.Now()})
+	if l.onRev != nil {
+		l.onRev(ch, n)
+	}
 }
 
 func (l *Listener) onEvict(e conntrack.Eviction) {

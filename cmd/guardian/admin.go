@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -21,6 +22,7 @@ import (
 	"github.com/guardian-mtls/guardian/conntrack"
 	"github.com/guardian-mtls/guardian/listener"
 	"github.com/guardian-mtls/guardian/revoke"
+	"github.com/guardian-mtls/guardian/revoke/redisfeed"
 )
 
 // adminAPI serves the operator API: revocations and live conns. It runs behind a listener
@@ -31,7 +33,9 @@ type adminAPI struct {
 	store revocationStore
 	reg   *conntrack.Registry // the data listener's conns
 	// ready, if set, answers /readyz: "" when ready, else why not.
-	ready   func() string
+	ready func() string
+	// fleet, if set, answers /v1/fleet: every live node's heartbeat.
+	fleet   func(context.Context) ([]redisfeed.NodeStatus, error)
 	allowed []revoke.Key
 	log     *slog.Logger
 	// gatherer, if set, is served on /metrics.
@@ -103,6 +107,18 @@ func (a *adminAPI) handler() http.Handler {
 	mux.HandleFunc("POST /v1/revocations", a.revoke)
 	mux.HandleFunc("DELETE /v1/revocations", a.unrevoke)
 	mux.HandleFunc("GET /v1/conns", a.conns)
+	mux.HandleFunc("GET /v1/fleet", func(w http.ResponseWriter, r *http.Request) {
+		if a.fleet == nil {
+			writeError(w, http.StatusNotFound, "no fleet status on this node")
+			return
+		}
+		nodes, err := a.fleet(r.Context())
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		writeJSON(w, http.StatusOK, nodes)
+	})
 	if a.gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(a.gatherer, promhttp.HandlerOpts{}))
 	}

@@ -64,6 +64,8 @@ type RedisConfig struct {
 	CA         string   `yaml:"ca"`
 	Prefix     string   `yaml:"prefix"`
 	MaxLen     int64    `yaml:"max_len"`
+	// NodeID names this node in heartbeats; default host name and listen port.
+	NodeID string `yaml:"node_id"`
 }
 
 // EmbeddedConfig is the local store's file.

@@ -20,6 +20,7 @@ import (
 
 	"github.com/guardian-mtls/guardian/listener"
 	"github.com/guardian-mtls/guardian/revoke"
+	"github.com/guardian-mtls/guardian/revoke/redisfeed"
 )
 
 func runDemo(args []string, stdout, stderr io.Writer) error {
@@ -64,8 +65,9 @@ func demo(ctx context.Context, dir, listenAddr, adminAddr string, stdout, stderr
 		dataLn.Close()
 		return fmt.Errorf("admin API: listen on %s: %w (pass --admin to use another address)", adminAddr, err)
 	}
+	n := &node{set: set, store: memStore{set}}
 	data, err := listener.New(dataLn, listener.Config{
-		Set: set, Metrics: metrics, Logger: log,
+		Set: set, Metrics: metrics, Logger: log, OnRevocation: n.onRevocation,
 		Audiences: []listener.Audience{{
 			Name: "demo", SNI: []string{"localhost"}, Default: true, Certificates: []tls.Certificate{serverCert},
 			ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool,
@@ -91,9 +93,12 @@ func demo(ctx context.Context, dir, listenAddr, adminAddr string, stdout, stderr
 		return err
 	}
 	defer admin.Stop()
-	api, err := newAdminAPI(set, memStore{set}, data.Registry(), []revoke.Key{revoke.MustParseKey("uri:" + adminURI)}, log, metrics)
+	api, err := newAdminAPI(set, n.store, data.Registry(), []revoke.Key{revoke.MustParseKey("uri:" + adminURI)}, log, metrics)
 	if err != nil {
 		return err
+	}
+	api.fleet = func(context.Context) ([]redisfeed.NodeStatus, error) {
+		return []redisfeed.NodeStatus{n.status("demo", data.Registry().Len())}, nil
 	}
 
 	dataSrv := &http.Server{Handler: demoHandler(), ConnContext: data.ConnContext, ReadHeaderTimeout: 10 * time.Second}

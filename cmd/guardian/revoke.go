@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -8,11 +9,14 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/guardian-mtls/guardian/revoke"
+	"github.com/guardian-mtls/guardian/revoke/redisfeed"
 )
 
 type adminFlags struct{ url, cert, key, ca string }
@@ -94,17 +98,142 @@ func hexSHA256(b []byte) string {
 	return hex.EncodeToString(h[:])
 }
 
+// targetFlags choose where the CLI acts: a node's admin API, or Redis directly.
+type targetFlags struct {
+	adminFlags
+	redis, config, prefix string
+}
+
+func (t *targetFlags) register(fs *flag.FlagSet) {
+	t.adminFlags.register(fs)
+	fs.StringVar(&t.redis, "redis", "", "act on Redis directly at `URL` (redis:// or rediss://) instead of a node")
+	fs.StringVar(&t.config, "config", "", "act on the Redis of this guardian.yaml `FILE`")
+	fs.StringVar(&t.prefix, "prefix", "", "Redis key `PREFIX` of the fleet (default: the config's, else guardian)")
+}
+
+// target is where revocations are written and read.
+type target interface {
+	revoke(ctx context.Context, e revoke.Entry) (version uint64, matched int, err error)
+	unrevoke(ctx context.Context, k revoke.Key) error
+	list(ctx context.Context) ([]revoke.Entry, error)
+	fleet(ctx context.Context) ([]redisfeed.NodeStatus, error)
+	name() string
+}
+
+func (t *targetFlags) open() (target, error) {
+	set := 0
+	for _, v := range []string{t.url, t.redis, t.config} {
+		if v != "" {
+			set++
+		}
+	}
+	if set != 1 {
+		return nil, errors.New("give one of --admin URL (a node's admin API), --redis URL, or --config FILE")
+	}
+	if t.url != "" {
+		c, err := t.client()
+		if err != nil {
+			return nil, err
+		}
+		return &adminTarget{c: c, url: t.url}, nil
+	}
+	cc := redisfeed.ClientConfig{URL: t.redis}
+	prefix := t.prefix
+	if t.config != "" {
+		cfg, err := loadConfig(t.config)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.Revocation.Store != "redis" {
+			return nil, fmt.Errorf("%s: revocation.store is %s, not redis: use --admin with a node of it", t.config, cfg.Revocation.Store)
+		}
+		rc := cfg.Revocation.Redis
+		cc = redisfeed.ClientConfig{URL: rc.URL, Addrs: rc.Addrs, MasterName: rc.MasterName, Username: rc.Username, Password: rc.Password, DB: rc.DB}
+		if prefix == "" {
+			prefix = rc.Prefix
+		}
+	}
+	rdb, err := redisfeed.NewClient(cc)
+	if err != nil {
+		return nil, err
+	}
+	return &redisTarget{s: redisfeed.NewStore(rdb, prefix, 0), name_: "redis"}, nil
+}
+
+type adminTarget struct {
+	c   *adminClient
+	url string
+}
+
+func (a *adminTarget) name() string { return a.url }
+
+func (a *adminTarget) revoke(_ context.Context, e revoke.Entry) (uint64, int, error) {
+	var resp revokeResponse
+	err := a.c.do("POST", "/v1/revocations", revokeRequest{Key: string(e.Key), Reason: string(e.Reason)}, &resp)
+	return resp.Version, resp.Matched, err
+}
+
+func (a *adminTarget) unrevoke(_ context.Context, k revoke.Key) error {
+	return a.c.do("DELETE", "/v1/revocations?key="+url.QueryEscape(string(k)), nil, nil)
+}
+
+func (a *adminTarget) list(context.Context) ([]revoke.Entry, error) {
+	var entries []revoke.Entry
+	err := a.c.do("GET", "/v1/revocations", nil, &entries)
+	return entries, err
+}
+
+func (a *adminTarget) fleet(context.Context) ([]redisfeed.NodeStatus, error) {
+	var nodes []redisfeed.NodeStatus
+	err := a.c.do("GET", "/v1/fleet", nil, &nodes)
+	return nodes, err
+}
+
+type redisTarget struct {
+	s     *redisfeed.Store
+	name_ string
+}
+
+func (r *redisTarget) name() string { return r.name_ }
+
+func (r *redisTarget) revoke(ctx context.Context, e revoke.Entry) (uint64, int, error) {
+	v, err := r.s.Revoke(ctx, e)
+	return v, -1, err
+}
+
+func (r *redisTarget) unrevoke(ctx context.Context, k revoke.Key) error {
+	_, changed, err := r.s.Unrevoke(ctx, k)
+	if err == nil && !changed {
+		err = fmt.Errorf("not revoked: %s", k)
+	}
+	return err
+}
+
+func (r *redisTarget) list(ctx context.Context) ([]revoke.Entry, error) {
+	entries, bad, err := r.s.Entries(ctx)
+	for f, e := range bad {
+		fmt.Fprintf(os.Stderr, "warning: malformed entry %q in Redis: %v\n", f, e)
+	}
+	sort.Slice(entries, func(i, j int) bool { return entries[i].Key < entries[j].Key })
+	return entries, err
+}
+
+func (r *redisTarget) fleet(ctx context.Context) ([]redisfeed.NodeStatus, error) {
+	return r.s.LiveNodes(ctx)
+}
+
 func runRevoke(args []string, stdout, stderr io.Writer, add bool) error {
 	name := map[bool]string{true: "revoke", false: "unrevoke"}[add]
 	fs := newFlags(name, stderr)
-	var af adminFlags
+	var tf targetFlags
 	var sel selector
-	af.register(fs)
+	tf.register(fs)
 	sel.register(fs)
 	reason := ""
 	if add {
 		fs.StringVar(&reason, "reason", "", "RFC 5280 `REASON`, e.g. keyCompromise, superseded (default unspecified)")
 	}
+	wait := fs.Duration("wait", 0, "wait up to `DURATION` until every live node has applied the change, and report each")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -112,43 +241,98 @@ func runRevoke(args []string, stdout, stderr io.Writer, add bool) error {
 	if err != nil {
 		return err
 	}
-	if add {
-		if _, err := revoke.ParseReason(reason); err != nil {
-			return err
-		}
-	}
-	c, err := af.client()
+	r, err := revoke.ParseReason(reason)
 	if err != nil {
 		return err
 	}
+	tgt, err := tf.open()
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
 	if !add {
-		if err := c.do("DELETE", "/v1/revocations?key="+url.QueryEscape(string(key)), nil, nil); err != nil {
+		if err := tgt.unrevoke(ctx, key); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "unrevoked %s\n", key)
 		return nil
 	}
-	var resp revokeResponse
-	if err := c.do("POST", "/v1/revocations", revokeRequest{Key: string(key), Reason: reason}, &resp); err != nil {
+	e := revoke.Entry{Key: key, Reason: r, RevokedAt: time.Now().UTC(), Source: "cli"}
+	version, matched, err := tgt.revoke(ctx, e)
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "revoked %s (%s)\n%s: %d live conn(s) matched and closed\n", key, resp.Entry.Reason, af.url, resp.Matched)
+	fmt.Fprintf(stdout, "revoked %s (%s), version %d\n", key, r, version)
+	if matched >= 0 {
+		fmt.Fprintf(stdout, "%s: %d live conn(s) matched and closed\n", tgt.name(), matched)
+	}
+	if *wait <= 0 {
+		return nil
+	}
+	return waitFleet(ctx, tgt, key, version, *wait, stdout)
+}
+
+// waitFleet polls the fleet until every live node has applied version.
+func waitFleet(ctx context.Context, tgt target, key revoke.Key, version uint64, wait time.Duration, stdout io.Writer) error {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	var nodes []redisfeed.NodeStatus
+	var missing []string
+	for {
+		got, err := tgt.fleet(ctx)
+		switch {
+		case err == nil:
+			nodes = got
+		case ctx.Err() == nil:
+			return err
+		}
+		missing = missing[:0]
+		for _, n := range nodes {
+			if n.Applied < version {
+				missing = append(missing, n.ID)
+			}
+		}
+		if len(nodes) > 0 && len(missing) == 0 || ctx.Err() != nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tAPPLIED\tMATCHED CONNS\tLIVE CONNS")
+	for _, n := range nodes {
+		m := "-"
+		if c, ok := n.Matched[string(key)]; ok && n.Applied >= version {
+			m = fmt.Sprint(c)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\n", n.ID, n.Applied, m, n.Conns)
+	}
+	tw.Flush()
+	switch {
+	case len(nodes) == 0:
+		return fmt.Errorf("no live node reported within %s", wait)
+	case len(missing) > 0:
+		return fmt.Errorf("%d node(s) did not confirm version %d within %s: %s", len(missing), version, wait, strings.Join(missing, ", "))
+	}
+	fmt.Fprintf(stdout, "all %d live node(s) applied version %d\n", len(nodes), version)
 	return nil
 }
 
 func runList(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("list", stderr)
-	var af adminFlags
-	af.register(fs)
+	var tf targetFlags
+	tf.register(fs)
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	c, err := af.client()
+	tgt, err := tf.open()
 	if err != nil {
 		return err
 	}
-	var entries []revoke.Entry
-	if err := c.do("GET", "/v1/revocations", nil, &entries); err != nil {
+	entries, err := tgt.list(context.Background())
+	if err != nil {
 		return err
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)

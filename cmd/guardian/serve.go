@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -47,10 +48,72 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 
 // node is a running guardian: what serve builds from a Config.
 type node struct {
-	set   *revoke.Set
-	store revocationStore
-	feed  *redisfeed.Feed // nil unless the store is Redis
-	close []func()
+	set    *revoke.Set
+	store  revocationStore
+	feed   *redisfeed.Feed  // nil unless the store is Redis
+	rstore *redisfeed.Store // nil unless the store is Redis
+	close  []func()
+
+	mu        sync.Mutex
+	matched   map[string]int // recently revoked keys: conns each change matched
+	recent    []string
+	evictions uint64
+}
+
+const recentKeys = 256
+
+// onRevocation records how many conns a change matched, for heartbeats and --wait.
+func (n *node) onRevocation(ch revoke.Change, matched int) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.matched == nil {
+		n.matched = map[string]int{}
+	}
+	n.evictions += uint64(matched)
+	for _, e := range ch.Added {
+		k := string(e.Key)
+		if _, ok := n.matched[k]; !ok {
+			n.recent = append(n.recent, k)
+		}
+		n.matched[k] = matched
+	}
+	for len(n.recent) > recentKeys {
+		delete(n.matched, n.recent[0])
+		n.recent = n.recent[1:]
+	}
+}
+
+// status is the node's heartbeat.
+func (n *node) status(id string, conns int) redisfeed.NodeStatus {
+	ns := redisfeed.NodeStatus{ID: id, Conns: conns, At: time.Now().UTC(), Applied: n.set.Version()}
+	if n.feed != nil {
+		st := n.feed.Status()
+		ns.Applied, ns.Epoch, ns.Regressed = st.Applied, st.Epoch, st.Regressed
+	}
+	n.mu.Lock()
+	ns.Evictions = n.evictions
+	ns.Matched = make(map[string]int, len(n.matched))
+	for k, v := range n.matched {
+		ns.Matched[k] = v
+	}
+	n.mu.Unlock()
+	return ns
+}
+
+// heartbeat publishes the node's status to Redis every second until ctx ends.
+func (n *node) heartbeat(ctx context.Context, id string, conns func() int, log *slog.Logger) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		if err := n.rstore.Heartbeat(ctx, n.status(id, conns()), 5*time.Second); err != nil && ctx.Err() == nil {
+			log.Debug("heartbeat failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // openStore builds the Set and the configured store, loading what it holds.
@@ -104,7 +167,7 @@ func openStore(ctx context.Context, cfg *Config, metrics *prometheus.Registry, l
 			log.Warn("redis not reachable yet; serving per each audience's on_stale policy until it is")
 		case <-ctx.Done():
 		}
-		n.store, n.feed = redisAdapter{st}, feed
+		n.store, n.feed, n.rstore = redisAdapter{st}, feed, st
 	}
 	return n, nil
 }
@@ -162,7 +225,7 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger)
 	defer n.shutdown()
 	maxStale := time.Duration(cfg.Revocation.MaxStaleness)
 	lcfg := listener.Config{Audiences: auds, Set: n.set, HandshakeTimeout: time.Duration(cfg.HandshakeTimeout),
-		KeepExpired: cfg.Revocation.Expired == "keep", Metrics: metrics, Logger: log}
+		KeepExpired: cfg.Revocation.Expired == "keep", Metrics: metrics, Logger: log, OnRevocation: n.onRevocation}
 	if n.feed != nil {
 		lcfg.Stale = n.feed.StaleAfter(maxStale)
 	}
@@ -176,6 +239,18 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger)
 		return err
 	}
 	defer l.Stop()
+	nodeID := cfg.Revocation.Redis.NodeID
+	if nodeID == "" {
+		host, _ := os.Hostname()
+		_, port, _ := net.SplitHostPort(ln.Addr().String())
+		nodeID = host + ":" + port
+	}
+	if n.rstore != nil {
+		hctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { n.heartbeat(hctx, nodeID, l.Registry().Len, log); close(done) }()
+		defer func() { cancel(); <-done }()
+	}
 	servers := []*http.Server{{Handler: handler, ConnContext: l.ConnContext, ReadHeaderTimeout: 30 * time.Second}}
 	listeners := []net.Listener{l}
 
@@ -198,6 +273,12 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger)
 			return err
 		}
 		api.ready = func() string { return n.ready(maxStale) }
+		api.fleet = func(ctx context.Context) ([]redisfeed.NodeStatus, error) {
+			if n.rstore != nil {
+				return n.rstore.LiveNodes(ctx)
+			}
+			return []redisfeed.NodeStatus{n.status(nodeID, l.Registry().Len())}, nil
+		}
 		servers = append(servers, &http.Server{Handler: api.handler(), ReadHeaderTimeout: 10 * time.Second})
 		listeners = append(listeners, al)
 		fmt.Fprintf(stdout, "admin API on %s\n", aln.Addr())

@@ -14,7 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/guardian-mtls/guardian/internal/redistest"
+	"github.com/guardian-mtls/guardian/revoke/redisfeed"
 )
 
 type runningServe struct {
@@ -195,10 +198,24 @@ func TestServeRedisFleetAndUpstream(t *testing.T) {
 	}
 	bystander := openStream(t, d2.client(t, "client2"), proxied.addr)
 
-	out, code := d1.cli(t, append([]string{"revoke"}, append(d1.adminArgs("admin"), "--uri", clientURI, "--reason", "keyCompromise")...)...)
-	if code != 0 {
-		t.Fatalf("revoke: %s", out)
+	// Both nodes heartbeat before the revocation, so --wait knows of both.
+	rs := redisfeed.NewStore(redis.NewClient(&redis.Options{Addr: srv.Addr()}), "testfleet", 0)
+	eventuallyT(t, "two nodes heartbeating", func() bool { n, _ := rs.LiveNodes(context.Background()); return len(n) == 2 })
+	out, code := d1.cli(t, append([]string{"revoke"}, append(d1.adminArgs("admin"), "--uri", clientURI, "--reason", "keyCompromise", "--wait", "10s")...)...)
+	if code != 0 || !strings.Contains(out, "all 2 live node(s) applied") {
+		t.Fatalf("revoke --wait: exit %d:\n%s", code, out)
 	}
+	// Each node reports what it matched: one conn of client.pem on each.
+	rows := regexp.MustCompile(`(?m)^\S+:\d+\s+(\d+)\s+(\S+)\s+\d+$`).FindAllStringSubmatch(out, -1)
+	if len(rows) != 2 {
+		t.Fatalf("revoke --wait printed %d node rows; want 2:\n%s", len(rows), out)
+	}
+	for _, r := range rows {
+		if r[2] != "1" {
+			t.Errorf("a node reports %s matched conns; want 1:\n%s", r[2], out)
+		}
+	}
+	t.Logf("revoke --wait:\n%s", out)
 	if !streamEnds(s1, 10*time.Second) {
 		t.Fatal("node 1: revoked stream still flowing")
 	}
@@ -224,6 +241,22 @@ func TestServeRedisFleetAndUpstream(t *testing.T) {
 	resp2.Body.Close()
 	if resp2.StatusCode != 200 {
 		t.Fatalf("/readyz = %s with Redis up", resp2.Status)
+	}
+	// Straight to Redis: revoke and list with --redis; a node that stopped applying is named.
+	out, code = d1.cli(t, "revoke", "--redis", srv.URL(), "--prefix", "testfleet", "--dns", "other.example", "--wait", "10s")
+	if code != 0 || !strings.Contains(out, "all 2 live node(s) applied") {
+		t.Fatalf("revoke --redis --wait: exit %d:\n%s", code, out)
+	}
+	out, code = d1.cli(t, "list", "--redis", srv.URL(), "--prefix", "testfleet")
+	if code != 0 || !strings.Contains(out, "dns:other.example") || !strings.Contains(out, "uri:"+clientURI) {
+		t.Fatalf("list --redis: exit %d:\n%s", code, out)
+	}
+	if err := rs.Heartbeat(context.Background(), redisfeed.NodeStatus{ID: "ghost:1", Applied: 1, At: time.Now()}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	out, code = d1.cli(t, "revoke", "--redis", srv.URL(), "--prefix", "testfleet", "--dns", "third.example", "--wait", "1s")
+	if code == 0 || !strings.Contains(out, "did not confirm") || !strings.Contains(out, "ghost:1") {
+		t.Fatalf("revoke --wait with a silent node: exit %d:\n%s", code, out)
 	}
 	srv.Kill()
 	deadline := time.Now().Add(20 * time.Second)
@@ -301,4 +334,15 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("accepted an incomplete config: %+v", c)
 		}
 	})
+}
+
+func eventuallyT(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 15s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

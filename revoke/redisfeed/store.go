@@ -66,6 +66,7 @@ return {v, 1, epoch}
 
 // Store writes revocations to Redis.
 type Store struct {
+	pfx    string
 	rdb    redis.UniversalClient
 	keys   Keys
 	maxLen int64
@@ -80,7 +81,7 @@ func NewStore(rdb redis.UniversalClient, prefix string, maxLen int64) *Store {
 	if maxLen <= 0 {
 		maxLen = DefaultMaxLen
 	}
-	return &Store{rdb: rdb, keys: KeysFor(prefix), maxLen: maxLen}
+	return &Store{pfx: prefix, rdb: rdb, keys: KeysFor(prefix), maxLen: maxLen}
 }
 
 // Keys returns the store's Redis keys.
