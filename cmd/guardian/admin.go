@@ -34,6 +34,8 @@ type adminAPI struct {
 	reg   *conntrack.Registry // the data listener's conns
 	// ready, if set, answers /readyz: "" when ready, else why not.
 	ready func() string
+	// feed is the Redis feed, for /v1/reseed; nil for other stores.
+	feed *redisfeed.Feed
 	// fleet, if set, answers /v1/fleet: every live node's heartbeat.
 	fleet   func(context.Context) ([]redisfeed.NodeStatus, error)
 	allowed []revoke.Key
@@ -107,6 +109,7 @@ func (a *adminAPI) handler() http.Handler {
 	mux.HandleFunc("POST /v1/revocations", a.revoke)
 	mux.HandleFunc("DELETE /v1/revocations", a.unrevoke)
 	mux.HandleFunc("GET /v1/conns", a.conns)
+	mux.HandleFunc("POST /v1/reseed", a.reseed)
 	mux.HandleFunc("GET /v1/fleet", func(w http.ResponseWriter, r *http.Request) {
 		if a.fleet == nil {
 			writeError(w, http.StatusNotFound, "no fleet status on this node")
@@ -204,6 +207,47 @@ func (a *adminAPI) unrevoke(w http.ResponseWriter, r *http.Request) {
 	}
 	a.log.Info("unrevoked", "key", key)
 	writeJSON(w, http.StatusOK, map[string]any{"key": key})
+}
+
+type reseedRequest struct {
+	Apply bool `json:"apply"`
+}
+
+type reseedResponse struct {
+	Missing []revoke.Entry `json:"missing"`
+	Written int            `json:"written"`
+	Version uint64         `json:"version,omitempty"`
+}
+
+// reseed shows (and with apply, writes back) this node's entries that Redis lacks.
+func (a *adminAPI) reseed(w http.ResponseWriter, r *http.Request) {
+	w = &countingWriter{ResponseWriter: w, done: func(code int) { a.count("reseed", code) }}
+	if a.feed == nil {
+		writeError(w, http.StatusNotFound, "this node's revocation store is not Redis; nothing to reseed")
+		return
+	}
+	var req reseedRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxAdminBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "bad request body: "+err.Error())
+		return
+	}
+	missing, err := a.feed.Missing(r.Context())
+	if err != nil {
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+		return
+	}
+	resp := reseedResponse{Missing: missing}
+	if req.Apply && len(missing) > 0 {
+		resp.Written, resp.Version, err = a.feed.Store().Reseed(r.Context(), missing, a.feed.Status().Applied)
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		a.log.Warn("reseeded redis from this node", "written", resp.Written, "version", resp.Version)
+	}
+	writeJSON(w, http.StatusOK, resp)
 }
 
 func (a *adminAPI) conns(w http.ResponseWriter, r *http.Request) {

@@ -19,12 +19,15 @@ Usage:
   guardian demo [--dir DIR] [--listen ADDR] [--admin ADDR]
   guardian serve [--config guardian.yaml] [--log-format text|json]
   guardian pki init DIR
-  guardian revoke   --admin URL --admin-cert F --admin-key F --admin-ca F SELECTOR [--reason R]
-  guardian unrevoke --admin URL --admin-cert F --admin-key F --admin-ca F SELECTOR
-  guardian list     --admin URL --admin-cert F --admin-key F --admin-ca F
+  guardian revoke   TARGET SELECTOR [--reason R] [--wait 5s]
+  guardian unrevoke TARGET SELECTOR
+  guardian list     TARGET
   guardian conns    --admin URL --admin-cert F --admin-key F --admin-ca F
+  guardian reseed   --admin URL --admin-cert F --admin-key F --admin-ca F [--yes]
   guardian version
 
+TARGET: --admin URL --admin-cert F --admin-key F --admin-ca F (a node's admin API),
+        or --redis URL [--prefix P], or --config guardian.yaml (its Redis).
 SELECTOR: --cert FILE [--by serial|sha256|spki|uri|dns|email|subject],
           --serial HEX --issuer-cert FILE, --fingerprint HEX, --spki HEX,
           --uri URI, --dns NAME, --email ADDR, --subject DN, or --key KEY.
@@ -55,6 +58,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runList(args[1:], stdout, stderr)
 	case "conns":
 		err = runConns(args[1:], stdout, stderr)
+	case "reseed":
+		err = runReseed(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, version())
 	case "help", "-h", "--help":

@@ -375,3 +375,35 @@ func runConns(args []string, stdout, stderr io.Writer) error {
 	}
 	return tw.Flush()
 }
+
+func runReseed(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("reseed", stderr)
+	var af adminFlags
+	af.register(fs)
+	yes := fs.Bool("yes", false, "write the entries back (without it, only show them)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	c, err := af.client()
+	if err != nil {
+		return err
+	}
+	var resp reseedResponse
+	if err := c.do("POST", "/v1/reseed", reseedRequest{Apply: *yes}, &resp); err != nil {
+		return err
+	}
+	if len(resp.Missing) == 0 {
+		fmt.Fprintln(stdout, "Redis holds every entry this node has; nothing to reseed")
+		return nil
+	}
+	fmt.Fprintf(stdout, "this node holds %d entries that Redis lacks:\n", len(resp.Missing))
+	for _, e := range resp.Missing {
+		fmt.Fprintf(stdout, "  %s\t%s\t%s\n", e.Key, e.Reason, e.RevokedAt.Format(time.RFC3339))
+	}
+	if !*yes {
+		fmt.Fprintln(stdout, "check them, then run again with --yes to write them back")
+		return nil
+	}
+	fmt.Fprintf(stdout, "wrote %d entries back to Redis at version %d; every node resyncs\n", resp.Written, resp.Version)
+	return nil
+}

@@ -273,6 +273,7 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger)
 			return err
 		}
 		api.ready = func() string { return n.ready(maxStale) }
+		api.feed = n.feed
 		api.fleet = func(ctx context.Context) ([]redisfeed.NodeStatus, error) {
 			if n.rstore != nil {
 				return n.rstore.LiveNodes(ctx)

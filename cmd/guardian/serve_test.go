@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -345,4 +346,54 @@ func eventuallyT(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// Redis restarted empty under a node: /readyz reports the regression, the node keeps the
+// revocation in force, and `guardian reseed` (checked first, then --yes) restores Redis.
+func TestServeReseedAfterEmptyRedis(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	dir := t.TempDir()
+	if err := writePKI(dir); err != nil {
+		t.Fatal(err)
+	}
+	s := startServe(t, dir, fmt.Sprintf(serveConfig, fmt.Sprintf("store: redis\n  redis: { url: %q }", srv.URL()), ""))
+	d := s.demoView()
+	out, code := d.cli(t, append([]string{"revoke"}, append(d.adminArgs("admin"), "--cert", filepath.Join(dir, "client.pem"), "--wait", "5s")...)...)
+	if code != 0 {
+		t.Fatalf("revoke: %s", out)
+	}
+	srv.Restart() // no persistence: comes back empty
+	readyz := func() (int, string) {
+		resp, err := d.client(t, "admin").Get("https://" + s.admin + "/readyz")
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	eventuallyT(t, "/readyz reports the regression", func() bool {
+		code, body := readyz()
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "regressed")
+	})
+	if _, err := d.client(t, "client").Get("https://" + s.addr + "/"); err == nil {
+		t.Fatal("the revoked client was served after Redis lost the revocation")
+	}
+	out, code = d.cli(t, append([]string{"reseed"}, d.adminArgs("admin")...)...)
+	if code != 0 || !strings.Contains(out, "1 entries that Redis lacks") || !strings.Contains(out, "--yes") {
+		t.Fatalf("reseed (dry run): exit %d:\n%s", code, out)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rdb.Close()
+	if n, _ := rdb.HLen(context.Background(), "{guardian}:revoked").Result(); n != 0 {
+		t.Fatalf("the dry run wrote %d entries", n)
+	}
+	out, code = d.cli(t, append([]string{"reseed", "--yes"}, d.adminArgs("admin")...)...)
+	if code != 0 || !strings.Contains(out, "wrote 1 entries") {
+		t.Fatalf("reseed --yes: exit %d:\n%s", code, out)
+	}
+	if n, _ := rdb.HLen(context.Background(), "{guardian}:revoked").Result(); n != 1 {
+		t.Fatalf("Redis holds %d entries after the reseed; want 1", n)
+	}
+	eventuallyT(t, "/readyz ready again", func() bool { code, _ := readyz(); return code == http.StatusOK })
 }

@@ -78,6 +78,9 @@ func NewFeed(store *Store, set *revoke.Set, opts FeedOptions) (*Feed, error) {
 	return f, nil
 }
 
+// Store returns the feed's store.
+func (f *Feed) Store() *Store { return f.store }
+
 // Synced is closed once the first snapshot has been applied.
 func (f *Feed) Synced() <-chan struct{} { return f.synced }
 
@@ -146,6 +149,12 @@ func (f *Feed) Run(ctx context.Context) error {
 		f.mu.Lock()
 		from := f.applied
 		f.mu.Unlock()
+		// go-redis retries a command on a fresh connection by default, so a restart or a
+		// failover can hide behind a quiet XREAD: check who we are talking to every round.
+		if reason := f.verify(ctx); reason != "" {
+			needSync, why = true, reason
+			continue
+		}
 		res, err := f.store.rdb.XRead(ctx, &redis.XReadArgs{
 			Streams: []string{f.store.keys.Log, fmt.Sprintf("%d-0", from)},
 			Block:   f.opts.Block, Count: 1000,
@@ -177,6 +186,35 @@ func (f *Feed) Run(ctx context.Context) error {
 	return ctx.Err()
 }
 
+// verify reports a resync reason if Redis is no longer the one the node synced from: its
+// epoch changed (a restart without data, another instance) or its version went below what
+// the node applied (a failover to a lagging replica). A failed read says nothing here; the
+// XREAD that follows fails too and triggers the resync.
+func (f *Feed) verify(ctx context.Context) string {
+	k := f.store.keys
+	var epochCmd, versionCmd *redis.StringCmd
+	_, err := f.store.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		epochCmd = p.Get(ctx, k.Epoch)
+		versionCmd = p.Get(ctx, k.Version)
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return ""
+	}
+	f.mu.Lock()
+	epoch, applied := f.epoch, f.applied
+	f.mu.Unlock()
+	if epochCmd.Val() != epoch {
+		return "epoch changed"
+	}
+	var v uint64
+	fmt.Sscan(versionCmd.Val(), &v)
+	if v < applied {
+		return "version regressed"
+	}
+	return ""
+}
+
 // applyMessages applies stream messages in order; it returns a resync reason if the
 // messages do not continue from the applied version.
 func (f *Feed) applyMessages(msgs []redis.XMessage) string {
@@ -191,6 +229,9 @@ func (f *Feed) applyMessages(msgs []redis.XMessage) string {
 		f.mu.Unlock()
 		if v <= applied {
 			continue
+		}
+		if op, _ := msg.Values["op"].(string); op == OpReseed {
+			return "reseed"
 		}
 		if v != applied+1 {
 			// The records in between were trimmed, or a script failed after INCR.
@@ -293,13 +334,30 @@ func (f *Feed) resync(ctx context.Context, why string) error {
 	if _, err := f.set.Apply(entries, removed); err != nil {
 		return fmt.Errorf("redisfeed: apply snapshot: %w", err)
 	}
+	// A regressed node recovers once Redis again holds every entry it kept (a reseed).
+	recovered := false
+	if stillRegressed && regression == "" {
+		recovered = true
+		for _, e := range f.set.Entries() {
+			if e.Source == "redis" && !inRedis[e.Key] {
+				recovered = false
+				break
+			}
+		}
+	}
 	f.mu.Lock()
 	f.applied, f.epoch = version, epoch
 	f.resyncs++
 	if regression != "" {
 		f.regressed, f.reason = true, regression
 	}
+	if recovered {
+		f.regressed, f.reason = false, ""
+	}
 	f.mu.Unlock()
+	if recovered {
+		f.log.Info("redis holds every entry this node kept again; regression cleared")
+	}
 	f.m.applied.Set(float64(version))
 	f.m.resyncs.WithLabelValues(why).Inc()
 	f.log.Info("resynced from redis", "reason", why, "version", version, "entries", len(entries), "removed", len(removed))
@@ -307,11 +365,24 @@ func (f *Feed) resync(ctx context.Context, why string) error {
 	return nil
 }
 
-// ClearRegression marks the regression handled (after a reseed).
-func (f *Feed) ClearRegression() {
-	f.mu.Lock()
-	f.regressed, f.reason = false, ""
-	f.mu.Unlock()
+// Missing returns the node's Redis-sourced entries that Redis lacks: what a reseed would
+// write back.
+func (f *Feed) Missing(ctx context.Context) ([]revoke.Entry, error) {
+	in, _, err := f.store.Entries(ctx)
+	if err != nil {
+		return nil, err
+	}
+	have := make(map[revoke.Key]bool, len(in))
+	for _, e := range in {
+		have[e.Key] = true
+	}
+	var out []revoke.Entry
+	for _, e := range f.set.Entries() {
+		if e.Source == "redis" && !have[e.Key] {
+			out = append(out, e)
+		}
+	}
+	return out, nil
 }
 
 type feedMetrics struct {

@@ -18,6 +18,8 @@ import (
 const (
 	OpRevoke   = "revoke"
 	OpUnrevoke = "unrevoke"
+	// OpReseed marks a reseed: every node resyncs on reading it.
+	OpReseed = "reseed"
 )
 
 // Defaults.
@@ -248,4 +250,43 @@ func truncate(s string, n int) string {
 		return s[:n] + "…"
 	}
 	return s
+}
+
+// reseedScript writes entries that Redis lacks (never overwriting one it has), lifts the
+// version past minVersion and appends a "reseed" record, which makes every node resync.
+// KEYS: revoked, version, log. ARGV: minVersion, maxlen, then field, value pairs.
+var reseedScript = redis.NewScript(`
+local n = 0
+for i = 3, #ARGV, 2 do
+  n = n + redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i+1])
+end
+local v = tonumber(redis.call('GET', KEYS[2]) or '0')
+local target = math.max(v, tonumber(ARGV[1])) + 1
+redis.call('SET', KEYS[2], target)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], target .. '-0', 'op', 'reseed')
+return {n, target}
+`)
+
+// Reseed writes back the entries Redis lacks, after a regression, and moves the version past
+// minVersion (the highest any node applied) so that every node resyncs. It returns how many
+// entries were written and the new version.
+func (s *Store) Reseed(ctx context.Context, entries []revoke.Entry, minVersion uint64) (written int, version uint64, err error) {
+	args := []any{minVersion, s.maxLen}
+	for _, e := range entries {
+		if c, err := revoke.ParseKey(string(e.Key)); err != nil || c != e.Key {
+			return 0, 0, fmt.Errorf("redisfeed: reseed: bad key %q", e.Key)
+		}
+		b, err := json.Marshal(e)
+		if err != nil {
+			return 0, 0, err
+		}
+		args = append(args, string(e.Key), string(b))
+	}
+	res, err := reseedScript.Run(ctx, s.rdb, []string{s.keys.Revoked, s.keys.Version, s.keys.Log}, args...).Slice()
+	if err != nil {
+		return 0, 0, fmt.Errorf("redisfeed: reseed: %w", err)
+	}
+	n, _ := res[0].(int64)
+	v, _ := res[1].(int64)
+	return int(n), uint64(v), nil
 }
