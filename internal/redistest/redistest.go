@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -16,11 +17,11 @@ import (
 
 // Server is a redis-server process owned by a test.
 type Server struct {
-	tb      testing.TB
-	dir     string
-	port    int
-	persist bool
-	cmd     *exec.Cmd
+	tb   testing.TB
+	dir  string
+	port int
+	opts Options
+	cmd  *exec.Cmd
 }
 
 // Options configures a Server.
@@ -29,6 +30,10 @@ type Options struct {
 	// nothing and a restart comes back with everything. Without it a restart comes back
 	// empty, as a Redis without persistence does.
 	Persist bool
+	// ReplicaOf makes the server a replica of another (host:port).
+	ReplicaOf string
+	// Cluster starts the server in cluster mode (see StartCluster).
+	Cluster bool
 }
 
 // Start runs a redis-server on a free port; it is killed when the test ends. The test is
@@ -38,7 +43,7 @@ func Start(tb testing.TB, o Options) *Server {
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		tb.Skip("redis-server not installed (apt-get install redis-server)")
 	}
-	s := &Server{tb: tb, dir: tb.TempDir(), persist: o.Persist}
+	s := &Server{tb: tb, dir: tb.TempDir(), opts: o}
 	s.port = freePort(tb)
 	s.start()
 	tb.Cleanup(s.Kill)
@@ -55,10 +60,18 @@ func (s *Server) start() {
 	s.tb.Helper()
 	args := []string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir,
 		"--save", "", "--daemonize", "no", "--logfile", filepath.Join(s.dir, "redis.log")}
-	if s.persist {
+	if s.opts.Persist {
 		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
 	} else {
 		args = append(args, "--appendonly", "no")
+	}
+	if s.opts.ReplicaOf != "" {
+		h, p, _ := net.SplitHostPort(s.opts.ReplicaOf)
+		args = append(args, "--replicaof", h, p)
+	}
+	if s.opts.Cluster {
+		args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(s.dir, "nodes.conf"),
+			"--cluster-node-timeout", "2000")
 	}
 	s.cmd = exec.Command("redis-server", args...)
 	if err := s.cmd.Start(); err != nil {
@@ -223,4 +236,89 @@ func (p *Proxy) Close() {
 	p.mu.Unlock()
 	p.ln.Close()
 	p.Heal()
+}
+
+// Sentinel is a redis-server in sentinel mode watching one master as "mymaster", with a
+// down-after of 500 ms so that tests fail over quickly.
+type Sentinel struct {
+	tb   testing.TB
+	port int
+	cmd  *exec.Cmd
+}
+
+// StartSentinel runs a sentinel (quorum 1) for master; it is killed when the test ends.
+func StartSentinel(tb testing.TB, master *Server) *Sentinel {
+	tb.Helper()
+	dir := tb.TempDir()
+	port := freePort(tb)
+	conf := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nlogfile %s\n"+
+		"sentinel monitor mymaster 127.0.0.1 %d 1\n"+
+		"sentinel down-after-milliseconds mymaster 500\n"+
+		"sentinel failover-timeout mymaster 3000\n"+
+		"sentinel parallel-syncs mymaster 1\n",
+		port, dir, filepath.Join(dir, "sentinel.log"), master.port)
+	file := filepath.Join(dir, "sentinel.conf")
+	if err := os.WriteFile(file, []byte(conf), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	cmd := exec.Command("redis-server", file, "--sentinel")
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("start sentinel: %v", err)
+	}
+	s := &Sentinel{tb: tb, port: port, cmd: cmd}
+	tb.Cleanup(func() { cmd.Process.Signal(syscall.SIGKILL); cmd.Wait() })
+	waitPort(tb, s.Addr())
+	return s
+}
+
+// Addr returns the sentinel's host:port.
+func (s *Sentinel) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
+
+// StartCluster runs n cluster-mode servers and joins them into one cluster of n masters
+// with redis-cli --cluster create.
+func StartCluster(tb testing.TB, n int) []*Server {
+	tb.Helper()
+	if _, err := exec.LookPath("redis-cli"); err != nil {
+		tb.Skip("redis-cli not installed (apt-get install redis-tools)")
+	}
+	var servers []*Server
+	args := []string{"--cluster", "create"}
+	for i := 0; i < n; i++ {
+		s := Start(tb, Options{Cluster: true})
+		servers = append(servers, s)
+		args = append(args, s.Addr())
+	}
+	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	if out, err := exec.Command("redis-cli", args...).CombinedOutput(); err != nil {
+		tb.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for _, s := range servers {
+		for {
+			out, _ := exec.Command("redis-cli", "-p", strconv.Itoa(s.port), "cluster", "info").Output()
+			if strings.Contains(string(out), "cluster_state:ok") {
+				break
+			}
+			if time.Now().After(deadline) {
+				tb.Fatalf("cluster not ok within 20s: %s", out)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return servers
+}
+
+func waitPort(tb testing.TB, addr string) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s did not listen within 10s", addr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
