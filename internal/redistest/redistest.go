@@ -34,7 +34,15 @@ type Options struct {
 	ReplicaOf string
 	// Cluster starts the server in cluster mode (see StartCluster).
 	Cluster bool
+	// TLS, if set, serves TLS only (no plain port) with these PEM files; clients are not
+	// asked for certificates.
+	TLS *TLSFiles
+	// Users are ACL rules, one per user, e.g. "guardian on >secret ~* +@all".
+	Users []string
 }
+
+// TLSFiles are the server's certificate, key and the CA that clients trust.
+type TLSFiles struct{ Cert, Key, CA string }
 
 // Start runs a redis-server on a free port; it is killed when the test ends. The test is
 // skipped if redis-server is not installed.
@@ -58,8 +66,13 @@ func (s *Server) URL() string { return "redis://" + s.Addr() + "/0" }
 
 func (s *Server) start() {
 	s.tb.Helper()
-	args := []string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir,
-		"--save", "", "--daemonize", "no", "--logfile", filepath.Join(s.dir, "redis.log")}
+	port := []string{"--port", strconv.Itoa(s.port)}
+	if t := s.opts.TLS; t != nil {
+		port = []string{"--port", "0", "--tls-port", strconv.Itoa(s.port), "--tls-cert-file", t.Cert,
+			"--tls-key-file", t.Key, "--tls-ca-cert-file", t.CA, "--tls-auth-clients", "no"}
+	}
+	args := append(port, "--bind", "127.0.0.1", "--dir", s.dir,
+		"--save", "", "--daemonize", "no", "--logfile", filepath.Join(s.dir, "redis.log"))
 	if s.opts.Persist {
 		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
 	} else {
@@ -69,6 +82,18 @@ func (s *Server) start() {
 		h, p, _ := net.SplitHostPort(s.opts.ReplicaOf)
 		args = append(args, "--replicaof", h, p)
 	}
+	if len(s.opts.Users) > 0 {
+		// On the command line redis-server takes a whole --user argument as the name.
+		var conf strings.Builder
+		for _, u := range s.opts.Users {
+			conf.WriteString("user " + u + "\n")
+		}
+		file := filepath.Join(s.dir, "users.conf")
+		if err := os.WriteFile(file, []byte(conf.String()), 0o600); err != nil {
+			s.tb.Fatal(err)
+		}
+		args = append([]string{file}, args...)
+	}
 	if s.opts.Cluster {
 		args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(s.dir, "nodes.conf"),
 			"--cluster-node-timeout", "2000")
@@ -76,6 +101,10 @@ func (s *Server) start() {
 	s.cmd = exec.Command("redis-server", args...)
 	if err := s.cmd.Start(); err != nil {
 		s.tb.Fatalf("start redis-server: %v", err)
+	}
+	if s.opts.TLS != nil || len(s.opts.Users) > 0 {
+		waitPort(s.tb, s.Addr())
+		return
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {

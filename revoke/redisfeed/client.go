@@ -38,8 +38,12 @@ func NewClient(c ClientConfig) (redis.UniversalClient, error) {
 		if c.Password != "" {
 			o.Password = c.Password
 		}
-		if c.TLS != nil && o.TLSConfig != nil {
-			o.TLSConfig = c.TLS
+		if c.TLS != nil && o.TLSConfig != nil { // rediss://: the caller's roots, the URL's host name
+			t := c.TLS.Clone()
+			if t.ServerName == "" {
+				t.ServerName = o.TLSConfig.ServerName
+			}
+			o.TLSConfig = t
 		}
 		return redis.NewClient(o), nil
 	case c.MasterName != "":
