@@ -345,13 +345,31 @@ func runList(args []string, stdout, stderr io.Writer) error {
 
 func runConns(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("conns", stderr)
-	var af adminFlags
-	af.register(fs)
+	var tf targetFlags
+	tf.register(fs)
 	verbose := fs.Bool("v", false, "print every key of each conn")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	c, err := af.client()
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	if tf.url == "" {
+		// Redis knows each live node's heartbeat, not its conns one by one.
+		tgt, err := tf.open()
+		if err != nil {
+			return err
+		}
+		nodes, err := tgt.fleet(context.Background())
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(tw, "NODE\tLIVE CONNS\tAPPLIED\tEVICTIONS\tHEARD")
+		for _, n := range nodes {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s ago\n", n.ID, n.Conns, n.Applied, n.Evictions, time.Since(n.At).Round(time.Second))
+		}
+		fmt.Fprintln(tw, "(per-conn detail: guardian conns --admin URL of a node)")
+		return tw.Flush()
+	}
+	c, err := tf.client()
 	if err != nil {
 		return err
 	}
@@ -359,7 +377,6 @@ func runConns(args []string, stdout, stderr io.Writer) error {
 	if err := c.do("GET", "/v1/conns", nil, &conns); err != nil {
 		return err
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "REMOTE\tAUDIENCE\tAGE\tIDENTITY")
 	for _, v := range conns {
 		id := v.Subject

@@ -22,9 +22,9 @@ import (
 )
 
 type runningServe struct {
-	dir, addr, admin string
-	out              *syncBuffer
-	stop             func()
+	dir, addr, admin, file string
+	out                    *syncBuffer
+	stop                   func()
 }
 
 // startServe writes cfg (with PKI in dir) and runs `guardian serve` on it in-process.
@@ -38,7 +38,7 @@ func startServe(t *testing.T, dir, cfg string) *runningServe {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &runningServe{dir: dir, out: &syncBuffer{}}
+	s := &runningServe{dir: dir, file: file, out: &syncBuffer{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	log := slog.New(slog.NewTextHandler(&syncBuffer{}, nil))
@@ -251,6 +251,15 @@ func TestServeRedisFleetAndUpstream(t *testing.T) {
 	out, code = d1.cli(t, "list", "--redis", srv.URL(), "--prefix", "testfleet")
 	if code != 0 || !strings.Contains(out, "dns:other.example") || !strings.Contains(out, "uri:"+clientURI) {
 		t.Fatalf("list --redis: exit %d:\n%s", code, out)
+	}
+	// The same through the node's own config file, and the fleet's conns from Redis.
+	out, code = d1.cli(t, "list", "--config", plain.file)
+	if code != 0 || !strings.Contains(out, "dns:other.example") {
+		t.Fatalf("list --config: exit %d:\n%s", code, out)
+	}
+	out, code = d1.cli(t, "conns", "--config", plain.file)
+	if code != 0 || strings.Count(out, "testfleet") != 0 || len(regexp.MustCompile(`(?m)^\S+:\d+\s+\d+\s+\d+`).FindAllString(out, -1)) != 2 {
+		t.Fatalf("conns --config: exit %d; want two node rows:\n%s", code, out)
 	}
 	if err := rs.Heartbeat(context.Background(), redisfeed.NodeStatus{ID: "ghost:1", Applied: 1, At: time.Now()}, time.Minute); err != nil {
 		t.Fatal(err)
