@@ -406,3 +406,14 @@ func TestServeReseedAfterEmptyRedis(t *testing.T) {
 	}
 	eventuallyT(t, "/readyz ready again", func() bool { code, _ := readyz(); return code == http.StatusOK })
 }
+
+// The example configuration in the repository stays valid.
+func TestExampleConfigParses(t *testing.T) {
+	c, err := loadConfig(filepath.Join("..", "..", "examples", "guardian.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Audiences) != 2 || c.Revocation.Store != "embedded" || c.Admin.Listen == "" {
+		t.Fatalf("example config parsed as %+v", c)
+	}
+}
