@@ -60,7 +60,8 @@ type node struct {
 	evictions uint64
 }
 
-const recentKeys = 256
+// recentKeys bounds the keys a heartbeat carries: --wait needs only the change just made.
+const recentKeys = 64
 
 // onRevocation records how many conns a change matched, for heartbeats and --wait.
 func (n *node) onRevocation(ch revoke.Change, matched int) {

@@ -123,6 +123,7 @@ func (f *Feed) markHeard() { f.lastHeard.Store(f.opts.Now().UnixNano()) }
 func (f *Feed) Run(ctx context.Context) error {
 	needSync, why := true, "start"
 	var backoff time.Duration
+	var lastVerify time.Time
 	wait := func() bool {
 		backoff = min(max(2*backoff, 50*time.Millisecond), 2*time.Second)
 		select {
@@ -150,10 +151,14 @@ func (f *Feed) Run(ctx context.Context) error {
 		from := f.applied
 		f.mu.Unlock()
 		// go-redis retries a command on a fresh connection by default, so a restart or a
-		// failover can hide behind a quiet XREAD: check who we are talking to every round.
-		if reason := f.verify(ctx); reason != "" {
-			needSync, why = true, reason
-			continue
+		// failover can hide behind a quiet XREAD: check who we are talking to, once per
+		// Block interval (an idle XREAD returns that often), never once per batch.
+		if now := time.Now(); now.Sub(lastVerify) >= f.opts.Block {
+			lastVerify = now
+			if reason := f.verify(ctx); reason != "" {
+				needSync, why = true, reason
+				continue
+			}
 		}
 		res, err := f.store.rdb.XRead(ctx, &redis.XReadArgs{
 			Streams: []string{f.store.keys.Log, fmt.Sprintf("%d-0", from)},
