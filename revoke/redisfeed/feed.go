@@ -221,17 +221,46 @@ func (f *Feed) verify(ctx context.Context) string {
 }
 
 // applyMessages applies stream messages in order; it returns a resync reason if the
-// messages do not continue from the applied version.
+// messages do not continue from the applied version. Consecutive records of one kind are
+// applied as one Set change, so a batch of revocations costs one eviction scan, not one each;
+// a revoke and an unrevoke are never merged, so order between them holds.
 func (f *Feed) applyMessages(msgs []redis.XMessage) string {
+	f.mu.Lock()
+	applied := f.applied
+	f.mu.Unlock()
+	var run []record
+	var runOp string
+	flush := func() {
+		if len(run) == 0 {
+			return
+		}
+		var added []revoke.Entry
+		var removed []revoke.Key
+		for _, r := range run {
+			if r.op == OpRevoke {
+				added = append(added, r.entry)
+			} else {
+				removed = append(removed, r.key)
+			}
+		}
+		if _, err := f.set.Apply(added, removed); err != nil { // cannot happen for parsed records
+			f.malformed("stream", fmt.Sprint(run[0].version), err)
+		}
+		run = run[:0]
+	}
+	defer func() {
+		flush()
+		f.mu.Lock()
+		f.applied = applied
+		f.mu.Unlock()
+		f.m.applied.Set(float64(applied))
+	}()
 	for _, msg := range msgs {
 		v, err := parseVersion(msg.ID)
 		if err != nil {
 			f.malformed("stream", msg.ID, err)
 			return "bad stream ID"
 		}
-		f.mu.Lock()
-		applied := f.applied
-		f.mu.Unlock()
 		if v <= applied {
 			continue
 		}
@@ -246,27 +275,15 @@ func (f *Feed) applyMessages(msgs []redis.XMessage) string {
 		if err != nil {
 			f.malformed("stream", msg.ID, err)
 		} else {
-			f.apply(rec)
+			if rec.op != runOp {
+				flush()
+				runOp = rec.op
+			}
+			run = append(run, rec)
 		}
-		f.mu.Lock()
-		f.applied = v
-		f.mu.Unlock()
-		f.m.applied.Set(float64(v))
+		applied = v
 	}
 	return ""
-}
-
-func (f *Feed) apply(r record) {
-	var err error
-	switch r.op {
-	case OpRevoke:
-		_, err = f.set.Add(r.entry)
-	case OpUnrevoke:
-		_, err = f.set.Remove(r.key)
-	}
-	if err != nil { // cannot happen for a parsed record; counted if it does
-		f.malformed("stream", fmt.Sprint(r.version), err)
-	}
 }
 
 func (f *Feed) malformed(where, what string, err error) {

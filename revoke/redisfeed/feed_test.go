@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -344,4 +346,53 @@ func TestStaleness(t *testing.T) {
 	}
 	srv.Start()
 	eventually(t, "fresh again", func() bool { return n.feed.Staleness() < 500*time.Millisecond })
+}
+
+// A batch of revocations landing together is applied as one Set change (one eviction scan);
+// a revoke, unrevoke, revoke of one key inside one batch keeps its order.
+func TestBatchAppliedAsOneChangeInOrder(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := client(t, srv)
+	st := redisfeed.NewStore(rdb, "", 0)
+	n := startNode(t, srv, "")
+	var changes, added int
+	var mu sync.Mutex
+	n.set.Subscribe(func(c revoke.Change) {
+		mu.Lock()
+		changes++
+		added += len(c.Added)
+		mu.Unlock()
+	})
+	batch := make([]revoke.Entry, 200)
+	for i := range batch {
+		batch[i] = revoke.Entry{Key: key(1000 + i)}
+	}
+	v, err := st.RevokeMany(context.Background(), batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "batch applied", func() bool { return n.feed.Status().Applied == v })
+	mu.Lock()
+	if added != 200 || changes != 1 {
+		t.Errorf("200 revocations arrived as %d Set changes (%d added); want 1", changes, added)
+	}
+	mu.Unlock()
+
+	// revoke k, unrevoke k, revoke k again, all in one transaction: k ends revoked.
+	k := key(5000)
+	e, _ := json.Marshal(revoke.Entry{Key: k})
+	_, err = rdb.TxPipelined(context.Background(), func(p redis.Pipeliner) error {
+		for _, op := range []string{"revoke", "unrevoke", "revoke", "unrevoke", "revoke"} {
+			p.Eval(context.Background(), redisfeed.ChangeScriptSource(), []string{st.Keys().Revoked, st.Keys().Version, st.Keys().Log, st.Keys().Epoch}, op, string(k), string(e), 1000, "x")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := rdb.Get(context.Background(), st.Keys().Version).Uint64()
+	eventually(t, "interleaved batch applied", func() bool { return n.feed.Status().Applied == want })
+	if !n.set.Has(k) {
+		t.Fatal("revoke/unrevoke/revoke in one batch left the key unrevoked: order lost")
+	}
 }

@@ -47,7 +47,9 @@ func KeysFor(prefix string) Keys {
 // so that a failure leaves at worst a version gap (which makes every node resync), never a
 // change without its record. KEYS: revoked, version, log, epoch.
 // ARGV: op, key, entry JSON, maxlen, a fresh epoch token for an empty Redis.
-var changeScript = redis.NewScript(`
+var changeScript = redis.NewScript(changeScriptSrc)
+
+const changeScriptSrc = `
 local epoch = redis.call('GET', KEYS[4])
 if not epoch then
   epoch = ARGV[5]
@@ -64,7 +66,7 @@ else
   redis.call('HDEL', KEYS[1], ARGV[2])
 end
 return {v, 1, epoch}
-`)
+`
 
 // Store writes revocations to Redis.
 type Store struct {
@@ -290,3 +292,46 @@ func (s *Store) Reseed(ctx context.Context, entries []revoke.Entry, minVersion u
 	v, _ := res[1].(int64)
 	return int(n), uint64(v), nil
 }
+
+// RevokeMany writes entries as one MULTI/EXEC of change scripts: they land together, and a
+// node's feed reads them in one XREAD and applies them as one change (one eviction scan).
+// It returns the version of the last change.
+func (s *Store) RevokeMany(ctx context.Context, entries []revoke.Entry) (uint64, error) {
+	if len(entries) == 0 {
+		return 0, nil
+	}
+	args := make([][]any, len(entries))
+	for i, e := range entries {
+		if c, err := revoke.ParseKey(string(e.Key)); err != nil || c != e.Key {
+			return 0, fmt.Errorf("redisfeed: revoke: bad key %q", e.Key)
+		}
+		b, err := json.Marshal(e)
+		if err != nil {
+			return 0, err
+		}
+		args[i] = []any{OpRevoke, string(e.Key), string(b), s.maxLen, newEpoch()}
+	}
+	if err := changeScript.Load(ctx, s.rdb).Err(); err != nil {
+		return 0, fmt.Errorf("redisfeed: load script: %w", err)
+	}
+	keys := []string{s.keys.Revoked, s.keys.Version, s.keys.Log, s.keys.Epoch}
+	cmds, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		for _, a := range args {
+			changeScript.EvalSha(ctx, p, keys, a...)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("redisfeed: revoke %d entries: %w", len(entries), err)
+	}
+	res, err := cmds[len(cmds)-1].(*redis.Cmd).Slice()
+	if err != nil || len(res) != 3 {
+		return 0, fmt.Errorf("redisfeed: revoke %d entries: unexpected reply %v, %v", len(entries), res, err)
+	}
+	v, _ := res[0].(int64)
+	return uint64(v), nil
+}
+
+// ChangeScriptSource returns the Lua source of the change script, for tests and tools that
+// must write raw change sequences exactly as Store does.
+func ChangeScriptSource() string { return changeScriptSrc }
