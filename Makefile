@@ -11,7 +11,7 @@ FUZZ_TARGETS = \
 	./cmd/guardian:FuzzParseConfig \
 	./listener:FuzzHandshakeBytes
 
-.PHONY: all build demo test lint fuzz bench clean
+.PHONY: all build demo test lint fuzz bench bench-pkg clean
 
 all: lint test
 
@@ -40,9 +40,15 @@ fuzz:
 	  $(GO) test -run XXX -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
 	done
 
-## bench: the in-package benchmarks (Set lookup, registry Track/Evict at 100k and 1M).
+## bench: the harness (own redis-server, clients in another process); figures in
+## bench-results/latest.json. BENCH_FLAGS=-quick for a run of under a minute.
 bench:
-	$(GO) test -run XXX -bench . -benchmem -count 1 ./revoke ./conntrack
+	@mkdir -p bench-results
+	$(GO) run ./bench -json bench-results/latest.json $(BENCH_FLAGS)
+
+## bench-pkg: the in-package benchmarks (Set lookup, registry, listener, Redis feed).
+bench-pkg:
+	$(GO) test -run XXX -bench . -benchmem -count 1 ./revoke ./conntrack ./listener ./revoke/redisfeed
 
 clean:
 	rm -rf bin $(DEMO_DIR)
