@@ -41,13 +41,27 @@ type clientEvent struct {
 }
 
 func clientMain(in io.Reader, out io.Writer) error {
-	var mu sync.Mutex
-	enc := json.NewEncoder(out)
-	emit := func(e clientEvent) {
-		mu.Lock()
-		enc.Encode(e)
-		mu.Unlock()
-	}
+	// One writer goroutine batches events: thousands of closes at once must not cost a
+	// write(2) each on the cores the server under test is using. Timestamps are taken
+	// where the close is seen, before queueing.
+	events := make(chan clientEvent, 1<<16)
+	go func() {
+		bw := bufio.NewWriterSize(out, 1<<16)
+		enc := json.NewEncoder(bw)
+		for e := range events {
+			enc.Encode(e)
+			for drained := false; !drained; {
+				select {
+				case e := <-events:
+					enc.Encode(e)
+				default:
+					drained = true
+				}
+			}
+			bw.Flush()
+		}
+	}()
+	emit := func(e clientEvent) { events <- e }
 	var conns []net.Conn
 	var cmu sync.Mutex
 	sc := bufio.NewScanner(in)

@@ -465,11 +465,12 @@ func (r *Registry) evictOne(v victim) {
 		return // closed meanwhile by its owner or another eviction
 	}
 	if tc, ok := c.Conn.(*net.TCPConn); ok {
-		// RST rather than FIN: the peer learns at once, and no TIME_WAIT is left behind.
+		// RST at the final close rather than a lingering FIN: no TIME_WAIT is left behind.
 		tc.SetLinger(0)
 	}
-	c.Conn.Close()
+	shutdown(c.Conn)
 	r.untrack(c)
+	c.Conn.Close()
 	since := v.cause.Since
 	if since.IsZero() {
 		since = v.at
