@@ -25,6 +25,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/guardian-mtls/guardian/internal/idleserver"
 	"github.com/guardian-mtls/guardian/internal/testpki"
 	"github.com/guardian-mtls/guardian/listener"
 	"github.com/guardian-mtls/guardian/revoke"
@@ -327,23 +328,7 @@ func startNode(ctx context.Context, ca *testpki.CA, rdb *redis.Client) (*guardia
 		return nil, err
 	}
 	n.addr = inner.Addr().String()
-	go func() {
-		for {
-			c, err := n.l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				buf := make([]byte, 64)
-				for {
-					if _, err := c.Read(buf); err != nil {
-						c.Close()
-						return
-					}
-				}
-			}()
-		}
-	}()
+	go idleserver.Serve(n.l)
 	return n, nil
 }
 

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/guardian-mtls/guardian/internal/idleserver"
 	"github.com/guardian-mtls/guardian/internal/redistest"
 	"github.com/guardian-mtls/guardian/internal/testpki"
 	"github.com/guardian-mtls/guardian/listener"
@@ -40,23 +41,7 @@ func startGuarded(t testing.TB, srv *redistest.Server, ca *testpki.CA, server *t
 		t.Fatal(err)
 	}
 	t.Cleanup(l.Stop)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				buf := make([]byte, 64)
-				for {
-					if _, err := c.Read(buf); err != nil {
-						c.Close()
-						return
-					}
-				}
-			}()
-		}
-	}()
+	go idleserver.Serve(l)
 	return &guardedNode{node: n, addr: inner.Addr().String()}
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/guardian-mtls/guardian/internal/idleserver"
 	"github.com/guardian-mtls/guardian/internal/redistest"
 	"github.com/guardian-mtls/guardian/internal/testpki"
 	"github.com/guardian-mtls/guardian/listener"
@@ -54,23 +55,7 @@ func TestPartitionStalenessPolicies(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(l.Stop)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				buf := make([]byte, 16)
-				for {
-					if _, err := c.Read(buf); err != nil {
-						c.Close()
-						return
-					}
-				}
-			}()
-		}
-	}()
+	go idleserver.Serve(l)
 	dial := func(sni string, leaf *testpki.Leaf) (*tls.Conn, error) {
 		c, err := tls.Dial("tcp", inner.Addr().String(), &tls.Config{RootCAs: ca.Pool(), ServerName: sni,
 			Certificates: []tls.Certificate{leaf.TLS()}, NextProtos: []string{"http/1.1"}})
