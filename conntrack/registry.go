@@ -517,6 +517,12 @@ func (r *Registry) scheduler() {
 		var stopTimer func() bool
 		if next != math.MaxInt64 {
 			stopTimer = r.clock.AfterFunc(time.Duration(next-nowNs), r.wakeScheduler)
+			// The clock may have moved between reading it and arming the timer, which then
+			// counts from the later time: look again, so a deadline already passed is not
+			// left to a timer that fires late (or, on a test's clock, never).
+			if r.clock.Now().UnixNano() >= next {
+				r.wakeScheduler()
+			}
 		}
 		select {
 		case <-r.poke:
