@@ -37,6 +37,15 @@ func keysFor(i int) []string {
 
 var caHash = hex.EncodeToString(make([]byte, 32))
 
+// keySets returns the key sets of conns 0..n-1.
+func keySets(n int) [][]string {
+	keys := make([][]string, n)
+	for i := range keys {
+		keys[i] = keysFor(i)
+	}
+	return keys
+}
+
 func fill(b *testing.B, r *conntrack.Registry, n int, keys [][]string) []*conntrack.Conn {
 	conns := make([]*conntrack.Conn, n)
 	exp := time.Now().Add(24 * time.Hour)
@@ -63,15 +72,8 @@ func heap() uint64 {
 func BenchmarkTrack(b *testing.B) {
 	for _, n := range []int{100_000, 1_000_000} {
 		b.Run(fmt.Sprintf("conns=%d", n), func(b *testing.B) {
-			keys := make([][]string, n+1)
-			for i := range keys {
-				keys[i] = keysFor(i)
-			}
-			r, err := conntrack.New(conntrack.Options{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer r.Close()
+			keys := keySets(n + 1)
+			r := newRegistry(b, conntrack.Options{})
 			before := heap()
 			conns := fill(b, r, n, keys)
 			after := heap()
@@ -95,15 +97,8 @@ func BenchmarkTrack(b *testing.B) {
 func BenchmarkEvict(b *testing.B) {
 	for _, n := range []int{100_000, 1_000_000} {
 		b.Run(fmt.Sprintf("conns=%d", n), func(b *testing.B) {
-			keys := make([][]string, n)
-			for i := range keys {
-				keys[i] = keysFor(i)
-			}
-			r, err := conntrack.New(conntrack.Options{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer r.Close()
+			keys := keySets(n)
+			r := newRegistry(b, conntrack.Options{})
 			fill(b, r, n, keys)
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
@@ -127,15 +122,8 @@ func BenchmarkEvict(b *testing.B) {
 func BenchmarkEvictBatch(b *testing.B) {
 	for _, n := range []int{100_000, 1_000_000} {
 		b.Run(fmt.Sprintf("conns=%d", n), func(b *testing.B) {
-			keys := make([][]string, n)
-			for i := range keys {
-				keys[i] = keysFor(i)
-			}
-			r, err := conntrack.New(conntrack.Options{})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer r.Close()
+			keys := keySets(n)
+			r := newRegistry(b, conntrack.Options{})
 			fill(b, r, n, keys)
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {

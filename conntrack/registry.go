@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
-	"log/slog"
 	"math"
 	"net"
 	"runtime"
@@ -51,7 +50,6 @@ type Options struct {
 	Workers int
 	// Metrics, if non-nil, receives the registry's metrics.
 	Metrics prometheus.Registerer
-	Logger  *slog.Logger
 }
 
 const numShards = 64
@@ -110,9 +108,6 @@ func New(opts Options) (*Registry, error) {
 		poke: make(chan struct{}, 1), stop: make(chan struct{})}
 	if r.clock == nil {
 		r.clock = SystemClock{}
-	}
-	if r.opts.Logger == nil {
-		r.opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	m, err := newMetrics(opts.Metrics, r)
 	if err != nil {

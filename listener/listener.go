@@ -129,6 +129,7 @@ type Listener struct {
 	set     *revoke.Set
 	reg     *conntrack.Registry
 	base    *tls.Config
+	auds    []*audience
 	exact   map[string]*audience
 	wild    map[string]*audience // key: the name without its first label
 	def     *audience
@@ -189,7 +190,7 @@ func New(inner net.Listener, cfg Config) (*Listener, error) {
 	l.m = m
 	reg, err := conntrack.New(conntrack.Options{
 		Confirm: confirm, Clock: l.clock, Workers: cfg.EvictionWorkers, Metrics: cfg.Metrics,
-		Logger: l.log, OnEvict: l.onEvict,
+		OnEvict: l.onEvict,
 	})
 	if err != nil {
 		return nil, err
@@ -206,7 +207,7 @@ func (l *Listener) addAudience(a *Audience) error {
 	if a.Name == "" {
 		return errors.New("listener: an audience has no name")
 	}
-	for _, o := range l.all() {
+	for _, o := range l.auds {
 		if o.Name == a.Name {
 			return fmt.Errorf("listener: audience %q defined twice", a.Name)
 		}
@@ -221,6 +222,7 @@ func (l *Listener) addAudience(a *Audience) error {
 		return fmt.Errorf("listener: audience %q has no SNI names and is not the default", a.Name)
 	}
 	au := &audience{Audience: *a}
+	l.auds = append(l.auds, au)
 	for _, n := range a.SNI {
 		name := strings.ToLower(strings.TrimSuffix(n, "."))
 		if rest, ok := strings.CutPrefix(name, "*."); ok {
@@ -284,23 +286,6 @@ func (l *Listener) addAudience(a *Audience) error {
 		return nil
 	}
 	return nil
-}
-
-func (l *Listener) all() []*audience {
-	seen := map[*audience]bool{}
-	var out []*audience
-	for _, m := range []map[string]*audience{l.exact, l.wild} {
-		for _, a := range m {
-			if !seen[a] {
-				seen[a] = true
-				out = append(out, a)
-			}
-		}
-	}
-	if l.def != nil && !seen[l.def] {
-		out = append(out, l.def)
-	}
-	return out
 }
 
 // lookup finds the audience for an SNI name.

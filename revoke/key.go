@@ -277,6 +277,13 @@ func SerialKey(issuerDN []byte, serial *big.Int) Key {
 	return Key("serial:" + sum(issuerDN) + ":" + serialString(serial))
 }
 
+// SerialKeyHex returns the serial key of the certificate whose issuer has subject DN (DER)
+// issuerDN and whose serial number is serialHex, as a user types it (0x, colons and leading
+// zeros allowed).
+func SerialKeyHex(issuerDN []byte, serialHex string) (Key, error) {
+	return ParseKey("serial:" + sum(issuerDN) + ":" + serialHex)
+}
+
 // KeyFor returns the key of one kind for cert. For uri, dns and email it uses the first
 // SAN of that type; it returns an error wrapping ErrNoField when the certificate has none.
 func KeyFor(cert *x509.Certificate, kind Kind) (Key, error) {

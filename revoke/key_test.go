@@ -226,3 +226,19 @@ func FuzzParseKey(f *testing.F) {
 		}
 	})
 }
+
+// A serial typed by a user (0x, colons, leading zeros) gives the same key as the certificate.
+func TestSerialKeyHex(t *testing.T) {
+	ca := testpki.NewCA(t)
+	leaf := ca.MustIssue(t, testpki.Opts{Serial: big.NewInt(0x0102)})
+	want, _ := revoke.KeyFor(leaf.Cert, revoke.KindSerial)
+	for _, in := range []string{"102", "0x0102", "01:02", "000102"} {
+		got, err := revoke.SerialKeyHex(ca.Cert.RawSubject, in)
+		if err != nil || got != want {
+			t.Errorf("SerialKeyHex(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	if _, err := revoke.SerialKeyHex(ca.Cert.RawSubject, "xyz"); err == nil {
+		t.Error("SerialKeyHex accepted a non-hex serial")
+	}
+}

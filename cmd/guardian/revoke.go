@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -76,7 +74,7 @@ func (s *selector) resolve() (revoke.Key, error) {
 		if err != nil {
 			return "", err
 		}
-		return revoke.ParseKey("serial:" + hexSHA256(certs[0].RawSubject) + ":" + s.serial)
+		return revoke.SerialKeyHex(certs[0].RawSubject, s.serial)
 	case s.fingerprint != "":
 		return revoke.ParseKey("sha256:" + s.fingerprint)
 	case s.spki != "":
@@ -91,11 +89,6 @@ func (s *selector) resolve() (revoke.Key, error) {
 		return revoke.ParseKey("subject:" + s.subject)
 	}
 	return revoke.ParseKey(s.key)
-}
-
-func hexSHA256(b []byte) string {
-	h := sha256.Sum256(b)
-	return hex.EncodeToString(h[:])
 }
 
 // targetFlags choose where the CLI acts: a node's admin API, or Redis directly.
@@ -157,7 +150,7 @@ func (t *targetFlags) open() (target, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &redisTarget{s: redisfeed.NewStore(rdb, prefix, 0), name_: "redis"}, nil
+	return &redisTarget{s: redisfeed.NewStore(rdb, prefix, 0)}, nil
 }
 
 type adminTarget struct {
@@ -189,12 +182,9 @@ func (a *adminTarget) fleet(context.Context) ([]redisfeed.NodeStatus, error) {
 	return nodes, err
 }
 
-type redisTarget struct {
-	s     *redisfeed.Store
-	name_ string
-}
+type redisTarget struct{ s *redisfeed.Store }
 
-func (r *redisTarget) name() string { return r.name_ }
+func (r *redisTarget) name() string { return "redis" }
 
 func (r *redisTarget) revoke(ctx context.Context, e revoke.Entry) (uint64, int, error) {
 	v, err := r.s.Revoke(ctx, e)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 
@@ -200,7 +201,7 @@ type record struct {
 var errBadID = errors.New("stream ID is not <version>-0")
 
 func parseVersion(id string) (uint64, error) {
-	ms, seq, ok := cut(id, '-')
+	ms, seq, ok := strings.Cut(id, "-")
 	if !ok || seq != "0" {
 		return 0, errBadID
 	}
@@ -209,15 +210,6 @@ func parseVersion(id string) (uint64, error) {
 		return 0, errBadID
 	}
 	return v, nil
-}
-
-func cut(s string, c byte) (string, string, bool) {
-	for i := 0; i < len(s); i++ {
-		if s[i] == c {
-			return s[:i], s[i+1:], true
-		}
-	}
-	return s, "", false
 }
 
 // parseRecord parses a stream message's fields (its version comes from the ID).
