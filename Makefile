@@ -11,7 +11,7 @@ FUZZ_TARGETS = \
 	./cmd/guardian:FuzzParseConfig \
 	./listener:FuzzHandshakeBytes
 
-.PHONY: all build demo test lint fuzz bench bench-pkg clean
+.PHONY: all build demo test lint fuzz bench bench-peers bench-pkg clean
 
 all: lint test
 
@@ -41,10 +41,22 @@ fuzz:
 	done
 
 ## bench: the harness (own redis-server, clients in another process); figures in
-## bench-results/latest.json. BENCH_FLAGS=-quick for a run of under a minute.
+## bench-results/latest.json, latency distributions in bench-results/latency.png.
+## BENCH_FLAGS=-quick for a run of under a minute. The peers scenario runs nginx and HAProxy
+## when they are on PATH: bench-peers installs them first.
 bench:
 	@mkdir -p bench-results
-	$(GO) run ./bench -json bench-results/latest.json $(BENCH_FLAGS)
+	$(GO) run ./bench -json bench-results/latest.json -plot bench-results/latency.png $(BENCH_FLAGS)
+
+## bench-peers: install nginx and HAProxy (Debian packages) if missing, then run the peers
+## scenario: what each does with a revoked certificate's live conn, beside guardian.
+bench-peers:
+	@need=""; command -v nginx >/dev/null || need="$$need nginx"; command -v haproxy >/dev/null || need="$$need haproxy"; \
+	  if [ -n "$$need" ]; then echo "installing:$$need"; \
+	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
+	    else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; fi; fi
+	@mkdir -p bench-results
+	$(GO) run ./bench -scenarios peers -json bench-results/peers.json $(BENCH_FLAGS)
 
 ## bench-pkg: the in-package benchmarks (Set lookup, registry, listener, Redis feed).
 bench-pkg:

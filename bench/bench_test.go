@@ -2,9 +2,13 @@ package main
 
 import (
 	"context"
+	"net"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestMain(m *testing.M) {
@@ -19,34 +23,88 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// A tiny run of every scenario with the real pieces: redis-server, the client process, a
-// guardian node. It checks the harness measures, not how fast.
+func tinyOptions() options {
+	o := defaultOptions()
+	o.rounds, o.conns, o.certs, o.others = 5, 40, 4, 20
+	o.caConns, o.memConns, o.denylist = 60, 50, 100
+	o.loadRounds, o.loadDuration, o.loadWorkers = 1, 200*time.Millisecond, 2
+	o.fleetNodes, o.peerConns, o.peerWindow = 2, 3, 300*time.Millisecond
+	return o
+}
+
+// A tiny run of every scenario with the real pieces: redis-server, the client process,
+// guardian nodes, and nginx and HAProxy where installed. It checks that the harness
+// measures, not how fast.
 func TestHarnessSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts processes")
 	}
-	res, err := run(context.Background(), options{rounds: 5, conns: 40, certs: 4, others: 20,
-		scenarios: "eviction-single,eviction-bulk", redisBin: "redis-server"})
+	o := tinyOptions()
+	res, err := run(context.Background(), o)
 	if err != nil {
-		if strings.Contains(err.Error(), "not found") {
+		if strings.Contains(err.Error(), "redis-server not found") {
 			t.Skip(err)
 		}
 		t.Fatal(err)
 	}
-	if s := res.EvictionSingle; s == nil || s.Rounds != 5 || s.P50 <= 0 || s.Max < s.P50 {
-		t.Fatalf("eviction-single = %+v", s)
+	if s := res.EvictionSingle; s == nil || s.Rounds != 5 || s.P50 <= 0 || s.Max < s.P50 || len(s.Samples) != 5 {
+		t.Errorf("eviction-single = %+v", s)
 	}
-	b := res.EvictionBulk
-	if b == nil || b.Closed != 40 || b.Collateral != 0 || b.AllClosed < b.First {
-		t.Fatalf("eviction-bulk = %+v", b)
+	if b := res.EvictionBulk; b == nil || b.Closed != 40 || b.Collateral != 0 || b.Others != 20 || b.AllClosed < b.First || b.Applied <= 0 {
+		t.Errorf("eviction-bulk = %+v", b)
 	}
-	if res.Env.Go == "" || res.Env.Redis == "" || res.Env.FDLimit == 0 {
-		t.Fatalf("environment not recorded: %+v", res.Env)
+	if b := res.EvictionCA; b == nil || b.Closed != 60 || b.Collateral != 0 || b.Others != 4 || b.AllClosed < b.First {
+		t.Errorf("eviction-ca = %+v", b)
+	}
+	if f := res.Fleet; f == nil || f.Nodes != 2 || len(f.PerNode) != 2 || len(f.PerNode[1].Samples) != 5 || f.P99 < f.PerNode[0].P50 {
+		t.Errorf("fleet = %+v", f)
+	}
+	if ov := res.Overhead; ov == nil || ov.Bare.RequestsPerSec <= 0 || ov.Guardian.HandshakesPerSec <= 0 ||
+		ov.Requests <= 0 || ov.Handshake <= 0 || ov.Guardian.CPUPerHandshakeUs <= 0 || ov.Denylist < 100 {
+		t.Errorf("overhead = %+v", ov)
+	}
+	if m := res.Memory; m == nil || m.BarePerConn < 1000 || m.GuardianPerConn < 1000 || m.Conns != 50 {
+		t.Errorf("memory = %+v", m)
+	}
+	p := res.Peers
+	if p == nil || len(p.Peers) != 3 {
+		t.Fatalf("peers = %+v", p)
+	}
+	if g := p.Peers[0]; g.Peer != "guardian" || !g.RevokedClosed || g.Dropped != 0 || !g.NewRefused || g.Unrelated != 3 {
+		t.Errorf("peers: guardian = %+v", g)
+	}
+	for _, x := range p.Peers[1:] {
+		if x.Skipped != "" {
+			if !strings.Contains(x.Skipped, "make bench-peers") {
+				t.Errorf("peers: %s skipped without saying how to install it: %q", x.Peer, x.Skipped)
+			}
+			continue
+		}
+		// The CRL reached the peer: a new handshake with the revoked certificate fails.
+		if !x.NewRefused {
+			t.Errorf("peers: %s still accepts the revoked certificate: %+v", x.Peer, x)
+		}
+	}
+	if res.Env.Go == "" || res.Env.Redis == "" || res.Env.FDLimit == 0 || len(res.StealPercent) != len(allScenarios) {
+		t.Errorf("environment not recorded: %+v, steal %v", res.Env, res.StealPercent)
+	}
+	png := filepath.Join(t.TempDir(), "latency.png")
+	if err := plotLatencies(png, res); err != nil {
+		t.Error(err)
+	} else if b, err := os.ReadFile(png); err != nil || len(b) < 1000 || string(b[1:4]) != "PNG" {
+		t.Errorf("plot: %d bytes, %v", len(b), err)
 	}
 }
 
 func TestBadOptions(t *testing.T) {
-	good := options{rounds: 1, conns: 10, certs: 2, others: 5, scenarios: "eviction-single", redisBin: "redis-server"}
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	busyPort := busy.Addr().(*net.TCPAddr).Port
+	good := tinyOptions()
+	good.scenarios = "eviction-single"
 	tests := []struct {
 		name    string
 		mod     func(*options)
@@ -55,7 +113,13 @@ func TestBadOptions(t *testing.T) {
 		{"zero rounds", func(o *options) { o.rounds = 0 }, "-rounds"},
 		{"fewer conns than certs", func(o *options) { o.conns = 1 }, "at least -certs"},
 		{"too many fds", func(o *options) { o.conns, o.others = 15000, 5000 }, "20,000 fds"},
-		{"unknown scenario", func(o *options) { o.scenarios = "peers" }, "unknown scenario"},
+		{"too many ca conns", func(o *options) { o.caConns = 19000 }, "-ca-conns"},
+		{"unknown scenario", func(o *options) { o.scenarios = "peer" }, "unknown scenario"},
+		{"empty scenario", func(o *options) { o.scenarios = "eviction-single,,memory" }, "unknown scenario"},
+		{"short load phase", func(o *options) { o.loadDuration = time.Millisecond }, "-load-duration"},
+		{"plot not png", func(o *options) { o.plotFile = "latency.svg" }, ".png"},
+		{"bad port", func(o *options) { o.redisPort = 70000 }, "-redis-port"},
+		{"occupied port", func(o *options) { o.redisPort = busyPort }, "port " + strconv.Itoa(busyPort) + " is in use"},
 		{"missing redis", func(o *options) { o.redisBin = "no-such-redis-server" }, "apt-get install redis-server"},
 	}
 	for _, tt := range tests {

@@ -1,23 +1,26 @@
 // Command bench is guardian's load harness: in one run on loopback it measures how fast a
-// revocation published to Redis ends live mTLS conns, with clients in a separate process
-// and its own redis-server. See BENCHMARKS.md for the figures and the command.
+// revocation published to Redis ends live mTLS conns (one conn, a batch, a CA, a fleet), what
+// guardian costs beside a bare crypto/tls listener (requests, handshakes, memory), and what
+// nginx and HAProxy do with a revoked live conn. Clients run in a separate process; the
+// harness starts its own redis-server. See BENCHMARKS.md for the figures and the command.
 package main
 
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,28 +28,57 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/guardian-mtls/guardian/internal/idleserver"
 	"github.com/guardian-mtls/guardian/internal/testpki"
-	"github.com/guardian-mtls/guardian/listener"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/redisfeed"
 )
 
 const clientEnv = "GUARDIAN_BENCH_CLIENT"
 
-// evictionWorkers is the node's eviction pool size; 0 is the listener's default.
+// evictionWorkers is the nodes' eviction pool size; 0 is the listener's default.
 var evictionWorkers = 0
 
+// traceFile, when set, receives a runtime/trace of eviction-bulk's eviction window.
+var traceFile string
+
+var allScenarios = []string{"eviction-single", "eviction-bulk", "eviction-ca", "overhead", "memory", "fleet", "peers"}
+
 type options struct {
-	quick      bool
-	rounds     int
-	conns      int
-	certs      int
-	others     int
-	scenarios  string
-	jsonFile   string
-	redisBin   string
-	progressTo io.Writer
+	quick        bool
+	rounds       int
+	conns        int
+	certs        int
+	others       int
+	caConns      int
+	memConns     int
+	denylist     int
+	loadRounds   int
+	loadDuration time.Duration
+	loadWorkers  int
+	fleetNodes   int
+	peerConns    int
+	peerWindow   time.Duration
+	scenarios    string
+	jsonFile     string
+	plotFile     string
+	redisBin     string
+	redisPort    int
+	progressTo   io.Writer
+}
+
+func defaultOptions() options {
+	return options{rounds: 200, conns: 10000, certs: 1000, others: 5000, caConns: 15000, memConns: 15000,
+		denylist: 100000, loadRounds: 5, loadDuration: 3 * time.Second, loadWorkers: 16, fleetNodes: 3,
+		peerConns: 100, peerWindow: 3 * time.Second, scenarios: strings.Join(allScenarios, ","), redisBin: "redis-server"}
+}
+
+// quickOptions shrink every size: a run of well under a minute.
+func quickOptions(o options) options {
+	o.rounds, o.conns, o.certs, o.others = 50, 1000, 100, 500
+	o.caConns, o.memConns, o.denylist = 1500, 1500, 10000
+	o.loadRounds, o.loadDuration = 2, time.Second
+	o.peerConns, o.peerWindow = 20, time.Second
+	return o
 }
 
 func main() {
@@ -57,24 +89,36 @@ func main() {
 		}
 		return
 	}
-	var o options
-	flag.BoolVar(&o.quick, "quick", false, "small sizes: finishes in well under a minute")
-	flag.IntVar(&o.rounds, "rounds", 200, "eviction-single: revocations measured")
-	flag.IntVar(&o.conns, "conns", 10000, "eviction-bulk: conns of the revoked certificates")
-	flag.IntVar(&o.certs, "certs", 1000, "eviction-bulk: certificates revoked in one batch")
-	flag.IntVar(&o.others, "others", 5000, "eviction-bulk: conns of other certificates, which must all survive")
-	flag.StringVar(&o.scenarios, "scenarios", "eviction-single,eviction-bulk", "comma-separated scenarios to run")
+	o := defaultOptions()
+	flag.BoolVar(&o.quick, "quick", false, "small sizes: finishes in well under a minute (overrides the size flags)")
+	flag.IntVar(&o.rounds, "rounds", o.rounds, "eviction-single and fleet: revocations measured")
+	flag.IntVar(&o.conns, "conns", o.conns, "eviction-bulk: conns of the revoked certificates")
+	flag.IntVar(&o.certs, "certs", o.certs, "eviction-bulk: certificates revoked in one batch")
+	flag.IntVar(&o.others, "others", o.others, "eviction-bulk: conns of other certificates, which must all survive")
+	flag.IntVar(&o.caConns, "ca-conns", o.caConns, "eviction-ca: conns chained through the revoked intermediate CA")
+	flag.IntVar(&o.memConns, "mem-conns", o.memConns, "memory: idle conns held by each server")
+	flag.IntVar(&o.denylist, "denylist", o.denylist, "entries revoked through Redis before the scenarios run (the overhead scenario's denylist)")
+	flag.IntVar(&o.loadRounds, "load-rounds", o.loadRounds, "overhead: interleaved rounds (each: bare and guardian, requests and handshakes)")
+	flag.DurationVar(&o.loadDuration, "load-duration", o.loadDuration, "overhead: length of each load phase")
+	flag.IntVar(&o.loadWorkers, "load-workers", o.loadWorkers, "overhead: concurrent client workers")
+	flag.IntVar(&o.fleetNodes, "fleet-nodes", o.fleetNodes, "fleet: guardian nodes on the one Redis")
+	flag.IntVar(&o.peerConns, "peer-conns", o.peerConns, "peers: unrelated live conns held beside the revoked one")
+	flag.DurationVar(&o.peerWindow, "peer-window", o.peerWindow, "peers: how long the revoked live conn is watched")
+	flag.StringVar(&o.scenarios, "scenarios", o.scenarios, "comma-separated scenarios to run, of "+strings.Join(allScenarios, ", "))
 	flag.StringVar(&o.jsonFile, "json", "", "write every figure to `FILE` as JSON")
-	flag.StringVar(&o.redisBin, "redis-server", "redis-server", "the redis-server `BINARY`")
-	flag.IntVar(&evictionWorkers, "eviction-workers", 0, "the node's eviction worker pool (0: the listener's default, 4×GOMAXPROCS)")
-	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the harness process (the guardian node under test) to `FILE`")
+	flag.StringVar(&o.plotFile, "plot", "", "draw the eviction scenarios' latency distributions to `FILE.png`")
+	flag.StringVar(&o.redisBin, "redis-server", o.redisBin, "the redis-server `BINARY`")
+	flag.IntVar(&o.redisPort, "redis-port", 0, "the port for the harness's own redis-server (0: a free one)")
+	flag.IntVar(&evictionWorkers, "eviction-workers", 0, "the nodes' eviction worker pool (0: the listener's default, 4×GOMAXPROCS)")
+	flag.StringVar(&traceFile, "trace", "", "write a runtime/trace of the node's process during eviction-bulk's eviction window to `FILE`")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the harness process (the guardian nodes under test) to `FILE`")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "bench: unexpected argument %q\n", flag.Arg(0))
 		os.Exit(2)
 	}
 	if o.quick {
-		o.rounds, o.conns, o.certs, o.others = 50, 1000, 100, 500
+		o = quickOptions(o)
 	}
 	o.progressTo = os.Stderr
 	if *cpuprofile != "" {
@@ -100,23 +144,62 @@ func main() {
 			os.Exit(1)
 		}
 	}
+	if o.plotFile != "" {
+		if err := plotLatencies(o.plotFile, res); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: plot:", err)
+			os.Exit(1)
+		}
+		fmt.Fprintf(os.Stdout, "latency distributions drawn to %s\n", o.plotFile)
+	}
 }
 
+// maxConns is what one process may hold here (20,000 fds) less room for Redis, pipes and
+// the nodes' own sockets.
+const maxConns = 18000
+
 func (o options) validate() error {
-	for name, v := range map[string]int{"-rounds": o.rounds, "-conns": o.conns, "-certs": o.certs, "-others": o.others} {
+	for name, v := range map[string]int{"-rounds": o.rounds, "-conns": o.conns, "-certs": o.certs, "-others": o.others,
+		"-ca-conns": o.caConns, "-mem-conns": o.memConns, "-load-rounds": o.loadRounds, "-load-workers": o.loadWorkers,
+		"-fleet-nodes": o.fleetNodes, "-peer-conns": o.peerConns} {
 		if v <= 0 {
 			return fmt.Errorf("%s must be positive, got %d", name, v)
 		}
 	}
+	if o.denylist < 0 {
+		return fmt.Errorf("-denylist must not be negative, got %d", o.denylist)
+	}
+	if o.peerWindow < 100*time.Millisecond {
+		return fmt.Errorf("-peer-window must be at least 100ms, got %s", o.peerWindow)
+	}
+	if o.loadDuration < 100*time.Millisecond {
+		return fmt.Errorf("-load-duration must be at least 100ms, got %s", o.loadDuration)
+	}
+	if o.redisPort < 0 || o.redisPort > 65535 {
+		return fmt.Errorf("-redis-port must be 0 (a free port) or a TCP port, got %d", o.redisPort)
+	}
 	if o.conns < o.certs {
 		return fmt.Errorf("-conns (%d) must be at least -certs (%d): each revoked certificate holds conns", o.conns, o.certs)
 	}
-	if total := o.conns + o.others; total > 18000 {
-		return fmt.Errorf("-conns + -others = %d: a process here may hold 20,000 fds; keep it at or under 18,000", total)
+	if total := o.conns + o.others; total > maxConns {
+		return fmt.Errorf("-conns + -others = %d: a process here may hold 20,000 fds; keep it at or under %d", total, maxConns)
+	}
+	for name, v := range map[string]int{"-ca-conns": o.caConns + o.caConns/15, "-mem-conns": o.memConns} {
+		if v > maxConns {
+			return fmt.Errorf("%s = %d: a process here may hold 20,000 fds; keep the conns at or under %d", name, v, maxConns)
+		}
+	}
+	if o.fleetNodes > 16 {
+		return fmt.Errorf("-fleet-nodes must be at most 16, got %d", o.fleetNodes)
+	}
+	if o.plotFile != "" && !strings.HasSuffix(o.plotFile, ".png") {
+		return fmt.Errorf("-plot %q: the file name must end in .png", o.plotFile)
+	}
+	if len(o.scenarios) == 0 {
+		return errors.New("-scenarios is empty")
 	}
 	for _, s := range strings.Split(o.scenarios, ",") {
-		if s != "eviction-single" && s != "eviction-bulk" {
-			return fmt.Errorf("unknown scenario %q (this build has eviction-single, eviction-bulk)", s)
+		if !slices.Contains(allScenarios, s) {
+			return fmt.Errorf("unknown scenario %q (this build has %s)", s, strings.Join(allScenarios, ", "))
 		}
 	}
 	return nil
@@ -124,45 +207,31 @@ func (o options) validate() error {
 
 // Results is everything a run measured, as written by -json.
 type Results struct {
-	Env            Env          `json:"env"`
-	EvictionSingle *SingleStats `json:"eviction_single,omitempty"`
-	EvictionBulk   *BulkStats   `json:"eviction_bulk,omitempty"`
+	Env            Env            `json:"env"`
+	Options        map[string]any `json:"options"`
+	EvictionSingle *SingleStats   `json:"eviction_single,omitempty"`
+	EvictionBulk   *BulkStats     `json:"eviction_bulk,omitempty"`
+	EvictionCA     *BulkStats     `json:"eviction_ca,omitempty"`
+	Overhead       *OverheadStats `json:"overhead,omitempty"`
+	Memory         *MemoryStats   `json:"memory,omitempty"`
+	Fleet          *FleetStats    `json:"fleet,omitempty"`
+	Peers          *PeersStats    `json:"peers,omitempty"`
+	// StealPercent is, per scenario, the share of the machine's CPU time the hypervisor gave
+	// to other guests while it ran (from /proc/stat; -1 where unreadable).
+	StealPercent map[string]float64 `json:"cpu_steal_percent"`
 }
 
 // Env records where the figures were measured.
 type Env struct {
 	Go, Redis, Kernel string
 	GOMAXPROCS        int
+	NumCPU            int
 	FDLimit           uint64
 	When              time.Time
 }
 
-// SingleStats is eviction-single: publish to client-visible close, one conn at a time.
-type SingleStats struct {
-	Rounds int     `json:"rounds"`
-	P50    float64 `json:"p50_ms"`
-	P99    float64 `json:"p99_ms"`
-	Max    float64 `json:"max_ms"`
-}
-
-// BulkStats is eviction-bulk: one batch of certificates revoked among many live conns.
-type BulkStats struct {
-	Certs      int     `json:"certs"`
-	Revoked    int     `json:"revoked_conns"`
-	Others     int     `json:"other_conns"`
-	Closed     int     `json:"closed"`
-	First      float64 `json:"first_ms"`
-	Median     float64 `json:"median_ms"`
-	P99        float64 `json:"p99_ms"`
-	AllClosed  float64 `json:"all_closed_ms"`
-	Collateral int     `json:"collateral"`
-	// ServerDone is when the node's registry had dropped every revoked conn (polled each
-	// millisecond): the server's side of the work, before clients notice.
-	ServerDone float64 `json:"server_all_closed_ms"`
-}
-
 func environment(redisBin string) Env {
-	e := Env{Go: runtime.Version(), GOMAXPROCS: runtime.GOMAXPROCS(0), When: time.Now().UTC()}
+	e := Env{Go: runtime.Version(), GOMAXPROCS: runtime.GOMAXPROCS(0), NumCPU: runtime.NumCPU(), When: time.Now().UTC()}
 	if out, err := exec.Command(redisBin, "--version").Output(); err == nil {
 		e.Redis = strings.TrimSpace(string(out))
 	}
@@ -184,8 +253,32 @@ func environment(redisBin string) Env {
 	return e
 }
 
-// run starts Redis, a guardian node and the client process, runs the scenarios, and stops
-// everything it started, also on error.
+// harness is what every scenario shares: the run's directory, Redis, the PKI and the
+// first guardian node.
+type harness struct {
+	o     options
+	dir   string
+	rsrv  *redisProc
+	store *redisfeed.Store
+	ca    *testpki.CA
+	node  *guardianNode
+	nodes []*guardianNode // every node started, stopped at the end
+}
+
+func (h *harness) caFile() string { return filepath.Join(h.dir, "ca.pem") }
+
+// newNode starts one more guardian node on the run's Redis.
+func (h *harness) newNode(ctx context.Context) (*guardianNode, error) {
+	n, err := startNode(ctx, h.ca, redis.NewClient(&redis.Options{Addr: h.rsrv.addr}))
+	if err != nil {
+		return nil, err
+	}
+	h.nodes = append(h.nodes, n)
+	return n, nil
+}
+
+// run starts Redis, a guardian node and a client process per scenario, runs the scenarios,
+// and stops everything it started, also on error.
 func run(ctx context.Context, o options) (*Results, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
@@ -193,46 +286,69 @@ func run(ctx context.Context, o options) (*Results, error) {
 	if _, err := exec.LookPath(o.redisBin); err != nil {
 		return nil, fmt.Errorf("%s not found: install it (apt-get install redis-server) or pass -redis-server PATH", o.redisBin)
 	}
-	res := &Results{Env: environment(o.redisBin)}
+	res := &Results{Env: environment(o.redisBin), Options: map[string]any{
+		"quick": o.quick, "rounds": o.rounds, "conns": o.conns, "certs": o.certs, "others": o.others,
+		"ca_conns": o.caConns, "mem_conns": o.memConns, "denylist": o.denylist, "load_rounds": o.loadRounds,
+		"load_duration": o.loadDuration.String(), "load_workers": o.loadWorkers, "fleet_nodes": o.fleetNodes,
+		"peer_conns": o.peerConns, "peer_window": o.peerWindow.String(), "scenarios": o.scenarios,
+	}}
 	dir, err := os.MkdirTemp("", "guardian-bench-")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
+	h := &harness{o: o, dir: dir}
 
-	rsrv, err := startRedis(o.redisBin, dir)
-	if err != nil {
+	if h.rsrv, err = startRedis(o.redisBin, dir, o.redisPort); err != nil {
 		return nil, err
 	}
-	defer rsrv.stop()
-	rdb := redis.NewClient(&redis.Options{Addr: rsrv.addr, PoolSize: 4})
+	defer h.rsrv.stop()
+	rdb := redis.NewClient(&redis.Options{Addr: h.rsrv.addr, PoolSize: 4})
 	defer rdb.Close()
-	st := redisfeed.NewStore(rdb, "bench", 0)
+	h.store = redisfeed.NewStore(rdb, "bench", 0)
 
-	ca, err := testpki.New("bench CA")
-	if err != nil {
+	if h.ca, err = testpki.New("bench CA"); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), ca.CertPEM(), 0o644); err != nil {
+	if err := os.WriteFile(h.caFile(), h.ca.CertPEM(), 0o644); err != nil {
 		return nil, err
 	}
-	srv, err := startNode(ctx, ca, redis.NewClient(&redis.Options{Addr: rsrv.addr}))
-	if err != nil {
+	defer func() {
+		for _, n := range h.nodes {
+			n.stop()
+		}
+	}()
+	if h.node, err = h.newNode(ctx); err != nil {
 		return nil, err
 	}
-	defer srv.stop()
+	if err := h.loadDenylist(ctx); err != nil {
+		return nil, fmt.Errorf("denylist: %w", err)
+	}
 
+	res.StealPercent = map[string]float64{}
 	for _, s := range strings.Split(o.scenarios, ",") {
 		cl, err := startClient()
 		if err != nil {
 			return nil, err
 		}
+		steal := startSteal()
 		switch s {
 		case "eviction-single":
-			res.EvictionSingle, err = evictionSingle(ctx, o, dir, ca, st, srv, cl)
+			res.EvictionSingle, err = evictionSingle(ctx, h, cl)
 		case "eviction-bulk":
-			res.EvictionBulk, err = evictionBulk(ctx, o, dir, ca, st, srv, cl)
+			res.EvictionBulk, err = evictionBulk(ctx, h, cl)
+		case "eviction-ca":
+			res.EvictionCA, err = evictionCA(ctx, h, cl)
+		case "overhead":
+			res.Overhead, err = overhead(ctx, h, cl)
+		case "memory":
+			res.Memory, err = memory(ctx, h, cl)
+		case "fleet":
+			res.Fleet, err = fleet(ctx, h, cl)
+		case "peers":
+			res.Peers, err = peers(ctx, h, cl)
 		}
+		res.StealPercent[s] = steal.percent()
 		cl.stop()
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", s, err)
@@ -241,26 +357,76 @@ func run(ctx context.Context, o options) (*Results, error) {
 	return res, nil
 }
 
-type redisProc struct {
-	addr string
-	cmd  *exec.Cmd
+// loadDenylist revokes o.denylist random serials through Redis, in batches, and waits until
+// the node's Set holds them: the overhead scenario measures guardian with a loaded denylist.
+func (h *harness) loadDenylist(ctx context.Context) error {
+	if h.o.denylist == 0 {
+		return nil
+	}
+	p := newProgress(h.o.progressTo, "loading the denylist through Redis", h.o.denylist)
+	const batch = 5000
+	var buf [16]byte
+	for done := 0; done < h.o.denylist; {
+		n := min(batch, h.o.denylist-done)
+		entries := make([]revoke.Entry, n)
+		for i := range entries {
+			randRead(buf[:])
+			// Serials of the bench CA that no client holds.
+			entries[i] = revoke.Entry{Key: revoke.SerialKey(h.ca.Cert.RawSubject, new(big.Int).SetBytes(buf[:])), Reason: "superseded"}
+		}
+		if _, err := h.store.RevokeMany(ctx, entries); err != nil {
+			return err
+		}
+		done += n
+		p.set(done)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for h.node.set.Len() < h.o.denylist {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the node's Set holds %d of %d entries after 2 minutes", h.node.set.Len(), h.o.denylist)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	p.done()
+	return nil
 }
 
-func startRedis(bin, dir string) (*redisProc, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
+type redisProc struct {
+	addr   string
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+func startRedis(bin, dir string, port int) (*redisProc, error) {
+	if port == 0 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		port = l.Addr().(*net.TCPAddr).Port
+		l.Close()
+	} else if l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err != nil {
+		return nil, fmt.Errorf("port %d is in use: pass another -redis-port, or 0 for a free one", port)
+	} else {
+		l.Close()
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
+	logFile := filepath.Join(dir, "redis.log")
 	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"))
+		"--dir", dir, "--logfile", logFile)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	r := &redisProc{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	r := &redisProc{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd, exited: exited}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
+		select {
+		case <-exited:
+			log, _ := os.ReadFile(logFile)
+			return nil, fmt.Errorf("redis-server exited at start on port %d: %s", port, strings.TrimSpace(string(log)))
+		default:
+		}
 		c, err := net.DialTimeout("tcp", r.addr, 100*time.Millisecond)
 		if err == nil {
 			c.Close()
@@ -268,7 +434,7 @@ func startRedis(bin, dir string) (*redisProc, error) {
 		}
 		if time.Now().After(deadline) {
 			r.stop()
-			log, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
+			log, _ := os.ReadFile(logFile)
 			return nil, fmt.Errorf("redis-server did not start on %s: %s", r.addr, log)
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -277,68 +443,7 @@ func startRedis(bin, dir string) (*redisProc, error) {
 
 func (r *redisProc) stop() {
 	r.cmd.Process.Kill()
-	r.cmd.Wait()
-}
-
-// guardianNode is the server under test: a Set fed by Redis and a listener whose accepted
-// conns are held idle, as keep-alive conns are.
-type guardianNode struct {
-	set    *revoke.Set
-	feed   *redisfeed.Feed
-	l      *listener.Listener
-	addr   string
-	cancel context.CancelFunc
-	done   chan struct{}
-}
-
-func startNode(ctx context.Context, ca *testpki.CA, rdb *redis.Client) (*guardianNode, error) {
-	server, err := ca.Issue(testpki.Opts{DNS: []string{"localhost"}})
-	if err != nil {
-		return nil, err
-	}
-	set, err := revoke.NewSet(revoke.SetOptions{})
-	if err != nil {
-		return nil, err
-	}
-	feed, err := redisfeed.NewFeed(redisfeed.NewStore(rdb, "bench", 0), set, redisfeed.FeedOptions{})
-	if err != nil {
-		return nil, err
-	}
-	fctx, cancel := context.WithCancel(ctx)
-	n := &guardianNode{set: set, feed: feed, cancel: cancel, done: make(chan struct{})}
-	go func() { feed.Run(fctx); rdb.Close(); close(n.done) }()
-	select {
-	case <-feed.Synced():
-	case <-time.After(10 * time.Second):
-		n.stop()
-		return nil, errors.New("the node's feed did not sync with Redis in 10s")
-	}
-	inner, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		n.stop()
-		return nil, err
-	}
-	n.l, err = listener.New(inner, listener.Config{Set: set, EvictionWorkers: evictionWorkers, Audiences: []listener.Audience{{
-		Name: "bench", SNI: []string{"localhost"}, Certificates: []tls.Certificate{server.TLS()},
-		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool(),
-	}}})
-	if err != nil {
-		inner.Close()
-		n.stop()
-		return nil, err
-	}
-	n.addr = inner.Addr().String()
-	go idleserver.Serve(n.l)
-	return n, nil
-}
-
-func (n *guardianNode) stop() {
-	if n.l != nil {
-		n.l.Registry().EvictAll(conntrackShutdown)
-		n.l.Stop()
-	}
-	n.cancel()
-	<-n.done
+	<-r.exited
 }
 
 // client is the client process.
@@ -387,8 +492,9 @@ func (c *client) send(cmd clientCmd) error {
 	return err
 }
 
-// await returns the next event of kind ev, handing close events to onClose meanwhile.
-func (c *client) await(ev string, timeout time.Duration, onClose func(clientEvent)) (clientEvent, error) {
+// await returns the next event of kind ev, handing close events to onClose and progress
+// events to p meanwhile.
+func (c *client) await(ev string, timeout time.Duration, onClose func(clientEvent), p *progress) (clientEvent, error) {
 	t := time.After(timeout)
 	for {
 		select {
@@ -399,6 +505,8 @@ func (c *client) await(ev string, timeout time.Duration, onClose func(clientEven
 			switch {
 			case e.Ev == ev:
 				return e, nil
+			case e.Ev == "progress":
+				p.set(e.N)
 			case e.Ev == "close" && onClose != nil:
 				onClose(e)
 			case e.Ev == "error":
@@ -408,6 +516,30 @@ func (c *client) await(ev string, timeout time.Duration, onClose func(clientEven
 			return clientEvent{}, fmt.Errorf("no %q from the client within %s", ev, timeout)
 		}
 	}
+}
+
+// dial has the client open the conns of specs and waits until all are open.
+func (c *client) dial(addr, ca string, specs []certSpec, http bool, label string, progressTo io.Writer) error {
+	total := 0
+	for _, s := range specs {
+		total += s.N
+	}
+	var p *progress
+	if total >= 1000 {
+		p = newProgress(progressTo, label, total)
+	}
+	if err := c.send(clientCmd{Cmd: "dial", Addr: addr, CA: ca, Certs: specs, HTTP: http}); err != nil {
+		return err
+	}
+	ready, err := c.await("ready", 10*time.Minute, nil, p)
+	if err != nil {
+		return err
+	}
+	p.done()
+	if ready.Failed > 0 || ready.N != total {
+		return fmt.Errorf("the client opened %d of %d conns (%d failed)", ready.N, total, ready.Failed)
+	}
+	return nil
 }
 
 func (c *client) stop() {

@@ -4,22 +4,72 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
+	"runtime/trace"
 	"slices"
 	"time"
 
-	"github.com/guardian-mtls/guardian/conntrack"
 	"github.com/guardian-mtls/guardian/internal/testpki"
 	"github.com/guardian-mtls/guardian/revoke"
-	"github.com/guardian-mtls/guardian/revoke/redisfeed"
 )
 
-var conntrackShutdown = conntrack.Cause{Reason: conntrack.ReasonShutdown}
+// SingleStats is eviction-single: publish to client-visible close, one conn at a time.
+type SingleStats struct {
+	Rounds  int       `json:"rounds"`
+	P50     float64   `json:"p50_ms"`
+	P99     float64   `json:"p99_ms"`
+	Max     float64   `json:"max_ms"`
+	Samples []float64 `json:"-"`
+}
+
+// BulkStats is a mass eviction: eviction-bulk (a batch of certificates) or eviction-ca (an
+// intermediate CA), among conns that must survive.
+type BulkStats struct {
+	Certs      int     `json:"certs"`
+	Revoked    int     `json:"revoked_conns"`
+	Others     int     `json:"other_conns"`
+	Closed     int     `json:"closed"`
+	First      float64 `json:"first_ms"`
+	Median     float64 `json:"median_ms"`
+	P99        float64 `json:"p99_ms"`
+	AllClosed  float64 `json:"all_closed_ms"`
+	Collateral int     `json:"collateral"`
+	// Applied is when the node's Set had applied the revocation: Redis, the feed and the Set.
+	Applied float64 `json:"set_applied_ms"`
+	// ServerDone is when the node's registry had dropped every revoked conn (polled each
+	// millisecond): the server's side of the work, before clients notice.
+	ServerDone float64   `json:"server_all_closed_ms"`
+	Samples    []float64 `json:"-"`
+}
+
+// FleetStats is fleet: one publish, several nodes; per-node latency and the slowest node's.
+type FleetStats struct {
+	Nodes   int          `json:"nodes"`
+	Rounds  int          `json:"rounds"`
+	PerNode []*NodeStats `json:"per_node"`
+	// P50 and P99 are of each round's slowest node: when the whole fleet had acted.
+	P50 float64 `json:"p50_ms"`
+	P99 float64 `json:"p99_ms"`
+	Max float64 `json:"max_ms"`
+}
+
+// NodeStats is one fleet node's eviction latency.
+type NodeStats struct {
+	P50     float64   `json:"p50_ms"`
+	P99     float64   `json:"p99_ms"`
+	Max     float64   `json:"max_ms"`
+	Samples []float64 `json:"-"`
+}
 
 // issue writes n client certificates named prefix-i into dir for the client process.
-func issue(ca *testpki.CA, dir, prefix string, n int, progress io.Writer) ([]*testpki.Leaf, []string, error) {
+func issue(ca *testpki.CA, dir, prefix string, n int, progressTo io.Writer) ([]*testpki.Leaf, []string, error) {
 	leaves := make([]*testpki.Leaf, n)
 	names := make([]string, n)
+	var p *progress
+	if n >= 100 {
+		p = newProgress(progressTo, "issuing "+prefix+" certificates", n)
+	}
 	for i := range leaves {
 		l, err := ca.Issue(testpki.Opts{CommonName: fmt.Sprintf("%s-%d", prefix, i), URIs: []string{fmt.Sprintf("spiffe://bench/%s/%d", prefix, i)}})
 		if err != nil {
@@ -30,130 +80,224 @@ func issue(ca *testpki.CA, dir, prefix string, n int, progress io.Writer) ([]*te
 			return nil, nil, err
 		}
 		leaves[i] = l
-		if progress != nil && (i%200 == 0 || i == n-1) {
-			fmt.Fprintf(progress, "\r  issuing %s certificates %d/%d", prefix, i+1, n)
-		}
+		p.set(i + 1)
 	}
-	if progress != nil {
-		fmt.Fprintln(progress)
-	}
+	p.done()
 	return leaves, names, nil
 }
 
-// evictionSingle: one conn at a time; from just before the publish to Redis to the moment
-// the client process sees its conn end.
-func evictionSingle(ctx context.Context, o options, dir string, ca *testpki.CA, st *redisfeed.Store, n *guardianNode, cl *client) (*SingleStats, error) {
+// specs spreads total conns over the certificates names, tagged tag0, tag0+step, ….
+func specs(names []string, total, tag0, step int) []certSpec {
+	var out []certSpec
+	for i, nm := range names {
+		out = append(out, certSpec{Cert: nm + ".pem", Key: nm + ".key", Tag: tag0 + i*step, N: share(total, len(names), i)})
+	}
+	return out
+}
+
+// evictionRounds revokes one certificate per round through Redis while the client holds a
+// conn to each node with it, and returns each node's latencies: from just before the
+// publish to the moment the client process sees that node's conn end.
+func evictionRounds(ctx context.Context, h *harness, cl *client, nodes []*guardianNode, label string) ([][]float64, error) {
 	const certs = 16
-	leaves, names, err := issue(ca, dir, "single", certs, nil)
+	leaves, names, err := issue(h.ca, h.dir, label, certs, nil)
 	if err != nil {
 		return nil, err
 	}
-	var lat []float64
-	for r := 0; r < o.rounds; r++ {
+	lat := make([][]float64, len(nodes))
+	p := newProgress(h.o.progressTo, label, h.o.rounds)
+	for r := 0; r < h.o.rounds; r++ {
 		i := r % certs
 		k, _ := revoke.KeyFor(leaves[i].Cert, revoke.KindSerial)
-		if n.set.Has(k) {
-			if _, _, err := st.Unrevoke(ctx, k); err != nil {
+		if h.node.set.Has(k) {
+			if _, _, err := h.store.Unrevoke(ctx, k); err != nil {
 				return nil, err
 			}
-			for n.set.Has(k) {
-				time.Sleep(100 * time.Microsecond)
+			for _, n := range nodes {
+				for n.set.Has(k) {
+					time.Sleep(100 * time.Microsecond)
+				}
 			}
 		}
-		if err := cl.send(clientCmd{Cmd: "dial", Addr: n.addr, CA: filepath.Join(dir, "ca.pem"),
-			Certs: []certSpec{{Cert: names[i] + ".pem", Key: names[i] + ".key", Tag: r + 1, N: 1}}}); err != nil {
-			return nil, err
+		tag := func(ni int) int { return r*16 + ni + 1 }
+		for ni, n := range nodes {
+			if err := cl.dial(n.addr, h.caFile(), []certSpec{{Cert: names[i] + ".pem", Key: names[i] + ".key", Tag: tag(ni), N: 1}}, false, "", nil); err != nil {
+				return nil, fmt.Errorf("round %d, node %d: %w", r, ni, err)
+			}
 		}
-		ready, err := cl.await("ready", 30*time.Second, nil)
-		if err != nil {
-			return nil, err
-		}
-		if ready.N != 1 {
-			return nil, fmt.Errorf("round %d: the client could not connect (%d failed)", r, ready.Failed)
-		}
-		time.Sleep(2 * time.Millisecond) // the conn is idle in its reader
+		time.Sleep(2 * time.Millisecond) // the conns are idle in their readers
 		start := time.Now()
-		if _, err := st.Revoke(ctx, revoke.Entry{Key: k, Reason: "keyCompromise"}); err != nil {
+		if _, err := h.store.Revoke(ctx, revoke.Entry{Key: k, Reason: "keyCompromise"}); err != nil {
 			return nil, err
 		}
-		var closedAt int64
+		pending := len(nodes)
 		deadline := time.After(10 * time.Second)
-		for closedAt == 0 {
+		for pending > 0 {
 			select {
 			case e, ok := <-cl.events:
 				if !ok {
 					return nil, fmt.Errorf("round %d: the client process exited", r)
 				}
-				if e.Ev == "close" && e.Tag == r+1 {
-					closedAt = e.At
+				if e.Ev != "close" || e.Tag <= r*16 || e.Tag > r*16+len(nodes) {
+					continue
 				}
+				ni := e.Tag - r*16 - 1
+				lat[ni] = append(lat[ni], ms(time.Unix(0, e.At).Sub(start)))
+				pending--
 			case <-deadline:
-				return nil, fmt.Errorf("round %d: the revoked conn was still open 10s after the publish", r)
+				return nil, fmt.Errorf("round %d: %d revoked conns still open 10s after the publish", r, pending)
 			}
 		}
-		lat = append(lat, ms(time.Unix(0, closedAt).Sub(start)))
-		if o.progressTo != nil && (r%20 == 0 || r == o.rounds-1) {
-			fmt.Fprintf(o.progressTo, "\r  eviction-single %d/%d", r+1, o.rounds)
-		}
+		p.set(r + 1)
 	}
-	if o.progressTo != nil {
-		fmt.Fprintln(o.progressTo)
-	}
-	slices.Sort(lat)
-	return &SingleStats{Rounds: len(lat), P50: percentile(lat, 0.5), P99: percentile(lat, 0.99), Max: lat[len(lat)-1]}, nil
+	p.done()
+	return lat, nil
 }
 
-// evictionBulk: conns of -certs certificates (-conns in all) among -others conns of other
-// certificates; every revoked certificate in one batch; when did each revoked conn close,
-// and did any other.
-func evictionBulk(ctx context.Context, o options, dir string, ca *testpki.CA, st *redisfeed.Store, n *guardianNode, cl *client) (*BulkStats, error) {
-	otherCerts := max(1, o.certs*o.others/o.conns)
-	revoked, rnames, err := issue(ca, dir, "victim", o.certs, o.progressTo)
+// evictionSingle: one conn at a time, one node.
+func evictionSingle(ctx context.Context, h *harness, cl *client) (*SingleStats, error) {
+	lat, err := evictionRounds(ctx, h, cl, []*guardianNode{h.node}, "eviction-single")
 	if err != nil {
 		return nil, err
 	}
-	_, onames, err := issue(ca, dir, "other", otherCerts, o.progressTo)
+	s := lat[0]
+	slices.Sort(s)
+	return &SingleStats{Rounds: len(s), P50: percentile(s, 0.5), P99: percentile(s, 0.99), Max: s[len(s)-1], Samples: s}, nil
+}
+
+// fleet: the same rounds with a conn to each of o.fleetNodes nodes on the one Redis.
+func fleet(ctx context.Context, h *harness, cl *client) (*FleetStats, error) {
+	nodes := []*guardianNode{h.node}
+	for len(nodes) < h.o.fleetNodes {
+		n, err := h.newNode(ctx)
+		if err != nil {
+			return nil, err
+		}
+		nodes = append(nodes, n)
+	}
+	lat, err := evictionRounds(ctx, h, cl, nodes, "fleet")
+	if err != nil {
+		return nil, err
+	}
+	f := &FleetStats{Nodes: len(nodes), Rounds: h.o.rounds}
+	slowest := make([]float64, h.o.rounds)
+	for _, l := range lat {
+		for r, v := range l {
+			slowest[r] = max(slowest[r], v)
+		}
+		slices.Sort(l)
+		f.PerNode = append(f.PerNode, &NodeStats{P50: percentile(l, 0.5), P99: percentile(l, 0.99), Max: l[len(l)-1], Samples: l})
+	}
+	slices.Sort(slowest)
+	f.P50, f.P99, f.Max = percentile(slowest, 0.5), percentile(slowest, 0.99), slowest[len(slowest)-1]
+	return f, nil
+}
+
+// evictionBulk: conns of o.certs certificates (o.conns in all) among o.others conns of
+// other certificates; every revoked certificate in one batch; when did each revoked conn
+// close, and did any other.
+func evictionBulk(ctx context.Context, h *harness, cl *client) (*BulkStats, error) {
+	o := h.o
+	otherCerts := max(1, o.certs*o.others/o.conns)
+	revoked, rnames, err := issue(h.ca, h.dir, "victim", o.certs, o.progressTo)
+	if err != nil {
+		return nil, err
+	}
+	_, onames, err := issue(h.ca, h.dir, "other", otherCerts, o.progressTo)
 	if err != nil {
 		return nil, err
 	}
 	// Tags: victims 1..certs, others -1..-otherCerts.
-	var specs []certSpec
-	for i, nm := range rnames {
-		specs = append(specs, certSpec{Cert: nm + ".pem", Key: nm + ".key", Tag: i + 1, N: share(o.conns, o.certs, i)})
-	}
-	for i, nm := range onames {
-		specs = append(specs, certSpec{Cert: nm + ".pem", Key: nm + ".key", Tag: -(i + 1), N: share(o.others, otherCerts, i)})
-	}
-	if o.progressTo != nil {
-		fmt.Fprintf(o.progressTo, "  eviction-bulk: opening %d conns from the client process…\n", o.conns+o.others)
-	}
-	if err := cl.send(clientCmd{Cmd: "dial", Addr: n.addr, CA: filepath.Join(dir, "ca.pem"), Certs: specs}); err != nil {
-		return nil, err
-	}
-	ready, err := cl.await("ready", 10*time.Minute, nil)
-	if err != nil {
-		return nil, err
-	}
-	if ready.Failed > 0 || ready.N != o.conns+o.others {
-		return nil, fmt.Errorf("the client opened %d of %d conns (%d failed)", ready.N, o.conns+o.others, ready.Failed)
-	}
-	for n.l.Registry().Len() < o.conns+o.others {
-		time.Sleep(10 * time.Millisecond)
-	}
+	all := append(specs(rnames, o.conns, 1, 1), specs(onames, o.others, -1, -1)...)
 	entries := make([]revoke.Entry, len(revoked))
 	for i, l := range revoked {
 		k, _ := revoke.KeyFor(l.Cert, revoke.KindSerial)
 		entries[i] = revoke.Entry{Key: k, Reason: "keyCompromise"}
 	}
+	b, err := massEviction(h, cl, all, o.conns, o.others, "eviction-bulk", traceFile, func() error {
+		_, err := h.store.RevokeMany(ctx, entries)
+		return err
+	})
+	if b != nil {
+		b.Certs = o.certs
+	}
+	return b, err
+}
+
+// evictionCA: o.caConns conns of certificates under one intermediate CA, among conns under
+// a sibling intermediate; the first intermediate is revoked by its serial.
+func evictionCA(ctx context.Context, h *harness, cl *client) (*BulkStats, error) {
+	o := h.o
+	revokedCA, err := h.ca.Intermediate("bench intermediate (revoked)")
+	if err != nil {
+		return nil, err
+	}
+	otherCA, err := h.ca.Intermediate("bench intermediate (kept)")
+	if err != nil {
+		return nil, err
+	}
+	const leaves = 100
+	_, rnames, err := issue(revokedCA, h.dir, "ca-victim", leaves, o.progressTo)
+	if err != nil {
+		return nil, err
+	}
+	_, onames, err := issue(otherCA, h.dir, "ca-other", 10, o.progressTo)
+	if err != nil {
+		return nil, err
+	}
+	others := max(1, o.caConns/15)
+	all := append(specs(rnames, o.caConns, 1, 1), specs(onames, others, -1, -1)...)
+	k, _ := revoke.KeyFor(revokedCA.Cert, revoke.KindSerial)
+	b, err := massEviction(h, cl, all, o.caConns, others, "eviction-ca", "", func() error {
+		_, err := h.store.Revoke(ctx, revoke.Entry{Key: k, Reason: "cACompromise"})
+		return err
+	})
+	if b != nil {
+		b.Certs = 1
+	}
+	return b, err
+}
+
+// massEviction opens every conn of all (tags > 0 are to be revoked, < 0 must survive) to
+// the node, calls publish, and records when each revoked conn closed and whether any other
+// did.
+func massEviction(h *harness, cl *client, all []certSpec, revoked, others int, label, traceTo string, publish func() error) (*BulkStats, error) {
+	n := h.node
+	before := n.l.Registry().Len()
+	if err := cl.dial(n.addr, h.caFile(), all, false, label+": opening conns", h.o.progressTo); err != nil {
+		return nil, err
+	}
+	for n.l.Registry().Len() < before+revoked+others {
+		time.Sleep(10 * time.Millisecond)
+	}
+	applied := make(chan time.Time, 1)
+	cancel := n.set.Subscribe(func(revoke.Change) {
+		select {
+		case applied <- time.Now():
+		default:
+		}
+	})
+	defer cancel()
 	serverDone := make(chan time.Duration, 1)
+	if traceTo != "" {
+		f, err := os.Create(traceTo)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		if err := trace.Start(f); err != nil {
+			return nil, err
+		}
+		defer trace.Stop()
+	}
 	start := time.Now()
 	go func() {
-		for n.l.Registry().Len() > o.others && time.Since(start) < 30*time.Second {
+		for n.l.Registry().Len() > before+others && time.Since(start) < 30*time.Second {
 			time.Sleep(time.Millisecond)
 		}
 		serverDone <- time.Since(start)
 	}()
-	if _, err := st.RevokeMany(ctx, entries); err != nil {
+	if err := publish(); err != nil {
 		return nil, err
 	}
 	var closes []float64
@@ -175,7 +319,7 @@ loop:
 				continue
 			}
 			closes = append(closes, ms(time.Unix(0, e.At).Sub(start)))
-			if len(closes) == o.conns && settle == nil {
+			if len(closes) == revoked && settle == nil {
 				settle = time.After(500 * time.Millisecond) // time for any wrong close to show
 			}
 		case <-settle:
@@ -185,14 +329,27 @@ loop:
 		}
 	}
 	cl.send(clientCmd{Cmd: "close"})
+	if _, err := cl.await("done", 30*time.Second, nil, nil); err != nil {
+		return nil, err
+	}
 	slices.Sort(closes)
-	b := &BulkStats{Certs: o.certs, Revoked: o.conns, Others: o.others, Closed: len(closes), Collateral: collateral,
-		ServerDone: ms(<-serverDone)}
+	b := &BulkStats{Revoked: revoked, Others: others, Closed: len(closes), Collateral: collateral,
+		ServerDone: ms(<-serverDone), Samples: closes}
+	select {
+	case at := <-applied:
+		b.Applied = ms(at.Sub(start))
+	default:
+	}
 	if len(closes) > 0 {
 		b.First, b.Median, b.P99, b.AllClosed = closes[0], percentile(closes, 0.5), percentile(closes, 0.99), closes[len(closes)-1]
 	}
-	if len(closes) < o.conns {
-		return b, fmt.Errorf("only %d of %d revoked conns closed within 30s", len(closes), o.conns)
+	// The client's close drops the survivors; wait for the node to see it, so the next
+	// scenario starts from an empty registry.
+	for deadline := time.Now().Add(30 * time.Second); n.l.Registry().Len() > before && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(closes) < revoked {
+		return b, fmt.Errorf("only %d of %d revoked conns closed within 30s", len(closes), revoked)
 	}
 	return b, nil
 }
@@ -204,20 +361,4 @@ func share(total, n, i int) int {
 		s++
 	}
 	return s
-}
-
-func printTable(w io.Writer, r *Results) {
-	e := r.Env
-	fmt.Fprintf(w, "guardian bench — %s, %s, kernel %s, GOMAXPROCS %d, fd limit %d, %s\n\n",
-		e.Go, e.Redis, e.Kernel, e.GOMAXPROCS, e.FDLimit, e.When.Format(time.RFC3339))
-	if s := r.EvictionSingle; s != nil {
-		fmt.Fprintf(w, "eviction-single  (%d rounds: publish to Redis → client sees its conn end)\n", s.Rounds)
-		fmt.Fprintf(w, "  p50 %.3f ms   p99 %.3f ms   max %.3f ms      target p50 ≤ 0.5 ms, p99 ≤ 2 ms\n\n", s.P50, s.P99, s.Max)
-	}
-	if b := r.EvictionBulk; b != nil {
-		fmt.Fprintf(w, "eviction-bulk    (%d certificates revoked in one batch; %d of their conns among %d others)\n", b.Certs, b.Revoked, b.Others)
-		fmt.Fprintf(w, "  closed %d/%d: first %.1f ms, median %.1f ms, p99 %.1f ms, last %.1f ms   target all ≤ 150 ms\n", b.Closed, b.Revoked, b.First, b.Median, b.P99, b.AllClosed)
-		fmt.Fprintf(w, "  server side: every revoked conn closed and untracked by %.1f ms\n", b.ServerDone)
-		fmt.Fprintf(w, "  other conns closed (collateral): %d of %d                              target 0\n\n", b.Collateral, b.Others)
-	}
 }

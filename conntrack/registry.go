@@ -460,10 +460,12 @@ func (r *Registry) evictOne(v victim) {
 		return // closed meanwhile by its owner or another eviction
 	}
 	if tc, ok := c.Conn.(*net.TCPConn); ok {
-		// RST at the final close rather than a lingering FIN: no TIME_WAIT is left behind.
+		// RST at the final close rather than a lingering FIN: no TIME_WAIT is left behind,
+		// and one packet per conn. (A shutdown(2) first, to tell the peer before Go's Close
+		// waits for the conn's blocked reader, cost a syscall and a FIN per conn and made a
+		// 10,000-conn eviction slower: BENCHMARKS.md, eviction-bulk.)
 		tc.SetLinger(0)
 	}
-	shutdown(c.Conn)
 	r.untrack(c)
 	c.Conn.Close()
 	since := v.cause.Since

@@ -580,6 +580,9 @@ func (l *Listener) onChange(ch revoke.Change) {
 }
 
 func (l *Listener) onEvict(e conntrack.Eviction) {
+	if !l.log.Enabled(context.Background(), slog.LevelInfo) {
+		return
+	}
 	info, _ := e.Conn.Owner().(*ConnInfo)
 	aud := ""
 	if info != nil && info.aud != nil {

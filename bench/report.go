@@ -1,0 +1,87 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"time"
+)
+
+func printTable(w io.Writer, r *Results) {
+	e := r.Env
+	fmt.Fprintf(w, "guardian bench — %s, %s, kernel %s, GOMAXPROCS %d (%d CPUs), fd limit %d, %s\n\n",
+		e.Go, e.Redis, e.Kernel, e.GOMAXPROCS, e.NumCPU, e.FDLimit, e.When.Format(time.RFC3339))
+	if s := r.EvictionSingle; s != nil {
+		fmt.Fprintf(w, "eviction-single  (%d rounds: publish to Redis → client sees its conn end)\n", s.Rounds)
+		fmt.Fprintf(w, "  p50 %.3f ms   p99 %.3f ms   max %.3f ms      target p50 ≤ 0.5 ms, p99 ≤ 2 ms\n\n", s.P50, s.P99, s.Max)
+	}
+	if b := r.EvictionBulk; b != nil {
+		fmt.Fprintf(w, "eviction-bulk    (%d certificates revoked in one batch; %d of their conns among %d others)\n", b.Certs, b.Revoked, b.Others)
+		printMass(w, b, "target all ≤ 150 ms")
+	}
+	if b := r.EvictionCA; b != nil {
+		fmt.Fprintf(w, "eviction-ca      (an intermediate CA revoked; %d conns chain through it, %d through a sibling)\n", b.Revoked, b.Others)
+		printMass(w, b, "")
+	}
+	if f := r.Fleet; f != nil {
+		fmt.Fprintf(w, "fleet            (%d nodes on one Redis, %d publishes; a conn to each node)\n", f.Nodes, f.Rounds)
+		for i, n := range f.PerNode {
+			fmt.Fprintf(w, "  node %d: p50 %.3f ms   p99 %.3f ms   max %.3f ms\n", i+1, n.P50, n.P99, n.Max)
+		}
+		fmt.Fprintf(w, "  whole fleet (slowest node per publish): p50 %.3f ms   p99 %.3f ms   max %.3f ms\n\n", f.P50, f.P99, f.Max)
+	}
+	if o := r.Overhead; o != nil {
+		fmt.Fprintf(w, "overhead         (%d interleaved rounds of %s per phase, %d client workers; guardian with %d revoked entries)\n",
+			o.Rounds, o.Phase, o.Workers, o.Denylist)
+		fmt.Fprintf(w, "  %-10s %14s %16s %18s %20s\n", "", "requests/s", "handshakes/s", "CPU/request (µs)", "CPU/handshake (µs)")
+		for _, row := range []struct {
+			name string
+			l    Load
+		}{{"bare", o.Bare}, {"guardian", o.Guardian}} {
+			fmt.Fprintf(w, "  %-10s %14.0f %16.0f %18.1f %20.1f\n", row.name, row.l.RequestsPerSec, row.l.HandshakesPerSec, row.l.CPUPerRequestUs, row.l.CPUPerHandshakeUs)
+		}
+		fmt.Fprintf(w, "  ratio guardian/bare: requests %.3f (rounds %.3f–%.3f), handshakes %.3f (rounds %.3f–%.3f)   target ≥ 0.98\n",
+			o.Requests, o.RequestsMin, o.RequestsMax, o.Handshake, o.HandshakeMin, o.HandshakeMax)
+		if o.Bare.Failed+o.Guardian.Failed > 0 {
+			fmt.Fprintf(w, "  failed operations: bare %d, guardian %d\n", o.Bare.Failed, o.Guardian.Failed)
+		}
+		fmt.Fprintln(w)
+	}
+	if m := r.Memory; m != nil {
+		fmt.Fprintf(w, "memory           (%d idle conns per server; live heap + stacks after GC)\n", m.Conns)
+		fmt.Fprintf(w, "  bare %.0f B/conn, guardian %.0f B/conn: extra %.0f B/conn      target ≤ 256 B\n", m.BarePerConn, m.GuardianPerConn, m.Extra)
+		fmt.Fprintf(w, "  of which heap: bare %.0f, guardian %.0f, extra %.0f B/conn; stacks: bare %.0f, guardian %.0f B/conn\n\n",
+			m.BareHeap, m.GuardianHeap, m.ExtraHeap, m.BareStack, m.GuardianStack)
+	}
+	if p := r.Peers; p != nil {
+		fmt.Fprintf(w, "peers            (a revoked certificate's live keep-alive conn, watched for %s)\n", p.Window)
+		for _, x := range p.Peers {
+			if x.Skipped != "" {
+				fmt.Fprintf(w, "  %-9s skipped: %s\n", x.Peer, x.Skipped)
+				continue
+			}
+			closed := "stayed open"
+			if x.RevokedClosed {
+				closed = fmt.Sprintf("closed after %.1f ms", x.ClosedMs)
+			}
+			fmt.Fprintf(w, "  %-9s revoked conn %s; unrelated conns dropped %d of %d; new handshake refused: %v\n",
+				x.Peer, closed, x.Dropped, x.Unrelated, x.NewRefused)
+			fmt.Fprintf(w, "            (%s; %s)\n", x.How, x.Version)
+		}
+		fmt.Fprintln(w)
+	}
+	if len(r.StealPercent) > 0 {
+		fmt.Fprint(w, "CPU time stolen by the host for other guests, per scenario:")
+		for _, s := range allScenarios {
+			if v, ok := r.StealPercent[s]; ok && v >= 0 {
+				fmt.Fprintf(w, " %s %.1f%%", s, v)
+			}
+		}
+		fmt.Fprintln(w)
+	}
+}
+
+func printMass(w io.Writer, b *BulkStats, target string) {
+	fmt.Fprintf(w, "  closed %d/%d: first %.1f ms, median %.1f ms, p99 %.1f ms, last %.1f ms   %s\n", b.Closed, b.Revoked, b.First, b.Median, b.P99, b.AllClosed, target)
+	fmt.Fprintf(w, "  node side: Set applied at %.1f ms; every revoked conn closed and untracked by %.1f ms\n", b.Applied, b.ServerDone)
+	fmt.Fprintf(w, "  other conns closed (collateral): %d of %d                              target 0\n\n", b.Collateral, b.Others)
+}
