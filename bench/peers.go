@@ -270,9 +270,11 @@ func firstLine(cmd string, args ...string) string {
 // nginx: ssl_crl, re-read at a reload (SIGHUP to the master).
 type nginxPeer struct{}
 
-func (nginxPeer) name() string    { return "nginx" }
-func (nginxPeer) bin() string     { return "nginx" }
-func (nginxPeer) how() string     { return "new ssl_crl file, then a reload (SIGHUP to the master, as nginx -s reload)" }
+func (nginxPeer) name() string { return "nginx" }
+func (nginxPeer) bin() string  { return "nginx" }
+func (nginxPeer) how() string {
+	return "new ssl_crl file, then a reload (SIGHUP to the master, as nginx -s reload)"
+}
 func (nginxPeer) version() string { return firstLine("nginx", "-v") }
 
 func (nginxPeer) start(dir, addr string) (*exec.Cmd, error) {
