@@ -50,7 +50,7 @@ func TestHarnessSmoke(t *testing.T) {
 	if s := res.EvictionSingle; s == nil || s.Rounds != 5 || s.P50 <= 0 || s.Max < s.P50 || len(s.Samples) != 5 {
 		t.Errorf("eviction-single = %+v", s)
 	}
-	if b := res.EvictionBulk; b == nil || b.Closed != 40 || b.Collateral != 0 || b.Others != 20 || b.AllClosed < b.First || b.Applied <= 0 {
+	if b := res.EvictionBulk; b == nil || b.Closed != 40 || b.Collateral != 0 || b.Others != 20 || b.AllClosed < b.First || b.Applied <= 0 || b.Floor <= 0 {
 		t.Errorf("eviction-bulk = %+v", b)
 	}
 	if b := res.EvictionCA; b == nil || b.Closed != 60 || b.Collateral != 0 || b.Others != 4 || b.AllClosed < b.First {

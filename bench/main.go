@@ -520,6 +520,21 @@ func (c *client) await(ev string, timeout time.Duration, onClose func(clientEven
 
 // dial has the client open the conns of specs and waits until all are open.
 func (c *client) dial(addr, ca string, specs []certSpec, http bool, label string, progressTo io.Writer) error {
+	return c.dialCmd(clientCmd{Cmd: "dial", Addr: addr, CA: ca, Certs: specs, HTTP: http}, label, progressTo)
+}
+
+// report collects the close events the client held (dial with Hold).
+func (c *client) report() ([]clientEvent, error) {
+	if err := c.send(clientCmd{Cmd: "report"}); err != nil {
+		return nil, err
+	}
+	var out []clientEvent
+	_, err := c.await("reported", time.Minute, func(e clientEvent) { out = append(out, e) }, nil)
+	return out, err
+}
+
+func (c *client) dialCmd(cmd clientCmd, label string, progressTo io.Writer) error {
+	specs := cmd.Certs
 	total := 0
 	for _, s := range specs {
 		total += s.N
@@ -528,7 +543,7 @@ func (c *client) dial(addr, ca string, specs []certSpec, http bool, label string
 	if total >= 1000 {
 		p = newProgress(progressTo, label, total)
 	}
-	if err := c.send(clientCmd{Cmd: "dial", Addr: addr, CA: ca, Certs: specs, HTTP: http}); err != nil {
+	if err := c.send(cmd); err != nil {
 		return err
 	}
 	ready, err := c.await("ready", 10*time.Minute, nil, p)

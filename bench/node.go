@@ -10,6 +10,8 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -129,6 +131,15 @@ func (n *guardianNode) serveHTTP(l net.Listener, connContext func(context.Contex
 // is complete on the server's side) and counts the conns it holds.
 type heldServer struct {
 	held atomic.Int64
+	mu   sync.Mutex
+	all  []net.Conn
+}
+
+// conns returns every conn the server has accepted and read from.
+func (s *heldServer) conns() []net.Conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.all)
 }
 
 func (s *heldServer) serve(l net.Listener) {
@@ -143,6 +154,9 @@ func (s *heldServer) serve(l net.Listener) {
 				c.Close()
 				return
 			}
+			s.mu.Lock()
+			s.all = append(s.all, c)
+			s.mu.Unlock()
 			s.held.Add(1)
 			for {
 				if _, err := c.Read(buf); err != nil {

@@ -82,6 +82,9 @@ func printTable(w io.Writer, r *Results) {
 
 func printMass(w io.Writer, b *BulkStats, target string) {
 	fmt.Fprintf(w, "  closed %d/%d: first %.1f ms, median %.1f ms, p99 %.1f ms, last %.1f ms   %s\n", b.Closed, b.Revoked, b.First, b.Median, b.P99, b.AllClosed, target)
-	fmt.Fprintf(w, "  node side: Set applied at %.1f ms; every revoked conn closed and untracked by %.1f ms\n", b.Applied, b.ServerDone)
+	fmt.Fprintf(w, "  node side: publish returned at %.1f ms, Set applied at %.1f ms; every revoked conn closed and untracked by %.1f ms\n", b.Published, b.Applied, b.ServerDone)
+	if b.Floor > 0 {
+		fmt.Fprintf(w, "  floor: a bare crypto/tls server closing %d conns itself, no guardian: last close seen at %.1f ms\n", b.Revoked, b.Floor)
+	}
 	fmt.Fprintf(w, "  other conns closed (collateral): %d of %d                              target 0\n\n", b.Collateral, b.Others)
 }

@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime/trace"
@@ -35,12 +37,19 @@ type BulkStats struct {
 	P99        float64 `json:"p99_ms"`
 	AllClosed  float64 `json:"all_closed_ms"`
 	Collateral int     `json:"collateral"`
-	// Applied is when the node's Set had applied the revocation: Redis, the feed and the Set.
-	Applied float64 `json:"set_applied_ms"`
+	// Published is when the publish call (the Redis transaction) returned; Applied is when
+	// the node's Set had applied the revocation: Redis, the feed and the Set.
+	Published float64 `json:"publish_returned_ms"`
+	Applied   float64 `json:"set_applied_ms"`
 	// ServerDone is when the node's registry had dropped every revoked conn (polled each
 	// millisecond): the server's side of the work, before clients notice.
-	ServerDone float64   `json:"server_all_closed_ms"`
-	Samples    []float64 `json:"-"`
+	ServerDone float64 `json:"server_all_closed_ms"`
+	// Floor (eviction-bulk) is the same number of conns to a bare crypto/tls listener,
+	// closed by that server itself all at once, in the same way guardian closes them (RST,
+	// eight goroutines): from the first close to the client's last sighting. It is what
+	// closing that many conns costs on this machine with no Redis, Set or registry.
+	Floor   float64   `json:"bare_close_floor_ms,omitempty"`
+	Samples []float64 `json:"-"`
 }
 
 // FleetStats is fleet: one publish, several nodes; per-node latency and the slowest node's.
@@ -218,10 +227,81 @@ func evictionBulk(ctx context.Context, h *harness, cl *client) (*BulkStats, erro
 		_, err := h.store.RevokeMany(ctx, entries)
 		return err
 	})
-	if b != nil {
-		b.Certs = o.certs
+	if err != nil {
+		return b, err
 	}
+	b.Certs = o.certs
+	b.Floor, err = closeFloor(h, cl, specs(rnames, o.conns, floorTag, 1), o.conns)
 	return b, err
+}
+
+// floorTag and above tag the floor's conns: the client's held events may still include
+// closes of the scenario's earlier conns.
+const floorTag = 1 << 24
+
+// closeFloor opens total conns of all to a bare crypto/tls listener, then has the server
+// close every one at once, as guardian's eviction workers do, and returns the time from the
+// first close to the client's last sighting.
+func closeFloor(h *harness, cl *client, all []certSpec, total int) (float64, error) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	l := tls.NewListener(inner, h.node.bareConfig())
+	defer l.Close()
+	var srv heldServer
+	go srv.serve(l)
+	if err := cl.dialCmd(clientCmd{Cmd: "dial", Addr: l.Addr().String(), CA: h.caFile(), Certs: all, Hold: true},
+		"eviction-bulk: the bare floor's conns", h.o.progressTo); err != nil {
+		return 0, err
+	}
+	if err := srv.waitHeld(int64(total), time.Minute); err != nil {
+		return 0, err
+	}
+	conns := srv.conns()
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	work := make(chan net.Conn, len(conns))
+	for _, c := range conns {
+		work <- c
+	}
+	close(work)
+	for w := 0; w < 8; w++ {
+		go func() {
+			for c := range work {
+				raw := c.(*tls.Conn).NetConn()
+				raw.(*net.TCPConn).SetLinger(0)
+				raw.Close()
+			}
+		}()
+	}
+	if err := srv.waitHeld(0, 30*time.Second); err != nil {
+		return 0, fmt.Errorf("the bare floor: %w", err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	events, err := cl.report()
+	if err != nil {
+		return 0, err
+	}
+	var last time.Time
+	seen := 0
+	for _, e := range events {
+		if e.Tag < floorTag {
+			continue
+		}
+		seen++
+		if at := time.Unix(0, e.At); at.After(last) {
+			last = at
+		}
+	}
+	if seen != total {
+		return 0, fmt.Errorf("the bare floor: the client saw %d of %d closes", seen, total)
+	}
+	cl.send(clientCmd{Cmd: "close"})
+	if _, err := cl.await("done", 30*time.Second, nil, nil); err != nil {
+		return 0, err
+	}
+	return ms(last.Sub(start)), nil
 }
 
 // evictionCA: o.caConns conns of certificates under one intermediate CA, among conns under
@@ -264,7 +344,7 @@ func evictionCA(ctx context.Context, h *harness, cl *client) (*BulkStats, error)
 func massEviction(h *harness, cl *client, all []certSpec, revoked, others int, label, traceTo string, publish func() error) (*BulkStats, error) {
 	n := h.node
 	before := n.l.Registry().Len()
-	if err := cl.dial(n.addr, h.caFile(), all, false, label+": opening conns", h.o.progressTo); err != nil {
+	if err := cl.dialCmd(clientCmd{Cmd: "dial", Addr: n.addr, CA: h.caFile(), Certs: all, Hold: true}, label+": opening conns", h.o.progressTo); err != nil {
 		return nil, err
 	}
 	for n.l.Registry().Len() < before+revoked+others {
@@ -300,33 +380,21 @@ func massEviction(h *harness, cl *client, all []certSpec, revoked, others int, l
 	if err := publish(); err != nil {
 		return nil, err
 	}
+	published := time.Since(start)
+	done := <-serverDone
+	time.Sleep(500 * time.Millisecond) // time for the last closes, and any wrong one, to reach the client
+	events, err := cl.report()
+	if err != nil {
+		return nil, err
+	}
 	var closes []float64
 	collateral := 0
-	deadline := time.After(30 * time.Second)
-	settle := (<-chan time.Time)(nil)
-loop:
-	for {
-		select {
-		case e, ok := <-cl.events:
-			if !ok {
-				return nil, fmt.Errorf("the client process exited")
-			}
-			if e.Ev != "close" {
-				continue
-			}
-			if e.Tag < 0 {
-				collateral++
-				continue
-			}
-			closes = append(closes, ms(time.Unix(0, e.At).Sub(start)))
-			if len(closes) == revoked && settle == nil {
-				settle = time.After(500 * time.Millisecond) // time for any wrong close to show
-			}
-		case <-settle:
-			break loop
-		case <-deadline:
-			break loop
+	for _, e := range events {
+		if e.Tag < 0 {
+			collateral++
+			continue
 		}
+		closes = append(closes, ms(time.Unix(0, e.At).Sub(start)))
 	}
 	cl.send(clientCmd{Cmd: "close"})
 	if _, err := cl.await("done", 30*time.Second, nil, nil); err != nil {
@@ -334,7 +402,7 @@ loop:
 	}
 	slices.Sort(closes)
 	b := &BulkStats{Revoked: revoked, Others: others, Closed: len(closes), Collateral: collateral,
-		ServerDone: ms(<-serverDone), Samples: closes}
+		Published: ms(published), ServerDone: ms(done), Samples: closes}
 	select {
 	case at := <-applied:
 		b.Applied = ms(at.Sub(start))
