@@ -68,7 +68,7 @@ type options struct {
 
 func defaultOptions() options {
 	return options{rounds: 200, conns: 10000, certs: 1000, others: 5000, caConns: 15000, memConns: 15000,
-		denylist: 100000, loadRounds: 5, loadDuration: 3 * time.Second, loadWorkers: 16, fleetNodes: 3,
+		denylist: 100000, loadRounds: 10, loadDuration: 2 * time.Second, loadWorkers: 16, fleetNodes: 3,
 		peerConns: 100, peerWindow: 3 * time.Second, scenarios: strings.Join(allScenarios, ","), redisBin: "redis-server"}
 }
 
@@ -76,7 +76,7 @@ func defaultOptions() options {
 func quickOptions(o options) options {
 	o.rounds, o.conns, o.certs, o.others = 50, 1000, 100, 500
 	o.caConns, o.memConns, o.denylist = 1500, 1500, 10000
-	o.loadRounds, o.loadDuration = 2, time.Second
+	o.loadRounds, o.loadDuration = 3, 500*time.Millisecond
 	o.peerConns, o.peerWindow = 20, time.Second
 	return o
 }

@@ -150,6 +150,9 @@ type Listener struct {
 
 	hsMu       sync.Mutex
 	handshakes map[*conntrack.Conn]struct{}
+	// checked hands the keys check computed to serveHandshake, so a handshake computes
+	// them once: leaf *x509.Certificate → *checkedKeys.
+	checked sync.Map
 	wg         sync.WaitGroup
 }
 
@@ -352,10 +355,44 @@ func (l *Listener) check(cs tls.ConnectionState) error {
 	if len(chains) == 0 {
 		return nil
 	}
-	if e, ok := l.set.AnyOf(revoke.KeysOfChains(chains)); ok {
+	keys := revoke.KeysOfChains(chains)
+	if e, ok := l.set.AnyOf(keys); ok {
 		return fmt.Errorf("%w: %s", ErrRevoked, e.Key)
 	}
+	l.checked.Store(chains[0][0], &checkedKeys{chains: chains, keys: keys})
 	return nil
+}
+
+// checkedKeys are the keys check computed for one handshake's chains.
+type checkedKeys struct {
+	chains [][]*x509.Certificate
+	keys   []revoke.Key
+}
+
+// keysOf returns the keys of a finished handshake's chains: the ones check computed when
+// they are this conn's (the same chains slice), else computed now. It drops check's entry.
+func (l *Listener) keysOf(chains [][]*x509.Certificate) []revoke.Key {
+	if len(chains) == 0 || len(chains[0]) == 0 {
+		return nil
+	}
+	if v, ok := l.checked.Load(chains[0][0]); ok {
+		ck := v.(*checkedKeys)
+		if len(ck.chains) == len(chains) && &ck.chains[0] == &chains[0] {
+			l.checked.CompareAndDelete(chains[0][0], v)
+			return ck.keys
+		}
+	}
+	return revoke.KeysOfChains(chains)
+}
+
+// forget drops what check left for a handshake that then failed.
+func (l *Listener) forget(tc *tls.Conn) {
+	cs := tc.ConnectionState()
+	if chains := chainsOf(&cs); len(chains) > 0 && len(chains[0]) > 0 {
+		if v, ok := l.checked.Load(chains[0][0]); ok && &v.(*checkedKeys).chains[0] == &chains[0] {
+			l.checked.CompareAndDelete(chains[0][0], v)
+		}
+	}
 }
 
 // Accept returns the next conn whose handshake succeeded and which is tracked. It returns
@@ -467,6 +504,7 @@ func (l *Listener) serveHandshake(c *conntrack.Conn, info *ConnInfo) {
 	err := tc.Handshake()
 	l.endHandshake(c)
 	if err != nil {
+		l.forget(tc)
 		l.refuse(c, info, err)
 		return
 	}
@@ -474,7 +512,7 @@ func (l *Listener) serveHandshake(c *conntrack.Conn, info *ConnInfo) {
 	cs := tc.ConnectionState()
 	info.chains = chainsOf(&cs)
 	info.serverName = cs.ServerName
-	keys := revoke.KeysOfChains(info.chains)
+	keys := l.keysOf(info.chains)
 	strs := make([]string, len(keys))
 	for i, k := range keys {
 		strs[i] = string(k)

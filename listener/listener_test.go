@@ -260,6 +260,13 @@ func TestRaceHandshakesAndRevocations(t *testing.T) {
 	if len(all) < certs {
 		t.Fatalf("only %d handshakes succeeded; the test needs more to mean anything", len(all))
 	}
+	// Every finished handshake, accepted or refused, took back the keys its check computed.
+	for deadline := time.Now().Add(10 * time.Second); listener.PendingChecks(e.l) != 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d handshakes' checked keys were never taken back", listener.PendingChecks(e.l))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // The router: exact names, one-label wildcards, a default for clients without SNI, each

@@ -2,6 +2,7 @@ package revoke_test
 
 import (
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"math/big"
@@ -240,5 +241,20 @@ func TestSerialKeyHex(t *testing.T) {
 	}
 	if _, err := revoke.SerialKeyHex(ca.Cert.RawSubject, "xyz"); err == nil {
 		t.Error("SerialKeyHex accepted a non-hex serial")
+	}
+}
+
+// BenchmarkKeysOfChains is the key derivation a handshake pays once: a leaf with a URI SAN
+// under an intermediate and a root.
+func BenchmarkKeysOfChains(b *testing.B) {
+	root := testpki.NewCA(b)
+	inter := root.MustIntermediate(b, "bench intermediate")
+	leaf := inter.MustIssue(b, testpki.Opts{CommonName: "client", URIs: []string{"spiffe://bench/client"}})
+	chains := [][]*x509.Certificate{append(leaf.Chain, root.Cert)}
+	b.ReportAllocs()
+	for b.Loop() {
+		if len(revoke.KeysOfChains(chains)) == 0 {
+			b.Fatal("no keys")
+		}
 	}
 }
