@@ -14,12 +14,12 @@ import (
 // OverheadStats is overhead: the same load against a bare crypto/tls listener and guardian's
 // listener (with the denylist loaded), in interleaved rounds.
 type OverheadStats struct {
-	Rounds    int     `json:"rounds"`
-	Phase     string  `json:"phase_duration"`
-	Workers   int     `json:"workers"`
-	Denylist  int     `json:"denylist_entries"`
-	Bare      Load    `json:"bare"`
-	Guardian  Load    `json:"guardian"`
+	Rounds   int    `json:"rounds"`
+	Phase    string `json:"phase_duration"`
+	Workers  int    `json:"workers"`
+	Denylist int    `json:"denylist_entries"`
+	Bare     Load   `json:"bare"`
+	Guardian Load   `json:"guardian"`
 	// Requests and Handshake are the medians of the per-round ratios guardian/bare (each
 	// round runs both servers back to back, so a burst of noise on the shared host spoils
 	// one round's ratio, not the median); the ratios of the totals are beside them.

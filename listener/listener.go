@@ -153,7 +153,7 @@ type Listener struct {
 	// checked hands the keys check computed to serveHandshake, so a handshake computes
 	// them once: leaf *x509.Certificate → *checkedKeys.
 	checked sync.Map
-	wg         sync.WaitGroup
+	wg      sync.WaitGroup
 }
 
 // New returns a Listener over inner. It subscribes to cfg.Set at once: every revocation
