@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"net"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"syscall"
 	"time"
+
+	"github.com/guardian-mtls/guardian/listener"
 )
 
 // OverheadStats is overhead: the same load against a bare crypto/tls listener and guardian's
@@ -63,12 +66,22 @@ func overhead(ctx context.Context, h *harness, cl *client) (*OverheadStats, erro
 	if err != nil {
 		return nil, err
 	}
-	bareAddr := n.serveHTTP(tls.NewListener(inner, n.bareConfig()), nil)
-	gl, err := n.listen()
+	// Every goroutine of each server carries a profiler label (goroutines inherit their
+	// creator's), so a -cpuprofile of this scenario splits by server=bare|guardian
+	// (go tool pprof -tagfocus server=guardian).
+	var bareAddr, guardianAddr string
+	pprof.Do(ctx, pprof.Labels("server", "bare"), func(context.Context) {
+		bareAddr = n.serveHTTP(tls.NewListener(inner, n.bareConfig()), nil)
+	})
+	var gl *listener.Listener
+	pprof.Do(ctx, pprof.Labels("server", "guardian"), func(context.Context) {
+		if gl, err = n.listen(); err == nil {
+			guardianAddr = n.serveHTTP(gl, gl.ConnContext)
+		}
+	})
 	if err != nil {
 		return nil, err
 	}
-	guardianAddr := n.serveHTTP(gl, gl.ConnContext)
 	n.extra = append(n.extra, gl.Stop)
 
 	type total struct {
