@@ -63,13 +63,14 @@ type options struct {
 	plotFile     string
 	redisBin     string
 	redisPort    int
-	progressTo   io.Writer
+	progressTo   io.Writer // status lines and progress bars; never nil
 }
 
 func defaultOptions() options {
 	return options{rounds: 200, conns: 10000, certs: 1000, others: 5000, caConns: 15000, memConns: 15000,
 		denylist: 100000, loadRounds: 10, loadDuration: 2 * time.Second, loadWorkers: 16, fleetNodes: 3,
-		peerConns: 100, peerWindow: 3 * time.Second, scenarios: strings.Join(allScenarios, ","), redisBin: "redis-server"}
+		peerConns: 100, peerWindow: 3 * time.Second, scenarios: strings.Join(allScenarios, ","), redisBin: "redis-server",
+		progressTo: io.Discard}
 }
 
 // quickOptions shrink every size: a run of well under a minute.

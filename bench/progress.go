@@ -19,7 +19,7 @@ type progress struct {
 }
 
 func newProgress(w io.Writer, label string, total int) *progress {
-	if w == nil || total <= 0 {
+	if w == nil || w == io.Discard || total <= 0 {
 		return nil
 	}
 	p := &progress{w: w, label: label, total: total, start: time.Now()}
