@@ -52,7 +52,7 @@ func startBench(b *testing.B, guarded bool) *benchServer {
 			h := sha256.Sum256(x[:])
 			batch = append(batch, revoke.Entry{Key: revoke.Key("sha256:" + hex.EncodeToString(h[:]))})
 		}
-		set.Add(batch...)
+		set.Add(revoke.SourceAPI, batch...)
 		s.set = set
 		l, err := listener.New(inner, listener.Config{Set: set, Audiences: []listener.Audience{{
 			Name: "bench", SNI: []string{"localhost"}, Certificates: []tls.Certificate{srvCert.TLS()},
@@ -199,7 +199,7 @@ func BenchmarkEvictionLatency(b *testing.B) {
 		b.StopTimer()
 		leaf := leaves[i%len(leaves)]
 		key, _ := revoke.KeyFor(leaf.Cert, revoke.KindSHA256)
-		set.Remove(key)
+		set.Remove(revoke.SourceAPI, key)
 		c := s.dial(b, leaf)
 		c.Write([]byte{0}) // handshake done on both sides
 		done := make(chan time.Time, 1)
@@ -210,7 +210,7 @@ func BenchmarkEvictionLatency(b *testing.B) {
 		time.Sleep(time.Millisecond) // the reader is blocked
 		b.StartTimer()
 		start := time.Now()
-		set.Add(revoke.Entry{Key: key})
+		set.Add(revoke.SourceAPI, revoke.Entry{Key: key})
 		end := <-done
 		b.StopTimer()
 		samples = append(samples, end.Sub(start))

@@ -68,7 +68,7 @@ func Example() {
 	fmt.Println(string(body))
 
 	key, _ := revoke.KeyFor(client.Cert, revoke.KindURI)
-	set.Add(revoke.Entry{Key: key, Reason: "keyCompromise", Source: "api"})
+	set.Add(revoke.SourceAPI, revoke.Entry{Key: key, Reason: "keyCompromise"})
 	select {
 	case <-closed:
 		fmt.Println("alice's idle keep-alive conn was closed")

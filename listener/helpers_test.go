@@ -228,7 +228,7 @@ func isOpen(w *watchedConn) bool {
 
 func revokeKey(t *testing.T, set *revoke.Set, k revoke.Key) {
 	t.Helper()
-	if _, err := set.Add(revoke.Entry{Key: k, Source: "api", RevokedAt: time.Now()}); err != nil {
+	if _, err := set.Add(revoke.SourceAPI, revoke.Entry{Key: k, RevokedAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 }

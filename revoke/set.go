@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"maps"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -49,20 +50,42 @@ type Entry struct {
 	Key       Key       `json:"key"`
 	Reason    Reason    `json:"reason,omitempty"`
 	RevokedAt time.Time `json:"revoked_at"`
-	// Source says who revoked: "redis", "crl:<issuer>", "ocsp", "api".
+	// Source is the source that claims the key: "redis", "embedded", "api" (a node's
+	// memory store), "ocsp", or "crl:<issuer hash>". Set.Apply fills it in.
 	Source string `json:"source,omitempty"`
 	// Expires, when set, is the time after which the entry may be dropped (the
 	// certificates it denies have all expired).
 	Expires time.Time `json:"expires,omitzero"`
 }
 
-// Change is one applied batch. Added holds entries whose keys were not in the Set before;
-// Removed holds keys that were. Version increases by one per non-empty change.
+// Change is one applied batch. Added holds entries whose keys were not revoked before;
+// Removed holds keys that no source revokes any more. Version increases by one per
+// non-empty change.
 type Change struct {
 	Version uint64
 	Added   []Entry
 	Removed []Key
+	// Sweep is set when the change revoked more keys than Added lists (a CRL's first load
+	// can revoke a million): a subscriber that closes conns must then re-check every live
+	// conn against the Set. Removed, likewise, lists at most MaxListed keys.
+	Sweep bool
 }
+
+// MaxListed bounds how many keys a Change lists when a serial list (a CRL) is swapped.
+const MaxListed = 4096
+
+// Source names for the Set's claims. A key is revoked while any source claims it, so an
+// unrevoke through one source never lifts another's revocation.
+const (
+	SourceRedis    = "redis"
+	SourceEmbedded = "embedded"
+	SourceAPI      = "api"
+	SourceOCSP     = "ocsp"
+)
+
+// CRLSource is the source name of the CRL of the issuer whose subject DN hashes (SHA-256,
+// hex) to issuerHash: "crl:<issuerHash>".
+func CRLSource(issuerHash string) string { return "crl:" + issuerHash }
 
 const setShards = 64
 
@@ -87,51 +110,73 @@ func (sh *setShard) get(h uint64, k Key) *node {
 	return n
 }
 
-// put stores e and returns the entry it replaced, if any.
-func (sh *setShard) put(h uint64, e Entry) (old Entry, existed bool) {
-	if n := sh.get(h, e.Key); n != nil {
-		old, n.Entry = n.Entry, e
-		return old, true
-	}
-	sh.m[h] = &node{Entry: e, next: sh.m[h]}
-	return Entry{}, false
-}
-
-func (sh *setShard) del(h uint64, k Key) (old Entry, existed bool) {
-	var prev *node
-	for n := sh.m[h]; n != nil; prev, n = n, n.next {
-		if n.Key != k {
+// put stores e as its source's claim on its key. replaced reports that the source already
+// claimed the key; had, that some source did.
+func (sh *setShard) put(h uint64, e Entry) (replaced, had bool) {
+	for n := sh.m[h]; n != nil; n = n.next {
+		if n.Key != e.Key {
 			continue
 		}
-		switch {
-		case prev != nil:
-			prev.next = n.next
-		case n.next != nil:
-			sh.m[h] = n.next
-		default:
-			delete(sh.m, h)
+		had = true
+		if n.Source == e.Source {
+			n.Entry = e
+			return true, true
 		}
-		return n.Entry, true
 	}
-	return Entry{}, false
+	sh.m[h] = &node{Entry: e, next: sh.m[h]}
+	return false, had
 }
 
-// Set is the in-memory denylist. Lookups take one shard's read lock; changes are
-// serialised and delivered to subscribers in order. The zero Set is not usable; call NewSet.
+// del drops src's claim on k. still reports that another source claims k.
+func (sh *setShard) del(h uint64, k Key, src string) (removed, still bool) {
+	var prev *node
+	for n := sh.m[h]; n != nil; {
+		next := n.next
+		if n.Key == k && n.Source == src && !removed {
+			removed = true
+			switch {
+			case prev != nil:
+				prev.next = next
+			case next != nil:
+				sh.m[h] = next
+			default:
+				delete(sh.m, h)
+			}
+			n = next
+			continue
+		}
+		if n.Key == k {
+			still = true
+		}
+		prev, n = n, next
+	}
+	return removed, still
+}
+
+// Set is the in-memory denylist. Each source (Redis, the embedded store, OCSP, a CRL)
+// holds its own claims; a key is revoked while any source claims it. Lookups take one
+// shard's read lock; changes are serialised and delivered to subscribers in order. The zero
+// Set is not usable; call NewSet.
 type Set struct {
 	seed   maphash.Seed
 	shards [setShards]setShard
 
 	filter atomic.Pointer[filter]
+	// lists holds the serial lists (CRLs) by issuer hash; replaced whole on every change,
+	// so lookups read it without a lock.
+	lists atomic.Pointer[listIndex]
 
 	wmu     sync.Mutex // serialises changes and their delivery
 	removed int        // removals since the filter was built
 	version uint64
-	n       int
-	bySrc   map[string]int
-	subs    map[int]func(Change)
-	nextSub int
-	gauge   *prometheus.GaugeVec
+	n       int            // claims held in the shard maps
+	bySrc   map[string]int // claims in the shard maps, by source
+	// gaugeSrc is what the gauge last showed, lists included, so a list that is gone
+	// loses its label.
+	gaugeSrc map[string]int
+	subs     map[int]func(Change)
+	nextSub  int
+	gauge    *prometheus.GaugeVec
 }
 
 // SetOptions configures a Set.
@@ -164,32 +209,28 @@ func (s *Set) shard(k Key) (*setShard, uint64) {
 	return &s.shards[h%setShards], h
 }
 
-// Lookup returns the entry for k.
+// Lookup returns an entry for k: the newest claim, or a serial list's entry.
 func (s *Set) Lookup(k Key) (Entry, bool) {
 	sh, h := s.shard(k)
-	if !s.filter.Load().mayHave(h) {
-		return Entry{}, false
+	if s.filter.Load().mayHave(h) {
+		sh.mu.RLock()
+		n := sh.get(h, k)
+		var out Entry
+		if n != nil {
+			out = n.Entry
+		}
+		sh.mu.RUnlock()
+		if n != nil {
+			return out, true
+		}
 	}
-	sh.mu.RLock()
-	n := sh.get(h, k)
-	var out Entry
-	if n != nil {
-		out = n.Entry
-	}
-	sh.mu.RUnlock()
-	return out, n != nil
+	return s.lists.Load().lookup(k)
 }
 
 // Has reports whether k is revoked.
 func (s *Set) Has(k Key) bool {
-	sh, h := s.shard(k)
-	if !s.filter.Load().mayHave(h) {
-		return false
-	}
-	sh.mu.RLock()
-	n := sh.get(h, k)
-	sh.mu.RUnlock()
-	return n != nil
+	_, ok := s.Lookup(k)
+	return ok
 }
 
 // AnyOf returns the entry of the first of keys that is revoked.
@@ -202,11 +243,12 @@ func (s *Set) AnyOf(keys []Key) (Entry, bool) {
 	return Entry{}, false
 }
 
-// Len returns the number of entries.
+// Len returns the number of claims: entries of every source plus the serials of every
+// list. A key that two sources revoke counts twice.
 func (s *Set) Len() int {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	return s.n
+	return s.n + s.lists.Load().len()
 }
 
 // Version returns the number of non-empty changes applied so far.
@@ -216,7 +258,8 @@ func (s *Set) Version() uint64 {
 	return s.version
 }
 
-// Entries returns a copy of every entry, sorted by key.
+// Entries returns a copy of every claim outside the serial lists, sorted by key, then
+// source. Lists returns the lists.
 func (s *Set) Entries() []Entry {
 	var out []Entry
 	for i := range s.shards {
@@ -229,7 +272,23 @@ func (s *Set) Entries() []Entry {
 		}
 		sh.mu.RUnlock()
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Key != out[j].Key {
+			return out[i].Key < out[j].Key
+		}
+		return out[i].Source < out[j].Source
+	})
+	return out
+}
+
+// EntriesFrom returns a copy of src's claims, sorted by key.
+func (s *Set) EntriesFrom(src string) []Entry {
+	var out []Entry
+	for _, e := range s.Entries() {
+		if e.Source == src {
+			out = append(out, e)
+		}
+	}
 	return out
 }
 
@@ -249,17 +308,21 @@ func (s *Set) Subscribe(fn func(Change)) (cancel func()) {
 	}
 }
 
-// Add revokes entries. See Apply.
-func (s *Set) Add(entries ...Entry) (Change, error) { return s.Apply(entries, nil) }
+// Add revokes entries as src's claims. See Apply.
+func (s *Set) Add(src string, entries ...Entry) (Change, error) { return s.Apply(src, entries, nil) }
 
-// Remove unrevokes keys. See Apply.
-func (s *Set) Remove(keys ...Key) (Change, error) { return s.Apply(nil, keys) }
+// Remove drops src's claims on keys. See Apply.
+func (s *Set) Remove(src string, keys ...Key) (Change, error) { return s.Apply(src, nil, keys) }
 
-// Apply adds entries and removes keys in one change. Every key must be canonical (as
-// ParseKey returns it); if any is not, nothing is applied. An entry whose key is already
-// present replaces the stored entry without being reported as added again.
-func (s *Set) Apply(added []Entry, removed []Key) (Change, error) {
+// Apply adds entries as src's claims (their Source becomes src) and drops src's claims on
+// removed, in one change. A key leaves the Set only when no source claims it any more.
+// Every key must be canonical (as ParseKey returns it); if any is not, nothing is applied.
+// An entry that src already claims replaces the stored one without being reported again.
+func (s *Set) Apply(src string, added []Entry, removed []Key) (Change, error) {
 	var errs []error
+	if src == "" || !printable(src) {
+		errs = append(errs, fmt.Errorf("revoke: bad source %q", src))
+	}
 	for _, e := range added {
 		if err := checkCanonical(e.Key); err != nil {
 			errs = append(errs, err)
@@ -273,11 +336,25 @@ func (s *Set) Apply(added []Entry, removed []Key) (Change, error) {
 	if len(errs) > 0 {
 		return Change{}, errors.Join(errs...)
 	}
-
+	claims := make([]claim, len(removed))
+	for i, k := range removed {
+		claims[i] = claim{k, src}
+	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	return s.applyLocked(src, added, claims), nil
+}
+
+type claim struct {
+	key Key
+	src string
+}
+
+func (s *Set) applyLocked(src string, added []Entry, removed []claim) Change {
 	var ch Change
+	lists := s.lists.Load()
 	for _, e := range added {
+		e.Source = src
 		if e.Reason == "" {
 			e.Reason = "unspecified"
 		}
@@ -286,63 +363,75 @@ func (s *Set) Apply(added []Entry, removed []Key) (Change, error) {
 		// is one that began before this change.
 		s.filter.Load().add(h)
 		sh.mu.Lock()
-		old, existed := sh.put(h, e)
+		replaced, had := sh.put(h, e)
 		sh.mu.Unlock()
-		if existed {
-			s.bySrc[old.Source]--
-		} else {
-			s.n++
+		if replaced {
+			continue
+		}
+		s.n++
+		s.bySrc[src]++
+		if _, listed := lists.lookup(e.Key); !had && !listed {
 			ch.Added = append(ch.Added, e)
 		}
-		s.bySrc[e.Source]++
 	}
-	for _, k := range removed {
-		sh, h := s.shard(k)
+	for _, c := range removed {
+		sh, h := s.shard(c.key)
 		sh.mu.Lock()
-		old, existed := sh.del(h, k)
+		ok, still := sh.del(h, c.key, c.src)
 		sh.mu.Unlock()
-		if existed {
-			s.n--
-			s.removed++
-			s.bySrc[old.Source]--
-			ch.Removed = append(ch.Removed, k)
+		if !ok {
+			continue
+		}
+		s.n--
+		s.removed++
+		s.bySrc[c.src]--
+		if _, listed := lists.lookup(c.key); !still && !listed {
+			ch.Removed = append(ch.Removed, c.key)
 		}
 	}
-	if len(ch.Added) == 0 && len(ch.Removed) == 0 {
+	s.publishLocked(&ch)
+	return ch
+}
+
+// publishLocked numbers a non-empty change and hands it to the subscribers.
+// The gauge follows every change of claims, also one that revoked or lifted no key.
+func (s *Set) publishLocked(ch *Change) {
+	s.updateGauge()
+	if len(ch.Added) == 0 && len(ch.Removed) == 0 && !ch.Sweep {
 		ch.Version = s.version
-		return ch, nil
+		return
 	}
 	s.version++
 	ch.Version = s.version
 	if f := s.filter.Load(); s.n > f.cap || (s.removed > 1024 && s.removed > s.n) {
 		s.rebuildFilter()
 	}
-	s.updateGauge()
 	for _, fn := range s.subscribers() {
-		fn(ch)
+		fn(*ch)
 	}
-	return ch, nil
 }
 
-// Prune removes entries whose Expires is set and not after now.
-func (s *Set) Prune(now time.Time) (Change, error) {
-	var dead []Key
+// Prune drops claims whose Expires is set and not after now.
+func (s *Set) Prune(now time.Time) Change {
+	var dead []claim
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.RLock()
 		for _, n := range sh.m {
 			for ; n != nil; n = n.next {
 				if !n.Expires.IsZero() && !n.Expires.After(now) {
-					dead = append(dead, n.Key)
+					dead = append(dead, claim{n.Key, n.Source})
 				}
 			}
 		}
 		sh.mu.RUnlock()
 	}
 	if len(dead) == 0 {
-		return Change{}, nil
+		return Change{}
 	}
-	return s.Apply(nil, dead)
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.applyLocked("", nil, dead)
 }
 
 func (s *Set) subscribers() []func(Change) {
@@ -359,7 +448,11 @@ func (s *Set) subscribers() []func(Change) {
 }
 
 func (s *Set) updateGauge() {
-	for src, n := range s.bySrc {
+	counts := maps.Clone(s.bySrc)
+	for _, l := range s.lists.Load().all() {
+		counts[l.Source()] += l.Len()
+	}
+	for src, n := range counts {
 		if n == 0 {
 			delete(s.bySrc, src)
 			if s.gauge != nil {
@@ -371,6 +464,12 @@ func (s *Set) updateGauge() {
 			s.gauge.WithLabelValues(src).Set(float64(n))
 		}
 	}
+	for src := range s.gaugeSrc {
+		if _, ok := counts[src]; !ok && s.gauge != nil {
+			s.gauge.DeleteLabelValues(src)
+		}
+	}
+	s.gaugeSrc = counts
 }
 
 func checkCanonical(k Key) error {

@@ -39,7 +39,10 @@ func TestSetAddRemoveNotify(t *testing.T) {
 	cancel := s.Subscribe(func(c revoke.Change) { got = append(got, c) })
 
 	a, b := synthKey(1), synthKey(2)
-	if _, err := s.Add(revoke.Entry{Key: a, Source: "api"}, revoke.Entry{Key: b, Source: "redis", Reason: "keyCompromise"}); err != nil {
+	if _, err := s.Add(revoke.SourceAPI, revoke.Entry{Key: a}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Add(revoke.SourceRedis, revoke.Entry{Key: b, Reason: "keyCompromise"}); err != nil {
 		t.Fatal(err)
 	}
 	if !s.Has(a) || !s.Has(b) || s.Len() != 2 {
@@ -49,34 +52,34 @@ func TestSetAddRemoveNotify(t *testing.T) {
 		t.Errorf("default reason = %q; want unspecified", e.Reason)
 	}
 	// Re-adding an existing key updates it but is not reported as added.
-	if c, _ := s.Add(revoke.Entry{Key: a, Source: "api", Reason: "superseded"}); len(c.Added) != 0 {
+	if c, _ := s.Add(revoke.SourceAPI, revoke.Entry{Key: a, Reason: "superseded"}); len(c.Added) != 0 {
 		t.Errorf("re-add reported %v as added", c.Added)
 	}
-	if _, err := s.Remove(a); err != nil {
+	if _, err := s.Remove(revoke.SourceAPI, a); err != nil {
 		t.Fatal(err)
 	}
 	if s.Has(a) {
 		t.Fatal("a still revoked after Remove")
 	}
-	if c, _ := s.Remove(a); len(c.Removed) != 0 {
+	if c, _ := s.Remove(revoke.SourceAPI, a); len(c.Removed) != 0 {
 		t.Errorf("removing an absent key reported %v", c.Removed)
 	}
-	if len(got) != 2 || got[0].Version != 1 || got[1].Version != 2 || len(got[0].Added) != 2 || got[1].Removed[0] != a {
-		t.Fatalf("notifications = %+v; want v1 adding 2 keys then v2 removing a", got)
+	if len(got) != 3 || got[0].Version != 1 || got[2].Version != 3 || len(got[0].Added) != 1 || len(got[1].Added) != 1 || got[2].Removed[0] != a {
+		t.Fatalf("notifications = %+v; want v1 and v2 adding a key each, then v3 removing a", got)
 	}
 	if v := metrictest.Value(t, reg, "guardian_revocations", "source", "redis"); v != 1 {
 		t.Errorf("guardian_revocations{source=redis} = %v; want 1", v)
 	}
 	cancel()
-	s.Add(revoke.Entry{Key: synthKey(3)})
-	if len(got) != 2 {
+	s.Add(revoke.SourceAPI, revoke.Entry{Key: synthKey(3)})
+	if len(got) != 3 {
 		t.Errorf("cancelled subscriber still notified")
 	}
 }
 
 func TestSetRefusesWholeBatchOnBadKey(t *testing.T) {
 	s := newSet(t, nil)
-	_, err := s.Apply([]revoke.Entry{{Key: synthKey(1)}, {Key: "sha256:ABC"}}, []revoke.Key{"nonsense"})
+	_, err := s.Apply(revoke.SourceAPI, []revoke.Entry{{Key: synthKey(1)}, {Key: "sha256:ABC"}}, []revoke.Key{"nonsense"})
 	if err == nil {
 		t.Fatal("Apply with bad keys succeeded")
 	}
@@ -87,7 +90,7 @@ func TestSetRefusesWholeBatchOnBadKey(t *testing.T) {
 		t.Fatalf("half-applied: Len=%d Version=%d", s.Len(), s.Version())
 	}
 	upper := revoke.Key("dns:API.example.com")
-	if _, err := s.Add(revoke.Entry{Key: upper}); err == nil || !strings.Contains(err.Error(), "not canonical") {
+	if _, err := s.Add(revoke.SourceAPI, revoke.Entry{Key: upper}); err == nil || !strings.Contains(err.Error(), "not canonical") {
 		t.Errorf("non-canonical key accepted or unclear error: %v", err)
 	}
 }
@@ -95,13 +98,16 @@ func TestSetRefusesWholeBatchOnBadKey(t *testing.T) {
 func TestSetPrune(t *testing.T) {
 	s := newSet(t, nil)
 	now := time.Now()
-	s.Add(revoke.Entry{Key: synthKey(1), Expires: now.Add(-time.Second)}, revoke.Entry{Key: synthKey(2), Expires: now.Add(time.Hour)}, revoke.Entry{Key: synthKey(3)})
-	c, err := s.Prune(now)
-	if err != nil {
-		t.Fatal(err)
+	s.Add(revoke.SourceAPI, revoke.Entry{Key: synthKey(1), Expires: now.Add(-time.Second)}, revoke.Entry{Key: synthKey(2), Expires: now.Add(time.Hour)}, revoke.Entry{Key: synthKey(3)})
+	// Redis's claim on key 4 has expired, OCSP's has not: the key stays revoked.
+	s.Add(revoke.SourceRedis, revoke.Entry{Key: synthKey(4), Expires: now.Add(-time.Second)})
+	s.Add(revoke.SourceOCSP, revoke.Entry{Key: synthKey(4)})
+	c := s.Prune(now)
+	if len(c.Removed) != 1 || c.Removed[0] != synthKey(1) || s.Len() != 3 || !s.Has(synthKey(4)) {
+		t.Fatalf("Prune removed %v, Len=%d, Has(4)=%v; want only key 1 gone, 3 claims left, key 4 still revoked", c.Removed, s.Len(), s.Has(synthKey(4)))
 	}
-	if len(c.Removed) != 1 || c.Removed[0] != synthKey(1) || s.Len() != 2 {
-		t.Fatalf("Prune removed %v, Len=%d; want only the expired entry", c.Removed, s.Len())
+	if e, _ := s.Lookup(synthKey(4)); e.Source != revoke.SourceOCSP {
+		t.Errorf("key 4's remaining claim is %q's; want ocsp's", e.Source)
 	}
 }
 
@@ -129,9 +135,9 @@ func TestSetConcurrentOrdered(t *testing.T) {
 			defer wg.Done()
 			for i := 0; i < 200; i++ {
 				k := synthKey(w*1000 + i)
-				s.Add(revoke.Entry{Key: k})
+				s.Add(revoke.SourceAPI, revoke.Entry{Key: k})
 				if i%3 == 0 {
-					s.Remove(k)
+					s.Remove(revoke.SourceAPI, k)
 				}
 			}
 		}(w)
@@ -169,7 +175,7 @@ func BenchmarkSetLookup(b *testing.B) {
 		for i := 0; i < n; i++ {
 			batch = append(batch, revoke.Entry{Key: synthKey(i)})
 			if len(batch) == cap(batch) {
-				s.Add(batch...)
+				s.Add(revoke.SourceAPI, batch...)
 				batch = batch[:0]
 			}
 		}
@@ -213,7 +219,7 @@ func TestSetExactAcrossFilterRebuilds(t *testing.T) {
 		for j := i; j < i+500; j++ {
 			batch = append(batch, revoke.Entry{Key: synthKey(j)})
 		}
-		if _, err := s.Add(batch...); err != nil {
+		if _, err := s.Add(revoke.SourceAPI, batch...); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -221,7 +227,7 @@ func TestSetExactAcrossFilterRebuilds(t *testing.T) {
 	for i := 0; i < n; i += 2 {
 		gone = append(gone, synthKey(i))
 	}
-	if _, err := s.Remove(gone...); err != nil {
+	if _, err := s.Remove(revoke.SourceAPI, gone...); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < n+1000; i++ {
@@ -229,5 +235,43 @@ func TestSetExactAcrossFilterRebuilds(t *testing.T) {
 		if got := s.Has(synthKey(i)); got != want {
 			t.Fatalf("Has(key %d) = %v; want %v", i, got, want)
 		}
+	}
+}
+
+// A key is revoked while any source claims it: an unrevoke through one source never lifts
+// another's revocation, and only the last claim's removal is reported.
+func TestSetClaimsPerSource(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s := newSet(t, reg)
+	var got []revoke.Change
+	s.Subscribe(func(c revoke.Change) { got = append(got, c) })
+	k := synthKey(7)
+	if c, _ := s.Add(revoke.SourceRedis, revoke.Entry{Key: k, Reason: "keyCompromise"}); len(c.Added) != 1 {
+		t.Fatalf("first claim: Added = %v; want the key", c.Added)
+	}
+	if c, _ := s.Add(revoke.SourceOCSP, revoke.Entry{Key: k}); len(c.Added) != 0 {
+		t.Errorf("second source's claim reported as newly revoked: %v", c.Added)
+	}
+	if c, _ := s.Remove(revoke.SourceRedis, k); len(c.Removed) != 0 || !s.Has(k) {
+		t.Fatalf("after redis unrevoked: Removed=%v Has=%v; want no removal, still revoked (ocsp claims it)", c.Removed, s.Has(k))
+	}
+	if e, _ := s.Lookup(k); e.Source != revoke.SourceOCSP {
+		t.Errorf("Lookup source = %q; want ocsp", e.Source)
+	}
+	if v := metrictest.Value(t, reg, "guardian_revocations", "source", "ocsp"); v != 1 {
+		t.Errorf("guardian_revocations{source=ocsp} = %v; want 1", v)
+	}
+	// A source can only drop its own claim.
+	if c, _ := s.Remove(revoke.SourceRedis, k); len(c.Removed) != 0 || !s.Has(k) {
+		t.Fatalf("redis removing a claim it does not hold changed the Set: %+v", c)
+	}
+	if c, _ := s.Remove(revoke.SourceOCSP, k); len(c.Removed) != 1 || s.Has(k) {
+		t.Fatalf("last claim removed: Removed=%v Has=%v; want the key removed", c.Removed, s.Has(k))
+	}
+	if s.Len() != 0 || len(s.Entries()) != 0 {
+		t.Errorf("Len=%d Entries=%v; want empty", s.Len(), s.Entries())
+	}
+	if _, err := s.Add("", revoke.Entry{Key: k}); err == nil {
+		t.Error("a claim without a source was accepted")
 	}
 }

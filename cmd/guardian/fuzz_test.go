@@ -47,7 +47,7 @@ func FuzzRevokeRequest(f *testing.F) {
 			return
 		}
 		set, _ := revoke.NewSet(revoke.SetOptions{})
-		if _, err := set.Add(revoke.Entry{Key: k}); err != nil {
+		if _, err := set.Add(revoke.SourceAPI, revoke.Entry{Key: k}); err != nil {
 			t.Fatalf("a parsed key %q was refused by the Set: %v", k, err)
 		}
 	})

@@ -20,12 +20,12 @@ type revocationStore interface {
 type memStore struct{ set *revoke.Set }
 
 func (m memStore) Revoke(_ context.Context, e revoke.Entry) (uint64, error) {
-	ch, err := m.set.Add(e)
+	ch, err := m.set.Add(revoke.SourceAPI, e)
 	return ch.Version, err
 }
 
 func (m memStore) Unrevoke(_ context.Context, k revoke.Key) (bool, error) {
-	ch, err := m.set.Remove(k)
+	ch, err := m.set.Remove(revoke.SourceAPI, k)
 	return len(ch.Removed) > 0, err
 }
 

@@ -52,7 +52,7 @@ func Open(path string, set *revoke.Set, log *slog.Logger) (s *Store, skipped map
 		})
 	})
 	if err == nil {
-		_, err = set.Add(entries...)
+		_, err = set.Add(revoke.SourceEmbedded, entries...)
 	}
 	if err != nil {
 		db.Close()
@@ -90,6 +90,7 @@ func (s *Store) Revoke(_ context.Context, e revoke.Entry) (revoke.Change, error)
 		}
 		return revoke.Change{}, err
 	}
+	e.Source = revoke.SourceEmbedded // the store is one source, whoever wrote to it
 	b, err := json.Marshal(e)
 	if err != nil {
 		return revoke.Change{}, err
@@ -99,7 +100,7 @@ func (s *Store) Revoke(_ context.Context, e revoke.Entry) (revoke.Change, error)
 	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(e.Key), b) }); err != nil {
 		return revoke.Change{}, fmt.Errorf("boltstore: write %s: %w", s.path, err)
 	}
-	return s.set.Add(e)
+	return s.set.Add(revoke.SourceEmbedded, e)
 }
 
 // Unrevoke deletes k durably, then removes it from the Set. changed is false if k was not
@@ -122,7 +123,7 @@ func (s *Store) Unrevoke(_ context.Context, k revoke.Key) (revoke.Change, bool, 
 	if !found {
 		return revoke.Change{}, false, nil
 	}
-	ch, err := s.set.Remove(k)
+	ch, err := s.set.Remove(revoke.SourceEmbedded, k)
 	return ch, true, err
 }
 

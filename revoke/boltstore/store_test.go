@@ -51,7 +51,7 @@ func TestSurvivesRestart(t *testing.T) {
 	if !set2.Has(k1) || set2.Has(k2) || set2.Len() != 1 {
 		t.Fatalf("after reopening: %v; want only %s", set2.Entries(), k1)
 	}
-	if e, _ := set2.Lookup(k1); e.Reason != "keyCompromise" || e.Source != "api" {
+	if e, _ := set2.Lookup(k1); e.Reason != "keyCompromise" || e.Source != revoke.SourceEmbedded {
 		t.Errorf("entry after reopening = %+v", e)
 	}
 }

@@ -243,7 +243,7 @@ func (f *Feed) applyMessages(msgs []redis.XMessage) string {
 				removed = append(removed, r.key)
 			}
 		}
-		if _, err := f.set.Apply(added, removed); err != nil { // cannot happen for parsed records
+		if _, err := f.set.Apply(revoke.SourceRedis, added, removed); err != nil { // cannot happen for parsed records
 			f.malformed("stream", fmt.Sprint(run[0].version), err)
 		}
 		run = run[:0]
@@ -338,14 +338,14 @@ func (f *Feed) resync(ctx context.Context, why string) error {
 	var removed []revoke.Key
 	if regression == "" && !stillRegressed {
 		for _, e := range f.set.Entries() {
-			if e.Source == "redis" && !inRedis[e.Key] {
+			if e.Source == revoke.SourceRedis && !inRedis[e.Key] {
 				removed = append(removed, e.Key)
 			}
 		}
 	} else if regression != "" {
 		var kept int
 		for _, e := range f.set.Entries() {
-			if e.Source == "redis" && !inRedis[e.Key] {
+			if e.Source == revoke.SourceRedis && !inRedis[e.Key] {
 				kept++
 			}
 		}
@@ -353,7 +353,7 @@ func (f *Feed) resync(ctx context.Context, why string) error {
 			"reason", regression, "entries_kept_not_in_redis", kept)
 		f.m.regressions.Inc()
 	}
-	if _, err := f.set.Apply(entries, removed); err != nil {
+	if _, err := f.set.Apply(revoke.SourceRedis, entries, removed); err != nil {
 		return fmt.Errorf("redisfeed: apply snapshot: %w", err)
 	}
 	// A regressed node recovers once Redis again holds every entry it kept (a reseed).
@@ -361,7 +361,7 @@ func (f *Feed) resync(ctx context.Context, why string) error {
 	if stillRegressed && regression == "" {
 		recovered = true
 		for _, e := range f.set.Entries() {
-			if e.Source == "redis" && !inRedis[e.Key] {
+			if e.Source == revoke.SourceRedis && !inRedis[e.Key] {
 				recovered = false
 				break
 			}
@@ -400,7 +400,7 @@ func (f *Feed) Missing(ctx context.Context) ([]revoke.Entry, error) {
 	}
 	var out []revoke.Entry
 	for _, e := range f.set.Entries() {
-		if e.Source == "redis" && !have[e.Key] {
+		if e.Source == revoke.SourceRedis && !have[e.Key] {
 			out = append(out, e)
 		}
 	}
