@@ -243,3 +243,43 @@ func randSerial() *big.Int {
 	}
 	return n.Add(n, big.NewInt(1))
 }
+
+// CRLOpts describes a CRL for CA.CRL. Zero times mean an hour ago and a day from now.
+type CRLOpts struct {
+	Number     int64
+	ThisUpdate time.Time
+	NextUpdate time.Time
+	Entries    []x509.RevocationListEntry
+}
+
+// CRL returns a CRL (DER) that ca signs.
+func (ca *CA) CRL(o CRLOpts) ([]byte, error) {
+	now := time.Now()
+	if o.ThisUpdate.IsZero() {
+		o.ThisUpdate = now.Add(-time.Hour)
+	}
+	if o.NextUpdate.IsZero() {
+		o.NextUpdate = now.Add(24 * time.Hour)
+	}
+	return x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
+		Number:                    big.NewInt(o.Number),
+		ThisUpdate:                o.ThisUpdate,
+		NextUpdate:                o.NextUpdate,
+		RevokedCertificateEntries: o.Entries,
+	}, ca.Cert, ca.Key)
+}
+
+// MustCRL is CRL for tests.
+func (ca *CA) MustCRL(tb testing.TB, o CRLOpts) []byte {
+	tb.Helper()
+	der, err := ca.CRL(o)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return der
+}
+
+// Revoked is a CRL entry for serial, revoked an hour ago with reason code reason (0: none).
+func Revoked(serial *big.Int, reason int) x509.RevocationListEntry {
+	return x509.RevocationListEntry{SerialNumber: serial, RevocationTime: time.Now().Add(-time.Hour).UTC().Truncate(time.Second), ReasonCode: reason}
+}

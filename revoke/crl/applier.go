@@ -1,0 +1,310 @@
+package crl
+
+import (
+	"bytes"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/guardian-mtls/guardian/revoke"
+)
+
+// DefaultMaxSize caps a CRL read from a file, a URL or Redis.
+const DefaultMaxSize = 128 << 20
+
+// Sentinel errors of a refused CRL, checked with errors.Is.
+var (
+	ErrUntrusted = errors.New("crl: no trusted CA issued this CRL")
+	ErrFuture    = errors.New("crl: thisUpdate is in the future")
+	ErrRollback  = errors.New("crl: older than the CRL already applied")
+	ErrTooLarge  = errors.New("crl: larger than the size cap")
+)
+
+// Options configures an Applier.
+type Options struct {
+	// Set receives each issuer's CRL as a serial list. Required.
+	Set *revoke.Set
+	// Issuers are the CA certificates whose CRLs may be applied: a CRL is applied only if
+	// the certificate whose subject is its issuer signed it.
+	Issuers []*x509.Certificate
+	// MaxSkew is how far in the future a CRL's thisUpdate may lie (the CA's clock running
+	// ahead of this node's); 0 means one minute.
+	MaxSkew time.Duration
+	// Now is the clock; nil means time.Now.
+	Now     func() time.Time
+	Logger  *slog.Logger
+	Metrics prometheus.Registerer
+}
+
+// Applier checks CRLs and applies each, as a diff against the one it replaces, to a Set.
+// It is the only way a CRL reaches the Set, whichever source (file, URL, Redis) read it.
+type Applier struct {
+	set     *revoke.Set
+	issuers map[string][]*x509.Certificate // by RawSubject
+	skew    time.Duration
+	now     func() time.Time
+	log     *slog.Logger
+	m       *applierMetrics
+
+	mu      sync.Mutex // serialises Apply; guards applied
+	applied map[string]*Applied
+}
+
+// Applied describes the CRL in force for one list ID.
+type Applied struct {
+	ID         string
+	Issuer     string // SHA-256 of the issuer DN, hex
+	Subject    string // the issuer's DN, for people
+	Number     *big.Int
+	ThisUpdate time.Time
+	NextUpdate time.Time
+	Entries    int
+	Origin     string // where it was read: a file, a URL, "redis"
+	AppliedAt  time.Time
+	raw        []byte
+}
+
+// Result says what one Apply did.
+type Result struct {
+	Applied
+	Added, Removed int
+	Sweep          bool // more serials were added than listed: subscribers re-check live conns
+	Unchanged      bool // the same CRL (or the same number) was applied already
+}
+
+// NewApplier returns an Applier for opts.
+func NewApplier(opts Options) (*Applier, error) {
+	if opts.Set == nil {
+		return nil, errors.New("crl: Options.Set is required")
+	}
+	a := &Applier{set: opts.Set, issuers: map[string][]*x509.Certificate{}, skew: opts.MaxSkew, now: opts.Now,
+		log: opts.Logger, applied: map[string]*Applied{}}
+	if a.skew <= 0 {
+		a.skew = time.Minute
+	}
+	if a.now == nil {
+		a.now = time.Now
+	}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	for _, c := range opts.Issuers {
+		a.issuers[string(c.RawSubject)] = append(a.issuers[string(c.RawSubject)], c)
+	}
+	m, err := newApplierMetrics(opts.Metrics, a)
+	if err != nil {
+		return nil, err
+	}
+	a.m = m
+	return a, nil
+}
+
+// Apply checks the CRL in b (DER or PEM), read from origin, and applies it. A refused CRL
+// changes nothing: the last good one stays in force. Every refusal is logged and counted.
+func (a *Applier) Apply(b []byte, origin string) (Result, error) {
+	res, err := a.apply(b, origin)
+	if err != nil {
+		a.m.refused.WithLabelValues(refusal(err)).Inc()
+		a.log.Error("CRL refused; the last good one stays in force", "origin", origin, "err", err)
+		return res, err
+	}
+	if res.Unchanged {
+		a.m.loads.WithLabelValues("unchanged").Inc()
+		return res, nil
+	}
+	a.m.loads.WithLabelValues("applied").Inc()
+	a.log.Info("CRL applied", "origin", origin, "issuer", res.Subject, "number", numberString(res.Number),
+		"entries", res.Entries, "added", res.Added, "removed", res.Removed, "next_update", res.NextUpdate)
+	return res, nil
+}
+
+func refusal(err error) string {
+	switch {
+	case errors.Is(err, ErrMalformed):
+		return "malformed"
+	case errors.Is(err, ErrUntrusted):
+		return "untrusted"
+	case errors.Is(err, ErrSignature):
+		return "signature"
+	case errors.Is(err, ErrFuture):
+		return "future"
+	case errors.Is(err, ErrRollback):
+		return "rollback"
+	case errors.Is(err, ErrTooLarge):
+		return "too_large"
+	}
+	return "unusable"
+}
+
+func (a *Applier) apply(b []byte, origin string) (Result, error) {
+	if len(b) > DefaultMaxSize {
+		return Result{}, fmt.Errorf("%w: %d bytes", ErrTooLarge, len(b))
+	}
+	c, err := Parse(b)
+	if err != nil {
+		return Result{}, err
+	}
+	var signer *x509.Certificate
+	var sigErrs []error
+	for _, ca := range a.issuers[string(c.RawIssuer)] {
+		if err := c.CheckSignatureFrom(ca); err != nil {
+			sigErrs = append(sigErrs, err)
+			continue
+		}
+		signer = ca
+		break
+	}
+	if signer == nil {
+		if len(sigErrs) > 0 {
+			return Result{}, errors.Join(sigErrs...)
+		}
+		return Result{}, fmt.Errorf("%w: its issuer %q is none of the configured CAs", ErrUntrusted, dnString(c.RawIssuer))
+	}
+	now := a.now()
+	if c.ThisUpdate.After(now.Add(a.skew)) {
+		return Result{}, fmt.Errorf("%w: %s, and this node's clock says %s", ErrFuture, c.ThisUpdate.Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+	}
+	if !c.NextUpdate.IsZero() && c.NextUpdate.Before(c.ThisUpdate) {
+		return Result{}, fmt.Errorf("%w: nextUpdate %s is before thisUpdate %s", ErrMalformed, c.NextUpdate.Format(time.RFC3339), c.ThisUpdate.Format(time.RFC3339))
+	}
+	id := listID(c)
+
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	prev := a.applied[id]
+	if prev != nil {
+		if unchanged, err := newer(prev, c); err != nil || unchanged {
+			if unchanged {
+				if !bytes.Equal(prev.raw, c.Raw) {
+					a.log.Warn("a CRL with the number already applied but other content; keeping the applied one",
+						"origin", origin, "issuer", prev.Subject, "number", numberString(c.Number))
+				}
+				return Result{Applied: *prev, Unchanged: true}, nil
+			}
+			return Result{}, err
+		}
+	}
+	t, err := NewTable(c)
+	if err != nil {
+		return Result{}, err
+	}
+	// Only an Applier puts lists under "crl:" IDs, and it holds mu.
+	var oldList revoke.SerialList
+	old, _ := a.set.List(id).(*Table)
+	d := Diff(old, t)
+	if old != nil {
+		oldList = old
+	}
+	if _, err := a.set.SwapList(oldList, t, d); err != nil {
+		return Result{}, err
+	}
+	ap := &Applied{ID: id, Issuer: t.Issuer(), Subject: dnString(c.RawIssuer), Number: c.Number,
+		ThisUpdate: c.ThisUpdate, NextUpdate: c.NextUpdate, Entries: t.Len(), Origin: origin, AppliedAt: now, raw: c.Raw}
+	a.applied[id] = ap
+	return Result{Applied: *ap, Added: len(d.Added), Removed: len(d.Removed), Sweep: d.Sweep}, nil
+}
+
+// newer tells whether c may replace prev: an error for a rollback, unchanged for the same
+// CRL again.
+func newer(prev *Applied, c *CRL) (unchanged bool, err error) {
+	switch {
+	case prev.Number != nil && c.Number == nil:
+		return false, fmt.Errorf("%w: it has no CRL number, and the applied one has number %s", ErrRollback, prev.Number)
+	case prev.Number != nil:
+		switch c.Number.Cmp(prev.Number) {
+		case -1:
+			return false, fmt.Errorf("%w: CRL number %s is lower than the applied %s", ErrRollback, c.Number, prev.Number)
+		case 0:
+			return true, nil
+		}
+		return false, nil
+	case c.ThisUpdate.Before(prev.ThisUpdate):
+		return false, fmt.Errorf("%w: thisUpdate %s is before the applied CRL's %s", ErrRollback,
+			c.ThisUpdate.Format(time.RFC3339), prev.ThisUpdate.Format(time.RFC3339))
+	case c.ThisUpdate.Equal(prev.ThisUpdate) && bytes.Equal(c.Raw, prev.raw):
+		return true, nil
+	}
+	return false, nil
+}
+
+// listID is the ID of the list a CRL becomes, without indexing it.
+func listID(c *CRL) string {
+	var t Table
+	t.setNames(c)
+	return t.id
+}
+
+// Applied returns the CRLs in force, by list ID.
+func (a *Applier) Applied() []Applied {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]Applied, 0, len(a.applied))
+	for _, ap := range a.applied {
+		out = append(out, *ap)
+	}
+	return out
+}
+
+// Stale returns the applied CRLs whose nextUpdate has passed: the issuer has published a
+// newer one that this node does not have.
+func (a *Applier) Stale() []Applied {
+	now := a.now()
+	var out []Applied
+	for _, ap := range a.Applied() {
+		if !ap.NextUpdate.IsZero() && now.After(ap.NextUpdate) {
+			out = append(out, ap)
+		}
+	}
+	return out
+}
+
+func numberString(n *big.Int) string {
+	if n == nil {
+		return "none"
+	}
+	return n.String()
+}
+
+func dnString(raw []byte) string {
+	var seq pkix.RDNSequence
+	if rest, err := asn1.Unmarshal(raw, &seq); err == nil && len(rest) == 0 {
+		return seq.String()
+	}
+	return fmt.Sprintf("%x", raw)
+}
+
+type applierMetrics struct {
+	loads   *prometheus.CounterVec
+	refused *prometheus.CounterVec
+}
+
+func newApplierMetrics(reg prometheus.Registerer, a *Applier) (*applierMetrics, error) {
+	m := &applierMetrics{
+		loads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "guardian_crl_loads_total", Help: "CRLs read and accepted, by result (applied, unchanged).",
+		}, []string{"result"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "guardian_crl_refused_total", Help: "CRLs refused, by reason; the last good CRL stays in force.",
+		}, []string{"reason"}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	stale := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "guardian_crl_stale", Help: "Applied CRLs past their nextUpdate.",
+	}, func() float64 { return float64(len(a.Stale())) })
+	for _, c := range []prometheus.Collector{m.loads, m.refused, stale} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("crl: register metrics: %w", err)
+		}
+	}
+	return m, nil
+}
