@@ -190,7 +190,7 @@ func TestApplyRefusesBadCRLs(t *testing.T) {
 	unknownCrit := mustCRLExt(t, ca, 6, pkix.Extension{Id: asn1.ObjectIdentifier{1, 2, 3, 4}, Critical: true, Value: []byte{5, 0}})
 	for _, c := range []struct {
 		name, reason, want string
-		der             []byte
+		der                []byte
 	}{
 		{"another CA", "untrusted", "none of the configured CAs", forged},
 		{"bad signature", "signature", "signature", badSig},
