@@ -6,6 +6,7 @@ DEMO_DIR ?= .demo
 # Every fuzz target, as package:Target.
 FUZZ_TARGETS = \
 	./revoke:FuzzParseKey \
+	./revoke/crl:FuzzParseCRL \
 	./cmd/guardian:FuzzParseCerts \
 	./cmd/guardian:FuzzRevokeRequest \
 	./cmd/guardian:FuzzParseConfig \

@@ -27,7 +27,7 @@ type SerialList interface {
 // ListDiff is what changed between two versions of a list, as the list's owner computed it.
 type ListDiff struct {
 	// Added are the entries of serials the new list has and the old did not, at most
-	// MaxListed of them; Sweep is set when there were more.
+	// MaxListed of them; when there were more, Sweep is set and Added is empty.
 	Added []Entry
 	Sweep bool
 	// Removed are the serial keys the old list had and the new does not (at most MaxListed).

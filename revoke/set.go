@@ -65,9 +65,10 @@ type Change struct {
 	Version uint64
 	Added   []Entry
 	Removed []Key
-	// Sweep is set when the change revoked more keys than Added lists (a CRL's first load
-	// can revoke a million): a subscriber that closes conns must then re-check every live
-	// conn against the Set. Removed, likewise, lists at most MaxListed keys.
+	// Sweep is set when the change revoked more than MaxListed serial keys (a CRL's first
+	// load can revoke a million), which Added then leaves out: a subscriber that closes
+	// conns must re-check the serial keys of every live conn against the Set. Removed lists
+	// at most MaxListed keys.
 	Sweep bool
 }
 

@@ -218,13 +218,17 @@ func Diff(old, next *Table) revoke.ListDiff {
 	var d revoke.ListDiff
 	add := func(e *Entry) error {
 		if len(d.Added) >= revoke.MaxListed {
-			d.Sweep = true
+			d.Added, d.Sweep = nil, true
 			return errStop
 		}
 		d.Added = append(d.Added, next.entry(e))
 		return nil
 	}
 	if old == nil {
+		if next.Len() > revoke.MaxListed {
+			d.Sweep = true
+			return d
+		}
 		next.crl.Each(add)
 		return d
 	}
