@@ -393,6 +393,23 @@ func (sh *shard) scan(m *matcher, cause Cause, now time.Time, out []victim) []vi
 	return out
 }
 
+// EvictMatching closes every tracked conn for which match returns a key, the one that hit
+// it (Confirm then checks it, as for Evict). match runs without locks held, on the
+// caller's goroutine; the closes happen on the workers. It is for changes too large to
+// list their keys: O(conns), whatever the number of keys.
+func (r *Registry) EvictMatching(match func(*Conn) (key string, ok bool), cause Cause) int {
+	now := time.Now()
+	var found []victim
+	r.Range(func(c *Conn) bool {
+		if key, ok := match(c); ok {
+			found = append(found, victim{c: c, key: key, cause: cause, at: now})
+		}
+		return true
+	})
+	r.enqueue(found)
+	return len(found)
+}
+
 // EvictAll closes every tracked conn.
 func (r *Registry) EvictAll(cause Cause) int {
 	now := time.Now()

@@ -604,17 +604,49 @@ func confirm(c *conntrack.Conn, key string) bool {
 }
 
 func (l *Listener) onChange(ch revoke.Change) {
-	if len(ch.Added) == 0 {
+	if len(ch.Added) == 0 && !ch.Sweep {
 		return
 	}
-	keys := make([]string, len(ch.Added))
-	for i, e := range ch.Added {
-		keys[i] = string(e.Key)
+	cause := conntrack.Cause{Reason: conntrack.ReasonRevoked, Since: time.Now()}
+	n := 0
+	if len(ch.Added) > 0 {
+		keys := make([]string, len(ch.Added))
+		for i, e := range ch.Added {
+			keys[i] = string(e.Key)
+		}
+		n = l.reg.Evict(keys, cause)
 	}
-	n := l.reg.Evict(keys, conntrack.Cause{Reason: conntrack.ReasonRevoked, Since: time.Now()})
+	if ch.Sweep {
+		n += l.sweep(cause)
+	}
 	if l.onRev != nil {
 		l.onRev(ch, n)
 	}
+}
+
+// sweep re-checks the serial keys of every live conn against the Set: a change revoked
+// more serials (a CRL's first load) than it could list.
+func (l *Listener) sweep(cause conntrack.Cause) int {
+	issuers := map[string]string{} // issuer DN (DER) → its hash, as serial keys spell it
+	return l.reg.EvictMatching(func(c *conntrack.Conn) (string, bool) {
+		info, ok := c.Owner().(*ConnInfo)
+		if !ok {
+			return "", false
+		}
+		for _, chain := range info.chains {
+			for _, cert := range chain {
+				h, ok := issuers[string(cert.RawIssuer)]
+				if !ok {
+					h = revoke.IssuerHash(cert.RawIssuer)
+					issuers[string(cert.RawIssuer)] = h
+				}
+				if k := revoke.SerialKeyOf(h, cert.SerialNumber); l.set.Has(k) {
+					return string(k), true
+				}
+			}
+		}
+		return "", false
+	}, cause)
 }
 
 func (l *Listener) onEvict(e conntrack.Eviction) {

@@ -274,7 +274,16 @@ func sum(b []byte) string {
 // SerialKey returns the serial key of the certificate with the given serial number issued
 // by the CA whose subject DN (DER) is issuerDN.
 func SerialKey(issuerDN []byte, serial *big.Int) Key {
-	return Key("serial:" + sum(issuerDN) + ":" + serialString(serial))
+	return SerialKeyOf(IssuerHash(issuerDN), serial)
+}
+
+// IssuerHash is the middle part of the serial keys of the CA whose subject DN (DER) is
+// issuerDN: its SHA-256, in hex.
+func IssuerHash(issuerDN []byte) string { return sum(issuerDN) }
+
+// SerialKeyOf is SerialKey for an issuer whose IssuerHash is known.
+func SerialKeyOf(issuerHash string, serial *big.Int) Key {
+	return Key("serial:" + issuerHash + ":" + serialString(serial))
 }
 
 // SerialKeyHex returns the serial key of the certificate whose issuer has subject DN (DER)

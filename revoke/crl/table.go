@@ -71,8 +71,7 @@ func NewTable(c *CRL) (*Table, error) {
 }
 
 func (t *Table) setNames(c *CRL) {
-	h := sha256.Sum256(c.RawIssuer)
-	t.issuer = hex.EncodeToString(h[:])
+	t.issuer = revoke.IssuerHash(c.RawIssuer)
 	t.source = revoke.CRLSource(t.issuer)
 	t.id = t.source
 	if c.Scope != nil {
