@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,7 +22,12 @@ type FeedOptions struct {
 	// be before it notices. 0 means 2s.
 	Block time.Duration
 	// Now is the clock for staleness; nil means time.Now.
-	Now     func() time.Time
+	Now func() time.Time
+	// OnCRL, if set, receives each CRL pushed through Redis (Store.PushCRL), by the hash of
+	// its issuer, on the feed's goroutine: at start-up and every resync those not yet
+	// delivered, then each push as its record arrives. It checks and applies the CRL
+	// (crl.Applier.Apply); the feed knows nothing of CRLs.
+	OnCRL   func(issuer string, der []byte)
 	Logger  *slog.Logger
 	Metrics prometheus.Registerer
 }
@@ -53,6 +59,8 @@ type Feed struct {
 	regressed bool
 	reason    string
 
+	crlSeen map[string]uint64 // issuer → the push version delivered to OnCRL; feed goroutine only
+
 	lastHeard atomic.Int64 // unix nanos
 	synced    chan struct{}
 	syncOnce  sync.Once
@@ -66,7 +74,7 @@ func NewFeed(store *Store, set *revoke.Set, opts FeedOptions) (*Feed, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	f := &Feed{store: store, set: set, opts: opts, log: opts.Logger, synced: make(chan struct{})}
+	f := &Feed{store: store, set: set, opts: opts, log: opts.Logger, synced: make(chan struct{}), crlSeen: map[string]uint64{}}
 	if f.log == nil {
 		f.log = slog.New(slog.DiscardHandler)
 	}
@@ -182,7 +190,7 @@ func (f *Feed) Run(ctx context.Context) error {
 		}
 		f.markHeard()
 		for _, st := range res {
-			if gap := f.applyMessages(st.Messages); gap != "" {
+			if gap := f.applyMessages(ctx, st.Messages); gap != "" {
 				needSync, why = true, gap
 				break
 			}
@@ -224,7 +232,7 @@ func (f *Feed) verify(ctx context.Context) string {
 // messages do not continue from the applied version. Consecutive records of one kind are
 // applied as one Set change, so a batch of revocations costs one eviction scan, not one each;
 // a revoke and an unrevoke are never merged, so order between them holds.
-func (f *Feed) applyMessages(msgs []redis.XMessage) string {
+func (f *Feed) applyMessages(ctx context.Context, msgs []redis.XMessage) string {
 	f.mu.Lock()
 	applied := f.applied
 	f.mu.Unlock()
@@ -272,9 +280,16 @@ func (f *Feed) applyMessages(msgs []redis.XMessage) string {
 			return "version gap"
 		}
 		rec, err := parseRecord(v, msg.Values)
-		if err != nil {
+		switch {
+		case err != nil:
 			f.malformed("stream", msg.ID, err)
-		} else {
+		case rec.op == OpCRL:
+			flush()
+			if err := f.deliverCRL(ctx, rec.issuer, v); err != nil {
+				f.log.Warn("reading a pushed CRL failed; will resync", "issuer", rec.issuer, "err", err)
+				return "crl read failed"
+			}
+		default:
 			if rec.op != runOp {
 				flush()
 				runOp = rec.op
@@ -289,6 +304,49 @@ func (f *Feed) applyMessages(msgs []redis.XMessage) string {
 func (f *Feed) malformed(where, what string, err error) {
 	f.m.malformed.WithLabelValues(where).Inc()
 	f.log.Error("skipped a malformed revocation record", "where", where, "record", truncate(what, 200), "err", err)
+}
+
+// deliverCRL reads the CRL pushed for issuer and hands it to OnCRL.
+func (f *Feed) deliverCRL(ctx context.Context, issuer string, version uint64) error {
+	if f.opts.OnCRL == nil || f.crlSeen[issuer] >= version {
+		return nil
+	}
+	der, err := f.store.rdb.Get(ctx, f.store.keys.CRL(issuer)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		f.log.Warn("a pushed CRL is gone from redis", "issuer", issuer, "key", f.store.keys.CRL(issuer))
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	f.opts.OnCRL(issuer, der)
+	f.crlSeen[issuer] = version
+	return nil
+}
+
+// syncCRLs delivers the pushed CRLs this node has not had, or had in an older push.
+func (f *Feed) syncCRLs(ctx context.Context) error {
+	if f.opts.OnCRL == nil {
+		return nil
+	}
+	pushed, err := f.store.rdb.HGetAll(ctx, f.store.keys.CRLs).Result()
+	if err != nil {
+		return fmt.Errorf("redisfeed: read %s: %w", f.store.keys.CRLs, err)
+	}
+	for issuer, vs := range pushed {
+		v, err := strconv.ParseUint(vs, 10, 64)
+		if err != nil || !isIssuerHash(issuer) {
+			f.malformed("crls", issuer, fmt.Errorf("push version %q", truncate(vs, 32)))
+			continue
+		}
+		if f.crlSeen[issuer] != v {
+			f.crlSeen[issuer] = 0 // a lower version after a Redis restart is still news
+			if err := f.deliverCRL(ctx, issuer, v); err != nil {
+				return fmt.Errorf("redisfeed: read the CRL of %s: %w", issuer, err)
+			}
+		}
+	}
+	return nil
 }
 
 // resync reads the version, the epoch and the whole hash in one transaction and brings the
@@ -379,6 +437,9 @@ func (f *Feed) resync(ctx context.Context, why string) error {
 	f.mu.Unlock()
 	if recovered {
 		f.log.Info("redis holds every entry this node kept again; regression cleared")
+	}
+	if err := f.syncCRLs(ctx); err != nil {
+		return err
 	}
 	f.m.applied.Set(float64(version))
 	f.m.resyncs.WithLabelValues(why).Inc()

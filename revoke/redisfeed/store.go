@@ -21,6 +21,9 @@ const (
 	OpUnrevoke = "unrevoke"
 	// OpReseed marks a reseed: every node resyncs on reading it.
 	OpReseed = "reseed"
+	// OpCRL records a CRL pushed for an issuer (its key is the issuer's hash); nodes read
+	// the CRL from Keys.CRL.
+	OpCRL = "crl"
 )
 
 // Defaults.
@@ -35,13 +38,19 @@ const (
 // one Cluster slot and one script can touch them all.
 type Keys struct {
 	Revoked, Log, Version, Epoch string
+	// CRLs is a hash: issuer hash → the version of the change that pushed its CRL.
+	CRLs string
+	pfx  string
 }
 
 // KeysFor returns the keys for prefix.
 func KeysFor(prefix string) Keys {
 	p := "{" + prefix + "}:"
-	return Keys{Revoked: p + "revoked", Log: p + "log", Version: p + "version", Epoch: p + "epoch"}
+	return Keys{Revoked: p + "revoked", Log: p + "log", Version: p + "version", Epoch: p + "epoch", CRLs: p + "crls", pfx: p}
 }
+
+// CRL is the key holding the DER CRL pushed for the issuer whose DN hashes to issuerHash.
+func (k Keys) CRL(issuerHash string) string { return k.pfx + "crl:" + issuerHash }
 
 // changeScript applies one change. It refuses an unrevoke of an absent key without
 // touching anything, bumps the version and appends the record before changing the hash,
@@ -196,6 +205,7 @@ type record struct {
 	op      string
 	key     revoke.Key
 	entry   revoke.Entry
+	issuer  string // OpCRL
 }
 
 var errBadID = errors.New("stream ID is not <version>-0")
@@ -224,6 +234,11 @@ func parseRecord(v uint64, values map[string]any) (record, error) {
 			return r, err
 		}
 		r.key, r.entry = e.Key, e
+	case OpCRL:
+		if !isIssuerHash(key) {
+			return r, fmt.Errorf("crl record for %q, not an issuer hash", truncate(key, 80))
+		}
+		r.issuer = key
 	case OpUnrevoke:
 		k, err := revoke.ParseKey(key)
 		if err != nil {
@@ -336,6 +351,49 @@ func (s *Store) RevokeMany(ctx context.Context, entries []revoke.Entry) (uint64,
 	}
 	v, _ := res[0].(int64)
 	return uint64(v), nil
+}
+
+// pushCRLScript stores a CRL and records its push as a change. KEYS: the CRL's key, crls,
+// version, log, epoch. ARGV: issuer hash, DER, the stream cap, a new epoch.
+var pushCRLScript = redis.NewScript(`
+local epoch = redis.call('GET', KEYS[5])
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('SET', KEYS[5], epoch)
+end
+local v = redis.call('INCR', KEYS[3])
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], v .. '-0', 'op', 'crl', 'key', ARGV[1])
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], v)
+return {v, epoch}
+`)
+
+// PushCRL stores der as the CRL of the issuer whose DN hashes to issuerHash
+// (revoke.IssuerHash) and records the push, so that every node loads it. Nodes check it
+// as they check any CRL; the caller should have too.
+func (s *Store) PushCRL(ctx context.Context, issuerHash string, der []byte) (uint64, error) {
+	if !isIssuerHash(issuerHash) {
+		return 0, fmt.Errorf("redisfeed: push CRL: issuer %q is not a SHA-256 in lower-case hex", truncate(issuerHash, 80))
+	}
+	keys := []string{s.keys.CRL(issuerHash), s.keys.CRLs, s.keys.Version, s.keys.Log, s.keys.Epoch}
+	res, err := pushCRLScript.Run(ctx, s.rdb, keys, issuerHash, der, s.maxLen, newEpoch()).Slice()
+	if err != nil {
+		return 0, fmt.Errorf("redisfeed: push CRL of %s: %w", issuerHash, err)
+	}
+	v, _ := res[0].(int64)
+	return uint64(v), nil
+}
+
+func isIssuerHash(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // ChangeScriptSource returns the Lua source of the change script, for tests and tools that
