@@ -281,9 +281,17 @@ func dnString(raw []byte) string {
 	return fmt.Sprintf("%x", raw)
 }
 
+// fetchFailed logs and counts a source that could not read its CRL.
+func (a *Applier) fetchFailed(origin, kind string, err error) error {
+	a.m.fetchErrors.WithLabelValues(kind).Inc()
+	a.log.Warn("reading a CRL failed; the last good one stays in force", "origin", origin, "err", err)
+	return fmt.Errorf("crl: read %s: %w", origin, err)
+}
+
 type applierMetrics struct {
-	loads   *prometheus.CounterVec
-	refused *prometheus.CounterVec
+	loads       *prometheus.CounterVec
+	refused     *prometheus.CounterVec
+	fetchErrors *prometheus.CounterVec
 }
 
 func newApplierMetrics(reg prometheus.Registerer, a *Applier) (*applierMetrics, error) {
@@ -294,6 +302,9 @@ func newApplierMetrics(reg prometheus.Registerer, a *Applier) (*applierMetrics, 
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "guardian_crl_refused_total", Help: "CRLs refused, by reason; the last good CRL stays in force.",
 		}, []string{"reason"}),
+		fetchErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "guardian_crl_fetch_errors_total", Help: "Failures to read a CRL source, by kind (file, url).",
+		}, []string{"kind"}),
 	}
 	if reg == nil {
 		return m, nil
@@ -301,7 +312,7 @@ func newApplierMetrics(reg prometheus.Registerer, a *Applier) (*applierMetrics, 
 	stale := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "guardian_crl_stale", Help: "Applied CRLs past their nextUpdate.",
 	}, func() float64 { return float64(len(a.Stale())) })
-	for _, c := range []prometheus.Collector{m.loads, m.refused, stale} {
+	for _, c := range []prometheus.Collector{m.loads, m.refused, m.fetchErrors, stale} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("crl: register metrics: %w", err)
 		}

@@ -1,0 +1,221 @@
+package crl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"time"
+)
+
+// A Source reads one CRL and hands it to an Applier: now (Load, at start-up, so that its
+// revocations are in force before the first conn is accepted) and whenever it changes (Run).
+type Source interface {
+	// Load reads the CRL once and applies it if it changed.
+	Load(ctx context.Context) error
+	// Run loads the CRL whenever it may have changed, until ctx ends. Errors are logged
+	// and counted, never returned: the last good CRL stays in force.
+	Run(ctx context.Context)
+	// Origin names the source in logs: a path or a URL.
+	Origin() string
+}
+
+// File is a CRL in a local file, DER or PEM, re-read when its size or modification time
+// changes.
+type File struct {
+	Path string
+	// Every is how often the file is checked; 0 means 2s.
+	Every time.Duration
+	// MaxSize caps the file; 0 means DefaultMaxSize.
+	MaxSize int64
+	Applier *Applier
+
+	stamp fileStamp // the file as last read; Run's goroutine only
+}
+
+type fileStamp struct {
+	size int64
+	mod  time.Time
+}
+
+// Origin is the file's path.
+func (f *File) Origin() string { return f.Path }
+
+// Load reads the file if it changed since the last read and applies it.
+func (f *File) Load(ctx context.Context) error {
+	st, err := os.Stat(f.Path)
+	if err != nil {
+		return f.Applier.fetchFailed(f.Path, "file", err)
+	}
+	stamp := fileStamp{st.Size(), st.ModTime()}
+	if stamp == f.stamp {
+		return nil
+	}
+	max := f.MaxSize
+	if max <= 0 {
+		max = DefaultMaxSize
+	}
+	if st.Size() > max {
+		return f.Applier.fetchFailed(f.Path, "file", fmt.Errorf("%w: %d bytes, more than %d", ErrTooLarge, st.Size(), max))
+	}
+	b, err := readAtMost(openFile(f.Path), max)
+	if err != nil {
+		return f.Applier.fetchFailed(f.Path, "file", err)
+	}
+	if _, err := f.Applier.Apply(b, f.Path); err != nil {
+		// Retry only once the file changes again: the same bytes would be refused again.
+		f.stamp = stamp
+		return err
+	}
+	f.stamp = stamp
+	return nil
+}
+
+// Run checks the file every Every until ctx ends.
+func (f *File) Run(ctx context.Context) {
+	every := f.Every
+	if every <= 0 {
+		every = 2 * time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			f.Load(ctx)
+		}
+	}
+}
+
+func openFile(path string) func() (io.ReadCloser, error) {
+	return func() (io.ReadCloser, error) { return os.Open(path) }
+}
+
+// readAtMost reads everything open returns, refusing more than max bytes.
+func readAtMost(open func() (io.ReadCloser, error), max int64) ([]byte, error) {
+	r, err := open()
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	b, err := io.ReadAll(io.LimitReader(r, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%w: more than %d bytes", ErrTooLarge, max)
+	}
+	return b, nil
+}
+
+// URL is a CRL served over HTTP(S). It is fetched with If-None-Match and If-Modified-Since,
+// so an unchanged CRL costs a 304, at Refresh and never later than the applied CRL's
+// nextUpdate.
+type URL struct {
+	URL string
+	// Refresh is the longest time between fetches; 0 means 5 minutes. A CRL whose
+	// nextUpdate comes sooner is fetched then.
+	Refresh time.Duration
+	// Timeout bounds one fetch; 0 means 30s.
+	Timeout time.Duration
+	// MaxSize caps the body; 0 means DefaultMaxSize.
+	MaxSize int64
+	// Client is the HTTP client; nil means one with no other settings.
+	Client  *http.Client
+	Applier *Applier
+
+	etag, lastModified string    // of the last good fetch; Run's goroutine only
+	nextUpdate         time.Time // of the CRL it last applied
+}
+
+// Origin is the URL.
+func (u *URL) Origin() string { return u.URL }
+
+// Load fetches the CRL and applies it if the server sent a new one.
+func (u *URL) Load(ctx context.Context) error {
+	timeout := u.Timeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.URL, nil)
+	if err != nil {
+		return u.Applier.fetchFailed(u.URL, "url", err)
+	}
+	if u.etag != "" {
+		req.Header.Set("If-None-Match", u.etag)
+	}
+	if u.lastModified != "" {
+		req.Header.Set("If-Modified-Since", u.lastModified)
+	}
+	client := u.Client
+	if client == nil {
+		client = http.DefaultClient
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return u.Applier.fetchFailed(u.URL, "url", err)
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusNotModified:
+		return nil
+	case http.StatusOK:
+	default:
+		return u.Applier.fetchFailed(u.URL, "url", fmt.Errorf("HTTP %s", resp.Status))
+	}
+	max := u.MaxSize
+	if max <= 0 {
+		max = DefaultMaxSize
+	}
+	if resp.ContentLength > max {
+		return u.Applier.fetchFailed(u.URL, "url", fmt.Errorf("%w: Content-Length %d, more than %d", ErrTooLarge, resp.ContentLength, max))
+	}
+	b, err := readAtMost(func() (io.ReadCloser, error) { return resp.Body, nil }, max)
+	if err != nil {
+		return u.Applier.fetchFailed(u.URL, "url", err)
+	}
+	res, err := u.Applier.Apply(b, u.URL)
+	if err != nil {
+		return err
+	}
+	u.etag, u.lastModified, u.nextUpdate = resp.Header.Get("ETag"), resp.Header.Get("Last-Modified"), res.NextUpdate
+	return nil
+}
+
+// Run fetches the CRL at Refresh, or at the applied CRL's nextUpdate when that is sooner,
+// until ctx ends; after a failure it retries sooner, backing off up to Refresh.
+func (u *URL) Run(ctx context.Context) {
+	refresh := u.Refresh
+	if refresh <= 0 {
+		refresh = 5 * time.Minute
+	}
+	var retry time.Duration
+	for {
+		wait := refresh
+		if retry > 0 {
+			wait = retry
+		}
+		if !u.nextUpdate.IsZero() {
+			// A CA publishes its next CRL at nextUpdate; fetch a moment after.
+			if until := time.Until(u.nextUpdate) + time.Second; until < wait {
+				wait = max(until, time.Second)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		if err := u.Load(ctx); err != nil && !errors.Is(err, ErrRollback) {
+			retry = min(max(2*retry, time.Second), refresh)
+			continue
+		}
+		retry = 0
+	}
+}
