@@ -47,8 +47,27 @@ type RevocationConfig struct {
 	Embedded     EmbeddedConfig `yaml:"embedded"`
 	MaxStaleness Duration       `yaml:"max_staleness"`
 	Expired      string         `yaml:"expired"` // evict | keep
-	CRL          []any          `yaml:"crl"`
-	OCSP         map[string]any `yaml:"ocsp"`
+	CRL          []CRLConfig    `yaml:"crl"`
+	// CRLIssuers are CA certificates whose CRLs are trusted besides the audiences'
+	// client_ca (an intermediate, whose CRL a root in client_ca does not vouch for).
+	CRLIssuers []string       `yaml:"crl_issuers"`
+	OCSP       map[string]any `yaml:"ocsp"`
+}
+
+// CRLConfig is one CRL source: a file or a URL. CRLs pushed through Redis (guardian crl
+// push) need no entry here.
+type CRLConfig struct {
+	File string `yaml:"file"`
+	URL  string `yaml:"url"`
+	// Every is how often a file is checked for changes (default 2s).
+	Every Duration `yaml:"every"`
+	// Refresh is the longest time between fetches of a URL (default 5m); a CRL whose
+	// nextUpdate comes sooner is fetched then.
+	Refresh Duration `yaml:"refresh"`
+	// Timeout bounds one fetch (default 30s).
+	Timeout Duration `yaml:"timeout"`
+	// MaxSize caps the CRL in bytes (default 128 MiB).
+	MaxSize int64 `yaml:"max_size"`
 }
 
 // RedisConfig selects a single server (url), Sentinel (master_name + addrs) or Cluster
@@ -188,8 +207,30 @@ func (c *Config) validate() error {
 	default:
 		return configError(f, "revocation.expired", "%q; want evict or keep", r.Expired)
 	}
-	if len(r.CRL) > 0 {
-		return configError(f, "revocation.crl", "CRL sources are not supported by this build yet")
+	for i, cs := range r.CRL {
+		field := fmt.Sprintf("revocation.crl[%d]", i)
+		switch {
+		case (cs.File == "") == (cs.URL == ""):
+			return configError(f, field, "set file or url, one of them")
+		case cs.URL != "":
+			u, err := url.Parse(cs.URL)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				return configError(f, field+".url", "%q is not an http:// or https:// URL", cs.URL)
+			}
+			if cs.Every != 0 {
+				return configError(f, field+".every", "is for files; a URL has refresh")
+			}
+		default:
+			if cs.Refresh != 0 || cs.Timeout != 0 {
+				return configError(f, field, "refresh and timeout are for URLs; a file has every")
+			}
+		}
+		if cs.MaxSize < 0 {
+			return configError(f, field+".max_size", "negative")
+		}
+	}
+	if len(r.CRL) > 0 && len(r.CRLIssuers) == 0 && !anyClientCA(c.Audiences) {
+		return configError(f, "revocation.crl", "no CA is trusted to sign CRLs: give audiences a client_ca, or list the CAs in revocation.crl_issuers")
 	}
 	if len(r.OCSP) > 0 {
 		if m, _ := r.OCSP["mode"].(string); m != "" && m != "off" {
@@ -252,6 +293,42 @@ func (c *Config) validate() error {
 		}
 	}
 	return nil
+}
+
+func anyClientCA(auds []AudienceConfig) bool {
+	for _, a := range auds {
+		if len(a.ClientCA) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// crlIssuers loads the CAs whose CRLs are trusted: every audience's client_ca, and
+// revocation.crl_issuers.
+func (c *Config) crlIssuers() ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	add := func(file, field string) error {
+		certs, err := loadCerts(c.path(file))
+		if err != nil {
+			return configError(c.file, field, "%v", err)
+		}
+		out = append(out, certs...)
+		return nil
+	}
+	for i, a := range c.Audiences {
+		for j, f := range a.ClientCA {
+			if err := add(f, fmt.Sprintf("audiences[%d].client_ca[%d]", i, j)); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for i, f := range c.Revocation.CRLIssuers {
+		if err := add(f, fmt.Sprintf("revocation.crl_issuers[%d]", i)); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // path resolves p relative to the configuration file's directory.

@@ -24,6 +24,7 @@ Usage:
   guardian list     TARGET
   guardian conns    --admin URL --admin-cert F --admin-key F --admin-ca F
   guardian reseed   --admin URL --admin-cert F --admin-key F --admin-ca F [--yes]
+  guardian crl push FILE (--redis URL | --config F) [--prefix P] [--issuer-cert CA.pem]
   guardian version
 
 TARGET: --admin URL --admin-cert F --admin-key F --admin-ca F (a node's admin API),
@@ -60,6 +61,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runConns(args[1:], stdout, stderr)
 	case "reseed":
 		err = runReseed(args[1:], stdout, stderr)
+	case "crl":
+		err = runCRL(args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, version())
 	case "help", "-h", "--help":

@@ -23,6 +23,7 @@ import (
 	"github.com/guardian-mtls/guardian/listener"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/boltstore"
+	"github.com/guardian-mtls/guardian/revoke/crl"
 	"github.com/guardian-mtls/guardian/revoke/redisfeed"
 )
 
@@ -52,6 +53,8 @@ type node struct {
 	store  revocationStore
 	feed   *redisfeed.Feed  // nil unless the store is Redis
 	rstore *redisfeed.Store // nil unless the store is Redis
+	crl    *crl.Applier     // every CRL, from a file, a URL or Redis, goes through it
+	crls   []crl.Source
 	close  []func()
 
 	mu        sync.Mutex
@@ -118,12 +121,20 @@ func (n *node) heartbeat(ctx context.Context, id string, conns func() int, log *
 }
 
 // openStore builds the Set and the configured store, loading what it holds.
-func openStore(ctx context.Context, cfg *Config, metrics *prometheus.Registry, log *slog.Logger) (*node, error) {
+func openStore(ctx context.Context, cfg *Config, metrics *prometheus.Registry, log *slog.Logger) (_ *node, err error) {
 	set, err := revoke.NewSet(revoke.SetOptions{Metrics: metrics})
 	if err != nil {
 		return nil, err
 	}
 	n := &node{set: set}
+	defer func() {
+		if err != nil {
+			n.shutdown()
+		}
+	}()
+	if err := n.openCRLs(ctx, cfg, metrics, log); err != nil {
+		return nil, err
+	}
 	r := cfg.Revocation
 	switch r.Store {
 	case "memory":
@@ -152,7 +163,8 @@ func openStore(ctx context.Context, cfg *Config, metrics *prometheus.Registry, l
 			return nil, configError(cfg.file, "revocation.redis", "%v", err)
 		}
 		st := redisfeed.NewStore(rdb, rc.Prefix, rc.MaxLen)
-		feed, err := redisfeed.NewFeed(st, set, redisfeed.FeedOptions{Metrics: metrics, Logger: log})
+		feed, err := redisfeed.NewFeed(st, set, redisfeed.FeedOptions{Metrics: metrics, Logger: log,
+			OnCRL: func(_ string, der []byte) { n.crl.Apply(der, "redis") }})
 		if err != nil {
 			return nil, err
 		}
@@ -173,6 +185,63 @@ func openStore(ctx context.Context, cfg *Config, metrics *prometheus.Registry, l
 	return n, nil
 }
 
+// openCRLs builds the CRL applier and the configured sources, loads each once — so their
+// revocations are in force before the first conn is accepted — and keeps them current.
+// A source that cannot be read now leaves the node stale until it can.
+func (n *node) openCRLs(ctx context.Context, cfg *Config, metrics *prometheus.Registry, log *slog.Logger) error {
+	issuers, err := cfg.crlIssuers()
+	if err != nil {
+		return err
+	}
+	n.crl, err = crl.NewApplier(crl.Options{Set: n.set, Issuers: issuers, Logger: log, Metrics: metrics})
+	if err != nil {
+		return err
+	}
+	for _, cs := range cfg.Revocation.CRL {
+		var src crl.Source
+		if cs.File != "" {
+			src = &crl.File{Path: cfg.path(cs.File), Every: time.Duration(cs.Every), MaxSize: cs.MaxSize, Applier: n.crl}
+		} else {
+			src = &crl.URL{URL: cs.URL, Refresh: time.Duration(cs.Refresh), Timeout: time.Duration(cs.Timeout), MaxSize: cs.MaxSize, Applier: n.crl}
+		}
+		n.crls = append(n.crls, src)
+	}
+	var wg sync.WaitGroup
+	for _, src := range n.crls {
+		wg.Add(1)
+		go func() { defer wg.Done(); src.Load(ctx) }()
+	}
+	wg.Wait()
+	rctx, cancel := context.WithCancel(ctx)
+	for _, src := range n.crls {
+		wg.Add(1)
+		go func() { defer wg.Done(); src.Run(rctx) }()
+	}
+	n.close = append(n.close, func() { cancel(); wg.Wait() })
+	return nil
+}
+
+// crlStale says why the node's CRLs are stale, or "".
+func (n *node) crlStale() string {
+	for _, src := range n.crls {
+		if !src.Loaded() {
+			return "CRL " + src.Origin() + " not loaded"
+		}
+	}
+	if st := n.crl.Stale(); len(st) > 0 {
+		return fmt.Sprintf("CRL of %s from %s is past its nextUpdate (%s)", st[0].Subject, st[0].Origin, st[0].NextUpdate.Format(time.RFC3339))
+	}
+	return ""
+}
+
+// stale reports whether revocation data is stale: Redis unheard for longer than max, or a
+// CRL missing or past its nextUpdate. Audiences with on_stale: closed then refuse.
+func (n *node) stale(max time.Duration) func() bool {
+	return func() bool {
+		return (n.feed != nil && n.feed.Staleness() > max) || n.crlStale() != ""
+	}
+}
+
 func (n *node) shutdown() {
 	for i := len(n.close) - 1; i >= 0; i-- {
 		n.close[i]()
@@ -181,6 +250,9 @@ func (n *node) shutdown() {
 
 // ready reports why the node is not ready, or "".
 func (n *node) ready(max time.Duration) string {
+	if why := n.crlStale(); why != "" {
+		return why
+	}
 	if n.feed == nil {
 		return ""
 	}
@@ -227,8 +299,8 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger)
 	maxStale := time.Duration(cfg.Revocation.MaxStaleness)
 	lcfg := listener.Config{Audiences: auds, Set: n.set, HandshakeTimeout: time.Duration(cfg.HandshakeTimeout),
 		KeepExpired: cfg.Revocation.Expired == "keep", Metrics: metrics, Logger: log, OnRevocation: n.onRevocation}
-	if n.feed != nil {
-		lcfg.Stale = n.feed.StaleAfter(maxStale)
+	if n.feed != nil || len(n.crls) > 0 {
+		lcfg.Stale = n.stale(maxStale)
 	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {

@@ -304,7 +304,13 @@ audiences:
 		{"bad upstream", "audiences:\n  - { name: a, sni: [x], cert: s.pem, key: s.key, client_ca: [c], upstream: 'ftp://x' }\n", "audiences[0].upstream"},
 		{"admin without CA", "admin: { listen: ':9', cert: a, key: b }\n" + good, "admin"},
 		{"bad allow key", "admin: { listen: ':9', cert: a, key: b, client_ca: [c], allow: ['sha256:zz'] }\n" + good, "admin.allow[0]"},
-		{"crl not yet", "revocation: { crl: [ { file: x.crl } ] }\n" + good, "revocation.crl"},
+		{"crl file and url", "revocation: { crl: [ { file: x.crl, url: 'http://ca/x.crl' } ] }\n" + good, "revocation.crl[0]"},
+		{"crl neither", "revocation: { crl: [ { every: 1s } ] }\n" + good, "revocation.crl[0]"},
+		{"crl bad url", "revocation: { crl: [ { file: a }, { url: 'ftp://ca/x.crl' } ] }\n" + good, "revocation.crl[1].url"},
+		{"crl every on a url", "revocation: { crl: [ { url: 'http://ca/x.crl', every: 1s } ] }\n" + good, "revocation.crl[0].every"},
+		{"crl refresh on a file", "revocation: { crl: [ { file: x.crl, refresh: 1m } ] }\n" + good, "revocation.crl[0]"},
+		{"crl bad refresh", "revocation: { crl: [ { url: 'http://ca/x.crl', refresh: often } ] }\n" + good, "bad duration"},
+		{"crl without a trusted CA", "revocation: { crl: [ { file: x.crl } ] }\naudiences: [ { name: a, sni: [x], cert: s.pem, key: s.key, client_auth: none } ]\n", "crl_issuers"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -273,6 +273,9 @@ func numberString(n *big.Int) string {
 	return n.String()
 }
 
+// IssuerString is the CRL issuer's DN in RFC 4514 form.
+func (c *CRL) IssuerString() string { return dnString(c.RawIssuer) }
+
 func dnString(raw []byte) string {
 	var seq pkix.RDNSequence
 	if rest, err := asn1.Unmarshal(raw, &seq); err == nil && len(rest) == 0 {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 )
 
@@ -20,6 +21,9 @@ type Source interface {
 	Run(ctx context.Context)
 	// Origin names the source in logs: a path or a URL.
 	Origin() string
+	// Loaded reports whether a CRL from this source is in force. Until one is, the node
+	// lacks revocations it was configured to have: it is stale.
+	Loaded() bool
 }
 
 // File is a CRL in a local file, DER or PEM, re-read when its size or modification time
@@ -32,7 +36,8 @@ type File struct {
 	MaxSize int64
 	Applier *Applier
 
-	stamp fileStamp // the file as last read; Run's goroutine only
+	stamp  fileStamp // the file as last read; Run's goroutine only
+	loaded atomic.Bool
 }
 
 type fileStamp struct {
@@ -42,6 +47,9 @@ type fileStamp struct {
 
 // Origin is the file's path.
 func (f *File) Origin() string { return f.Path }
+
+// Loaded reports whether a CRL read from the file is in force.
+func (f *File) Loaded() bool { return f.loaded.Load() }
 
 // Load reads the file if it changed since the last read and applies it.
 func (f *File) Load(ctx context.Context) error {
@@ -64,12 +72,13 @@ func (f *File) Load(ctx context.Context) error {
 	if err != nil {
 		return f.Applier.fetchFailed(f.Path, "file", err)
 	}
+	// Either way, retry only once the file changes again: the same bytes would be refused
+	// again.
+	f.stamp = stamp
 	if _, err := f.Applier.Apply(b, f.Path); err != nil {
-		// Retry only once the file changes again: the same bytes would be refused again.
-		f.stamp = stamp
 		return err
 	}
-	f.stamp = stamp
+	f.loaded.Store(true)
 	return nil
 }
 
@@ -130,10 +139,14 @@ type URL struct {
 
 	etag, lastModified string    // of the last good fetch; Run's goroutine only
 	nextUpdate         time.Time // of the CRL it last applied
+	loaded             atomic.Bool
 }
 
 // Origin is the URL.
 func (u *URL) Origin() string { return u.URL }
+
+// Loaded reports whether a CRL fetched from the URL is in force.
+func (u *URL) Loaded() bool { return u.loaded.Load() }
 
 // Load fetches the CRL and applies it if the server sent a new one.
 func (u *URL) Load(ctx context.Context) error {
@@ -185,6 +198,7 @@ func (u *URL) Load(ctx context.Context) error {
 		return err
 	}
 	u.etag, u.lastModified, u.nextUpdate = resp.Header.Get("ETag"), resp.Header.Get("Last-Modified"), res.NextUpdate
+	u.loaded.Store(true)
 	return nil
 }
 

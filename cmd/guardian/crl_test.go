@@ -1,0 +1,140 @@
+package main
+
+import (
+	"crypto"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/guardian-mtls/guardian/internal/redistest"
+	"github.com/guardian-mtls/guardian/internal/testpki"
+)
+
+// loadTestCA reads the CA that writePKI wrote, to sign CRLs with.
+func loadTestCA(t *testing.T, dir string) *testpki.CA {
+	t.Helper()
+	certs, err := loadCerts(filepath.Join(dir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "ca.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	key, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testpki.CA{Cert: certs[0], Key: key.(crypto.Signer)}
+}
+
+func serialOf(t *testing.T, dir, name string) *big.Int {
+	t.Helper()
+	certs, err := loadCerts(filepath.Join(dir, name+".pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certs[0].SerialNumber
+}
+
+// guardian serve takes revocations from a CRL file and from CRLs pushed with `guardian crl
+// push`, and each ends the live conn of the certificate it lists, not the others'.
+func TestServeCRLFileAndPush(t *testing.T) {
+	dir := t.TempDir()
+	if err := writePKI(dir); err != nil {
+		t.Fatal(err)
+	}
+	ca := loadTestCA(t, dir)
+	crlFile := filepath.Join(dir, "ca.crl")
+	writeCRL := func(number int64, names ...string) {
+		var entries []x509.RevocationListEntry
+		for _, n := range names {
+			entries = append(entries, testpki.Revoked(serialOf(t, dir, n), 1))
+		}
+		der := ca.MustCRL(t, testpki.CRLOpts{Number: number, Entries: entries})
+		tmp := crlFile + ".tmp"
+		if err := os.WriteFile(tmp, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		os.Rename(tmp, crlFile)
+	}
+	writeCRL(1)
+	srv := redistest.Start(t, redistest.Options{})
+	cfg := fmt.Sprintf(serveConfig, fmt.Sprintf("store: redis\n  redis: { url: %q }\n  crl: [ { file: ca.crl, every: 50ms } ]", srv.URL()), "")
+	s := startServe(t, dir, cfg)
+	d := s.demoView()
+	victim := openStream(t, d.client(t, "client"), s.addr)
+	other := openStream(t, d.client(t, "client2"), s.addr)
+
+	writeCRL(2, "client")
+	if !streamEnds(victim, 10*time.Second) {
+		t.Fatal("client's stream still flowing 10s after the CRL file listed it")
+	}
+	if streamEnds(other, 200*time.Millisecond) {
+		t.Fatal("client2's stream ended with a CRL that does not list it")
+	}
+
+	// A newer CRL of the same CA, pushed through Redis, lists client2 as well.
+	der := ca.MustCRL(t, testpki.CRLOpts{Number: 3, Entries: []x509.RevocationListEntry{
+		testpki.Revoked(serialOf(t, dir, "client"), 1), testpki.Revoked(serialOf(t, dir, "client2"), 1)}})
+	pushed := filepath.Join(dir, "pushed.crl")
+	if err := os.WriteFile(pushed, der, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, code := d.cli(t, "crl", "push", pushed, "--redis", srv.URL(), "--issuer-cert", filepath.Join(dir, "ca.pem"))
+	if code != 0 || !strings.Contains(out, "number 3, 2 entries") {
+		t.Fatalf("crl push: exit %d: %s", code, out)
+	}
+	if !streamEnds(other, 10*time.Second) {
+		t.Fatal("client2's stream still flowing 10s after the pushed CRL listed it")
+	}
+	// A CRL signed by another CA is refused by the CLI before it reaches Redis.
+	foreign, _ := testpki.New("guardian demo CA")
+	bad := filepath.Join(dir, "foreign.crl")
+	os.WriteFile(bad, foreign.MustCRL(t, testpki.CRLOpts{Number: 9}), 0o644)
+	if out, code := d.cli(t, "crl", "push", bad, "--redis", srv.URL(), "--issuer-cert", filepath.Join(dir, "ca.pem")); code == 0 || !strings.Contains(out, "signature") {
+		t.Fatalf("a foreign CRL pushed: exit %d: %s", code, out)
+	}
+	if out, code := d.cli(t, "crl", "push", filepath.Join(dir, "ca.pem"), "--redis", srv.URL()); code == 0 || !strings.Contains(out, "CERTIFICATE") {
+		t.Fatalf("a certificate pushed as a CRL: exit %d: %s", code, out)
+	}
+}
+
+// A configured CRL that cannot be read makes the node stale: audiences with on_stale:
+// closed refuse new handshakes and /readyz says why, until the CRL is in force.
+func TestServeUnreadableCRLIsStale(t *testing.T) {
+	dir := t.TempDir()
+	if err := writePKI(dir); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	cfg := fmt.Sprintf(serveConfig, fmt.Sprintf("store: memory\n  crl: [ { url: \"http://%s/ca.crl\", refresh: 1h, timeout: 1s } ]", addr), "")
+	s := startServe(t, dir, cfg)
+	d := s.demoView()
+	if _, err := d.client(t, "client").Get("https://" + s.addr + "/"); err == nil {
+		t.Fatal("an on_stale: closed audience served while its CRL could not be read")
+	}
+	resp, err := d.client(t, "admin").Get("https://" + s.admin + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode == 200 || !strings.Contains(string(body), "not loaded") {
+		t.Fatalf("/readyz = %s %q; want not ready, naming the CRL", resp.Status, body)
+	}
+}

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/guardian-mtls/guardian/revoke"
+	"github.com/guardian-mtls/guardian/revoke/crl"
+)
+
+// runCRL is "guardian crl push FILE": it stores a CRL in Redis, where every node of the
+// fleet loads it and applies it as it applies a CRL from a file or a URL.
+func runCRL(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "push" {
+		fmt.Fprintln(stderr, "usage: guardian crl push FILE (--redis URL | --config FILE) [--prefix P] [--issuer-cert CA.pem]")
+		return errUsage
+	}
+	fs := newFlags("crl push", stderr)
+	var t targetFlags
+	t.register(fs)
+	issuerCert := fs.String("issuer-cert", "", "check the CRL's signature against this CA certificate `FILE` before pushing")
+	var file string
+	rest := args[1:]
+	if len(rest) > 0 && len(rest[0]) > 0 && rest[0][0] != '-' {
+		file, rest = rest[0], rest[1:]
+	}
+	if err := parse(fs, rest); err != nil {
+		return err
+	}
+	if file == "" {
+		fmt.Fprintln(stderr, "guardian crl push: which CRL FILE?")
+		return errUsage
+	}
+	if t.url != "" {
+		return errors.New("crl push writes to Redis: give --redis URL or --config FILE (a node's admin API does not take CRLs)")
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	if len(b) > crl.DefaultMaxSize {
+		return fmt.Errorf("%s: %w (%d bytes)", file, crl.ErrTooLarge, len(b))
+	}
+	c, err := crl.Parse(b)
+	if err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	n, err := c.Count()
+	if err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	if _, err := crl.NewTable(c); err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	if *issuerCert != "" {
+		certs, err := loadCerts(*issuerCert)
+		if err != nil {
+			return err
+		}
+		if err := c.CheckSignatureFrom(certs[0]); err != nil {
+			return fmt.Errorf("%s: %w", file, err)
+		}
+	}
+	tgt, err := t.open()
+	if err != nil {
+		return err
+	}
+	rt := tgt.(*redisTarget)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	issuer := revoke.IssuerHash(c.RawIssuer)
+	// Pushed as DER: nodes read it as they read any CRL.
+	v, err := rt.s.PushCRL(ctx, issuer, c.Raw)
+	if err != nil {
+		return err
+	}
+	number := "none"
+	if c.Number != nil {
+		number = c.Number.String()
+	}
+	fmt.Fprintf(stdout, "pushed the CRL of %s (number %s, %d entries, next update %s) as change %d; every node checks and applies it\n",
+		crlIssuerName(c), number, n, c.NextUpdate.Format(time.RFC3339), v)
+	return nil
+}
+
+func crlIssuerName(c *crl.CRL) string {
+	if s := c.IssuerString(); s != "" {
+		return s
+	}
+	return revoke.IssuerHash(c.RawIssuer)
+}
