@@ -129,6 +129,10 @@ type Opts struct {
 	Emails     []string
 	NotBefore  time.Time
 	NotAfter   time.Time
+	// EKU replaces the default extended key usages (client and server auth).
+	EKU []x509.ExtKeyUsage
+	// OCSP lists OCSP responder URLs for the AIA extension.
+	OCSP []string
 }
 
 // Leaf is an issued end-entity certificate with its key and the intermediates above it.
@@ -161,9 +165,13 @@ func (ca *CA) Issue(o Opts) (*Leaf, error) {
 		NotAfter:       o.NotAfter,
 		KeyUsage:       x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:    []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
+		OCSPServer:     o.OCSP,
 		DNSNames:       o.DNS,
 		IPAddresses:    o.IPs,
 		EmailAddresses: o.Emails,
+	}
+	if o.EKU != nil {
+		tmpl.ExtKeyUsage = o.EKU
 	}
 	for _, s := range o.URIs {
 		u, err := url.Parse(s)
