@@ -7,6 +7,7 @@ DEMO_DIR ?= .demo
 FUZZ_TARGETS = \
 	./revoke:FuzzParseKey \
 	./revoke/crl:FuzzParseCRL \
+	./revoke/ocsp:FuzzVerify \
 	./cmd/guardian:FuzzParseCerts \
 	./cmd/guardian:FuzzRevokeRequest \
 	./cmd/guardian:FuzzParseConfig \
