@@ -172,7 +172,9 @@ func TestBadResponsesAreRefused(t *testing.T) {
 	delegate := ca.MustIssue(t, testpki.Opts{CommonName: "ocsp responder", EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning}})
 	r := newResponder(t, ca)
 	r.set(func(r *responder) {
-		r.answer = func(*xocsp.Request) []byte { return good(ca.Cert, delegate.Cert, delegate.Key, leaf.Cert.SerialNumber, hour) }
+		r.answer = func(*xocsp.Request) []byte {
+			return good(ca.Cert, delegate.Cert, delegate.Key, leaf.Cert.SerialNumber, hour)
+		}
 	})
 	if res := newChecker(t, newSet(t), r.srv.URL, nil).Check(context.Background(), leaf.Cert, ca.Cert); res.Status != ocsp.Good {
 		t.Fatalf("a delegated responder with the OCSP-signing EKU: %v %v; want good", res.Status, res.Err)
