@@ -448,6 +448,15 @@ func (l *Listener) Stop() {
 	})
 }
 
+// Conns calls fn with the ConnInfo of each live tracked conn until fn returns false; fn
+// runs without the registry's locks held.
+func (l *Listener) Conns(fn func(*ConnInfo) bool) {
+	l.reg.Range(func(c *conntrack.Conn) bool {
+		info, ok := c.Owner().(*ConnInfo)
+		return !ok || fn(info)
+	})
+}
+
 // Registry returns the registry of live conns.
 func (l *Listener) Registry() *conntrack.Registry { return l.reg }
 

@@ -281,11 +281,23 @@ const maxSkew = 5 * time.Minute
 func verify(der []byte, leaf, issuer *x509.Certificate, now time.Time) (Result, error) {
 	r, err := xocsp.ParseResponseForCert(der, leaf, issuer)
 	if err != nil {
-		return Result{}, err
+		// x/crypto/ocsp requires issuer to have signed any certificate the response
+		// carries, even when that certificate is the issuer's own (openssl ocsp -rsigner
+		// with the CA sends it), which only a root passes (golang/go#59641, #81395). Then
+		// the response must verify against issuer itself.
+		own, err2 := xocsp.ParseResponseForCert(der, leaf, nil)
+		if err2 != nil || own.Certificate == nil || !bytes.Equal(own.Certificate.Raw, issuer.Raw) {
+			return Result{}, err
+		}
+		if err := own.CheckSignatureFrom(issuer); err != nil {
+			return Result{}, err
+		}
+		r = own
 	}
 	if r.Certificate != nil && !bytes.Equal(r.Certificate.Raw, issuer.Raw) {
 		// A delegated responder (RFC 6960 4.2.2.2): x/crypto/ocsp checked that issuer
-		// signed its certificate, not that it may sign OCSP responses.
+		// signed its certificate, not that it may sign OCSP responses or is valid now
+		// (golang/go#43522).
 		if !hasEKU(r.Certificate, x509.ExtKeyUsageOCSPSigning) {
 			return Result{}, errors.New("signed by a certificate without the OCSP-signing extended key usage")
 		}
@@ -344,7 +356,8 @@ type responseASN1 struct {
 	} `asn1:"explicit,tag:0,optional"`
 }
 
-// checkCertID finds the SingleResponse for leaf's serial and checks its issuer hashes.
+// checkCertID finds the SingleResponse for leaf's serial and checks its issuer hashes,
+// which x/crypto/ocsp matches on the serial alone and does not expose (golang/go#81396).
 // Only SHA-1 CertIDs, what x/crypto/ocsp requests and RFC 5019 responders answer, are
 // compared; other hashes are refused.
 func checkCertID(der []byte, leaf, issuer *x509.Certificate) error {

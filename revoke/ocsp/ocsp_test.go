@@ -179,6 +179,24 @@ func TestBadResponsesAreRefused(t *testing.T) {
 	if res := newChecker(t, newSet(t), r.srv.URL, nil).Check(context.Background(), leaf.Cert, ca.Cert); res.Status != ocsp.Good {
 		t.Fatalf("a delegated responder with the OCSP-signing EKU: %v %v; want good", res.Status, res.Err)
 	}
+	// An intermediate that answers itself and sends its own certificate, as openssl ocsp
+	// -rsigner CA.pem does.
+	inter := ca.MustIntermediate(t, "devices CA")
+	ileaf := inter.MustIssue(t, testpki.Opts{CommonName: "device"})
+	r2 := newResponder(t, inter)
+	r2.set(func(r *responder) {
+		r.answer = func(*xocsp.Request) []byte {
+			der, err := xocsp.CreateResponse(inter.Cert, inter.Cert, xocsp.Response{Status: xocsp.Good, SerialNumber: ileaf.Cert.SerialNumber,
+				ThisUpdate: time.Now().Add(-time.Hour), NextUpdate: hour, Certificate: inter.Cert}, inter.Key)
+			if err != nil {
+				t.Error(err)
+			}
+			return der
+		}
+	})
+	if res := newChecker(t, newSet(t), r2.srv.URL, nil).Check(context.Background(), ileaf.Cert, inter.Cert); res.Status != ocsp.Good {
+		t.Fatalf("an intermediate's response carrying its own certificate: %v %v; want good", res.Status, res.Err)
+	}
 	for _, c := range []struct {
 		name, want string
 		body       []byte
