@@ -16,6 +16,7 @@ import (
 
 	"github.com/guardian-mtls/guardian/listener"
 	"github.com/guardian-mtls/guardian/revoke"
+	"github.com/guardian-mtls/guardian/revoke/ocsp"
 )
 
 // Config is guardian.yaml (see DESIGN.md's "Configuration").
@@ -50,8 +51,30 @@ type RevocationConfig struct {
 	CRL          []CRLConfig    `yaml:"crl"`
 	// CRLIssuers are CA certificates whose CRLs are trusted besides the audiences'
 	// client_ca (an intermediate, whose CRL a root in client_ca does not vouch for).
-	CRLIssuers []string       `yaml:"crl_issuers"`
-	OCSP       map[string]any `yaml:"ocsp"`
+	CRLIssuers []string   `yaml:"crl_issuers"`
+	OCSP       OCSPConfig `yaml:"ocsp"`
+}
+
+// OCSPConfig is how guardian asks OCSP responders. Each audience chooses its mode; mode here
+// is the default for audiences that do not.
+type OCSPConfig struct {
+	Mode string `yaml:"mode"` // off | soft | hard
+	// Timeout bounds a handshake's wait for an answer that is not cached (default 2s).
+	Timeout Duration `yaml:"timeout"`
+	// MaxAge caps how long an answer is used, and is its lifetime without nextUpdate (1h).
+	MaxAge Duration `yaml:"max_age"`
+	// Recheck is how often live conns' certificates are looked at, to re-ask before their
+	// answers expire (default 30s).
+	Recheck Duration `yaml:"recheck"`
+	// Responder, if set, is asked instead of each certificate's AIA OCSP URL.
+	Responder string `yaml:"responder"`
+	// MaxResponseSize caps a response in bytes (default 64 KiB).
+	MaxResponseSize int64 `yaml:"max_response_size"`
+}
+
+// AudienceOCSP is an audience's OCSP policy.
+type AudienceOCSP struct {
+	Mode string `yaml:"mode"` // off | soft | hard; default revocation.ocsp.mode
 }
 
 // CRLConfig is one CRL source: a file or a URL. CRLs pushed through Redis (guardian crl
@@ -94,17 +117,18 @@ type EmbeddedConfig struct {
 
 // AudienceConfig is one audience on the port.
 type AudienceConfig struct {
-	Name           string   `yaml:"name"`
-	SNI            []string `yaml:"sni"`
-	Default        bool     `yaml:"default"`
-	Cert           string   `yaml:"cert"`
-	Key            string   `yaml:"key"`
-	ClientAuth     string   `yaml:"client_auth"` // none | optional | require
-	ClientCA       []string `yaml:"client_ca"`
-	OnStale        string   `yaml:"on_stale"` // open | closed
-	Upstream       string   `yaml:"upstream"`
-	SessionBinding bool     `yaml:"session_binding"`
-	TokenBinding   any      `yaml:"token_binding"`
+	Name           string       `yaml:"name"`
+	SNI            []string     `yaml:"sni"`
+	Default        bool         `yaml:"default"`
+	Cert           string       `yaml:"cert"`
+	Key            string       `yaml:"key"`
+	ClientAuth     string       `yaml:"client_auth"` // none | optional | require
+	ClientCA       []string     `yaml:"client_ca"`
+	OnStale        string       `yaml:"on_stale"` // open | closed
+	Upstream       string       `yaml:"upstream"`
+	SessionBinding bool         `yaml:"session_binding"`
+	TokenBinding   any          `yaml:"token_binding"`
+	OCSP           AudienceOCSP `yaml:"ocsp"`
 }
 
 // Duration is a time.Duration written as "10s" in YAML.
@@ -232,10 +256,20 @@ func (c *Config) validate() error {
 	if len(r.CRL) > 0 && len(r.CRLIssuers) == 0 && !anyClientCA(c.Audiences) {
 		return configError(f, "revocation.crl", "no CA is trusted to sign CRLs: give audiences a client_ca, or list the CAs in revocation.crl_issuers")
 	}
-	if len(r.OCSP) > 0 {
-		if m, _ := r.OCSP["mode"].(string); m != "" && m != "off" {
-			return configError(f, "revocation.ocsp", "OCSP is not supported by this build yet; use mode: off")
+	if _, err := ocsp.ParseMode(r.OCSP.Mode); err != nil {
+		return configError(f, "revocation.ocsp.mode", "%q; want off, soft or hard", r.OCSP.Mode)
+	}
+	if r.OCSP.Responder != "" {
+		u, err := url.Parse(r.OCSP.Responder)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return configError(f, "revocation.ocsp.responder", "%q is not an http:// or https:// URL", r.OCSP.Responder)
 		}
+	}
+	if r.OCSP.MaxResponseSize < 0 {
+		return configError(f, "revocation.ocsp.max_response_size", "negative")
+	}
+	if r.OCSP.Recheck == 0 {
+		r.OCSP.Recheck = Duration(30 * time.Second)
 	}
 	if c.Admin.Listen != "" {
 		a := &c.Admin
@@ -288,11 +322,30 @@ func (c *Config) validate() error {
 				return configError(f, field+".upstream", "%q is not an http:// or https:// URL", a.Upstream)
 			}
 		}
+		if a.OCSP.Mode == "" {
+			a.OCSP.Mode = r.OCSP.Mode
+		}
+		if m, err := ocsp.ParseMode(a.OCSP.Mode); err != nil {
+			return configError(f, field+".ocsp.mode", "%q; want off, soft or hard", a.OCSP.Mode)
+		} else if m != ocsp.Off && a.ClientAuth == "none" {
+			return configError(f, field+".ocsp.mode", "is %s, but the audience asks for no client certificate", a.OCSP.Mode)
+		}
 		if a.SessionBinding || a.TokenBinding != nil {
 			return configError(f, field, "session_binding and token_binding are not supported by this build yet")
 		}
 	}
 	return nil
+}
+
+// ocspModes returns each audience's OCSP mode, by name, for those that use OCSP.
+func (c *Config) ocspModes() map[string]ocsp.Mode {
+	out := map[string]ocsp.Mode{}
+	for _, a := range c.Audiences {
+		if m, _ := ocsp.ParseMode(a.OCSP.Mode); m != ocsp.Off {
+			out[a.Name] = m
+		}
+	}
+	return out
 }
 
 func anyClientCA(auds []AudienceConfig) bool {
@@ -339,8 +392,9 @@ func (c *Config) path(p string) string {
 	return filepath.Join(filepath.Dir(c.file), p)
 }
 
-// audiences loads every audience's files into listener.Audience values.
-func (c *Config) audiences() ([]listener.Audience, error) {
+// audiences loads every audience's files into listener.Audience values. An audience whose
+// ocsp mode is not off checks client certificates with checker, after guardian's own check.
+func (c *Config) audiences(checker *ocsp.Checker) ([]listener.Audience, error) {
 	var out []listener.Audience
 	for i, a := range c.Audiences {
 		field := fmt.Sprintf("audiences[%d]", i)
@@ -365,6 +419,9 @@ func (c *Config) audiences() ([]listener.Audience, error) {
 		}
 		if a.OnStale == "closed" {
 			la.OnStale = listener.StaleClosed
+		}
+		if m, _ := ocsp.ParseMode(a.OCSP.Mode); m != ocsp.Off && checker != nil {
+			la.TLS = &tls.Config{VerifyConnection: checker.VerifyConnection(m)}
 		}
 		out = append(out, la)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +25,7 @@ import (
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/boltstore"
 	"github.com/guardian-mtls/guardian/revoke/crl"
+	"github.com/guardian-mtls/guardian/revoke/ocsp"
 	"github.com/guardian-mtls/guardian/revoke/redisfeed"
 )
 
@@ -55,6 +57,7 @@ type node struct {
 	rstore *redisfeed.Store // nil unless the store is Redis
 	crl    *crl.Applier     // every CRL, from a file, a URL or Redis, goes through it
 	crls   []crl.Source
+	ocsp   *ocsp.Checker // nil unless an audience uses OCSP
 	close  []func()
 
 	mu        sync.Mutex
@@ -134,6 +137,14 @@ func openStore(ctx context.Context, cfg *Config, metrics *prometheus.Registry, l
 	}()
 	if err := n.openCRLs(ctx, cfg, metrics, log); err != nil {
 		return nil, err
+	}
+	if len(cfg.ocspModes()) > 0 {
+		o := cfg.Revocation.OCSP
+		n.ocsp, err = ocsp.New(ocsp.Options{Set: set, Timeout: time.Duration(o.Timeout), MaxAge: time.Duration(o.MaxAge),
+			Responder: o.Responder, MaxResponseSize: o.MaxResponseSize, Logger: log, Metrics: metrics})
+		if err != nil {
+			return nil, err
+		}
 	}
 	r := cfg.Revocation
 	switch r.Store {
@@ -221,6 +232,21 @@ func (n *node) openCRLs(ctx context.Context, cfg *Config, metrics *prometheus.Re
 	return nil
 }
 
+// liveCerts yields, for ocsp.Checker.Run, the client certificate and its issuer of every
+// live conn in an audience that uses OCSP.
+func liveCerts(l *listener.Listener, modes map[string]ocsp.Mode) func(yield func(leaf, issuer *x509.Certificate)) {
+	return func(yield func(leaf, issuer *x509.Certificate)) {
+		l.Conns(func(info *listener.ConnInfo) bool {
+			if _, ok := modes[info.Audience()]; ok {
+				if ch := info.Chains(); len(ch) > 0 && len(ch[0]) > 1 {
+					yield(ch[0][0], ch[0][1])
+				}
+			}
+			return true
+		})
+	}
+}
+
 // crlStale says why the node's CRLs are stale, or "".
 func (n *node) crlStale() string {
 	for _, src := range n.crls {
@@ -268,7 +294,17 @@ func (n *node) ready(max time.Duration) string {
 func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger) error {
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	auds, err := cfg.audiences()
+	// The audiences' files are read again below, with the OCSP checker; a bad one fails
+	// here, before any store is opened.
+	if _, err := cfg.audiences(nil); err != nil {
+		return err
+	}
+	n, err := openStore(ctx, cfg, metrics, log)
+	if err != nil {
+		return err
+	}
+	defer n.shutdown()
+	auds, err := cfg.audiences(n.ocsp)
 	if err != nil {
 		return err
 	}
@@ -291,11 +327,6 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger)
 		return err
 	}
 
-	n, err := openStore(ctx, cfg, metrics, log)
-	if err != nil {
-		return err
-	}
-	defer n.shutdown()
 	maxStale := time.Duration(cfg.Revocation.MaxStaleness)
 	lcfg := listener.Config{Audiences: auds, Set: n.set, HandshakeTimeout: time.Duration(cfg.HandshakeTimeout),
 		KeepExpired: cfg.Revocation.Expired == "keep", Metrics: metrics, Logger: log, OnRevocation: n.onRevocation}
@@ -312,6 +343,15 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger)
 		return err
 	}
 	defer l.Stop()
+	if n.ocsp != nil {
+		octx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			n.ocsp.Run(octx, time.Duration(cfg.Revocation.OCSP.Recheck), liveCerts(l, cfg.ocspModes()))
+			close(done)
+		}()
+		defer func() { cancel(); <-done }()
+	}
 	nodeID := cfg.Revocation.Redis.NodeID
 	if nodeID == "" {
 		host, _ := os.Hostname()

@@ -310,6 +310,10 @@ audiences:
 		{"crl every on a url", "revocation: { crl: [ { url: 'http://ca/x.crl', every: 1s } ] }\n" + good, "revocation.crl[0].every"},
 		{"crl refresh on a file", "revocation: { crl: [ { file: x.crl, refresh: 1m } ] }\n" + good, "revocation.crl[0]"},
 		{"crl bad refresh", "revocation: { crl: [ { url: 'http://ca/x.crl', refresh: often } ] }\n" + good, "bad duration"},
+		{"bad ocsp mode", "revocation: { ocsp: { mode: strict } }\n" + good, "revocation.ocsp.mode"},
+		{"bad audience ocsp mode", "audiences: [ { name: a, sni: [x], cert: s.pem, key: s.key, client_ca: [ca.pem], ocsp: { mode: maybe } } ]\n", "audiences[0].ocsp.mode"},
+		{"ocsp without client certs", "audiences: [ { name: a, sni: [x], cert: s.pem, key: s.key, client_auth: none, ocsp: { mode: hard } } ]\n", "audiences[0].ocsp.mode"},
+		{"bad ocsp responder", "revocation: { ocsp: { responder: 'ldap://x' } }\n" + good, "revocation.ocsp.responder"},
 		{"crl without a trusted CA", "revocation: { crl: [ { file: x.crl } ] }\naudiences: [ { name: a, sni: [x], cert: s.pem, key: s.key, client_auth: none } ]\n", "crl_issuers"},
 	}
 	for _, tt := range tests {

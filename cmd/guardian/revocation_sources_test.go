@@ -8,11 +8,16 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	xocsp "golang.org/x/crypto/ocsp"
 
 	"github.com/guardian-mtls/guardian/internal/redistest"
 	"github.com/guardian-mtls/guardian/internal/testpki"
@@ -136,5 +141,51 @@ func TestServeUnreadableCRLIsStale(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode == 200 || !strings.Contains(string(body), "not loaded") {
 		t.Fatalf("/readyz = %s %q; want not ready, naming the CRL", resp.Status, body)
+	}
+}
+
+// An audience with ocsp mode hard serves a client its responder calls good, and ends the
+// live conn when a background re-check hears "revoked"; the other client's conn stays.
+func TestServeOCSPHard(t *testing.T) {
+	dir := t.TempDir()
+	if err := writePKI(dir); err != nil {
+		t.Fatal(err)
+	}
+	ca := loadTestCA(t, dir)
+	var mu sync.Mutex
+	revoked := map[string]bool{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		req, err := xocsp.ParseRequest(body)
+		if err != nil {
+			http.Error(w, err.Error(), 400)
+			return
+		}
+		mu.Lock()
+		tmpl := xocsp.Response{Status: xocsp.Good, SerialNumber: req.SerialNumber, ThisUpdate: time.Now().Add(-time.Minute), NextUpdate: time.Now().Add(time.Hour)}
+		if revoked[req.SerialNumber.String()] {
+			tmpl.Status, tmpl.RevokedAt = xocsp.Revoked, time.Now().Add(-time.Second)
+		}
+		mu.Unlock()
+		der, _ := xocsp.CreateResponse(ca.Cert, ca.Cert, tmpl, ca.Key)
+		w.Write(der)
+	}))
+	defer srv.Close()
+	cfg := fmt.Sprintf(serveConfig, fmt.Sprintf("store: memory\n  ocsp: { mode: hard, responder: %q, max_age: 1s, recheck: 100ms }", srv.URL), "")
+	s := startServe(t, dir, cfg)
+	d := s.demoView()
+	victim := openStream(t, d.client(t, "client"), s.addr)
+	other := openStream(t, d.client(t, "client2"), s.addr)
+	mu.Lock()
+	revoked[serialOf(t, dir, "client").String()] = true
+	mu.Unlock()
+	if !streamEnds(victim, 10*time.Second) {
+		t.Fatal("client's stream still flowing 10s after its responder said revoked")
+	}
+	if streamEnds(other, 300*time.Millisecond) {
+		t.Fatal("client2's stream ended; its responder says good")
+	}
+	if _, err := d.client(t, "client").Get("https://" + s.addr + "/"); err == nil {
+		t.Fatal("a revoked client was served a new conn")
 	}
 }
