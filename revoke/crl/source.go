@@ -216,9 +216,11 @@ func (u *URL) Run(ctx context.Context) {
 			wait = retry
 		}
 		if !u.nextUpdate.IsZero() {
-			// A CA publishes its next CRL at nextUpdate; fetch a moment after.
-			if until := time.Until(u.nextUpdate) + time.Second; until < wait {
-				wait = max(until, time.Second)
+			// A CA publishes its next CRL before the current one's nextUpdate, when the
+			// node would turn stale: fetch a minute ahead, and after that, while the same CRL
+			// comes back, every few seconds until a new one does.
+			if until := time.Until(u.nextUpdate) - time.Minute; until < wait {
+				wait = max(until, min(refresh, 5*time.Second))
 			}
 		}
 		select {
