@@ -1,6 +1,7 @@
 package crl
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -68,7 +69,7 @@ func (f *File) Load(ctx context.Context) error {
 	if st.Size() > max {
 		return f.Applier.fetchFailed(f.Path, "file", fmt.Errorf("%w: %d bytes, more than %d", ErrTooLarge, st.Size(), max))
 	}
-	b, err := readAtMost(openFile(f.Path), max)
+	b, err := readAtMost(openFile(f.Path), max, st.Size())
 	if err != nil {
 		return f.Applier.fetchFailed(f.Path, "file", err)
 	}
@@ -104,19 +105,23 @@ func openFile(path string) func() (io.ReadCloser, error) {
 	return func() (io.ReadCloser, error) { return os.Open(path) }
 }
 
-// readAtMost reads everything open returns, refusing more than max bytes.
-func readAtMost(open func() (io.ReadCloser, error), max int64) ([]byte, error) {
+// readAtMost reads everything open returns, refusing more than max bytes. size, when
+// known (a file's size, a Content-Length), sizes the buffer at once: io.ReadAll's doubling
+// would briefly hold up to twice a large CRL.
+func readAtMost(open func() (io.ReadCloser, error), limit, size int64) ([]byte, error) {
 	r, err := open()
 	if err != nil {
 		return nil, err
 	}
 	defer r.Close()
-	b, err := io.ReadAll(io.LimitReader(r, max+1))
+	buf := bytes.NewBuffer(make([]byte, 0, min(max(size, 0), limit)+bytes.MinRead))
+	_, err = buf.ReadFrom(io.LimitReader(r, limit+1))
+	b := buf.Bytes()
 	if err != nil {
 		return nil, err
 	}
-	if int64(len(b)) > max {
-		return nil, fmt.Errorf("%w: more than %d bytes", ErrTooLarge, max)
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%w: more than %d bytes", ErrTooLarge, limit)
 	}
 	return b, nil
 }
@@ -189,7 +194,7 @@ func (u *URL) Load(ctx context.Context) error {
 	if resp.ContentLength > max {
 		return u.Applier.fetchFailed(u.URL, "url", fmt.Errorf("%w: Content-Length %d, more than %d", ErrTooLarge, resp.ContentLength, max))
 	}
-	b, err := readAtMost(func() (io.ReadCloser, error) { return resp.Body, nil }, max)
+	b, err := readAtMost(func() (io.ReadCloser, error) { return resp.Body, nil }, max, resp.ContentLength)
 	if err != nil {
 		return u.Applier.fetchFailed(u.URL, "url", err)
 	}
