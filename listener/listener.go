@@ -54,8 +54,12 @@ type Audience struct {
 	SessionTicketKeys [][32]byte
 	// NextProtos defaults to h2 and http/1.1.
 	NextProtos []string
-	// OnStale applies while Config.Stale reports stale revocation data.
+	// OnStale applies while the revocation data is stale: Stale says so, or, when Stale is
+	// nil, Config.Stale.
 	OnStale StalePolicy
+	// Stale, if set, reports whether the revocation data this audience relies on is stale
+	// (a CRL of one of its CAs past its nextUpdate, say), in place of Config.Stale.
+	Stale func() bool
 	// TLS, if set, is the starting point: cloned, then the fields above override it, and
 	// its own VerifyConnection, if any, runs after guardian's check.
 	TLS *tls.Config
@@ -291,6 +295,13 @@ func (l *Listener) addAudience(a *Audience) error {
 	return nil
 }
 
+func (a *audience) isStale(listenerWide func() bool) bool {
+	if a.Stale != nil {
+		return a.Stale()
+	}
+	return listenerWide != nil && listenerWide()
+}
+
 // lookup finds the audience for an SNI name.
 func (l *Listener) lookup(sni string) *audience {
 	name := strings.ToLower(strings.TrimSuffix(sni, "."))
@@ -316,7 +327,7 @@ func (l *Listener) route(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 	if c, ok := hello.Conn.(*conntrack.Conn); ok {
 		c.Owner().(*ConnInfo).aud = a
 	}
-	if a.OnStale == StaleClosed && l.stale != nil && l.stale() {
+	if a.OnStale == StaleClosed && a.isStale(l.stale) {
 		return nil, ErrStale
 	}
 	if a.ownKeys {

@@ -260,11 +260,30 @@ func (n *node) crlStale() string {
 	return ""
 }
 
-// stale reports whether revocation data is stale: Redis unheard for longer than max, or a
-// CRL missing or past its nextUpdate. Audiences with on_stale: closed then refuse.
-func (n *node) stale(max time.Duration) func() bool {
+// stale reports whether the revocation data that an audience trusting the CAs in pool
+// relies on is stale: Redis unheard for longer than max, a configured CRL not loaded (whose
+// CA is not known until it is), or a CRL past its nextUpdate whose signer chains to pool.
+// Audiences with on_stale: closed then refuse; a CRL of another audience's CA does not
+// close this one.
+func (n *node) stale(max time.Duration, pool *x509.CertPool) func() bool {
 	return func() bool {
-		return (n.feed != nil && n.feed.Staleness() > max) || n.crlStale() != ""
+		if n.feed != nil && n.feed.Staleness() > max {
+			return true
+		}
+		if pool == nil {
+			return false // no client certificates, so nothing a CRL could revoke
+		}
+		for _, src := range n.crls {
+			if !src.Loaded() {
+				return true
+			}
+		}
+		for _, ap := range n.crl.Stale() {
+			if _, err := ap.Signer.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err == nil {
+				return true
+			}
+		}
+		return false
 	}
 }
 
@@ -328,11 +347,11 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger)
 	}
 
 	maxStale := time.Duration(cfg.Revocation.MaxStaleness)
+	for i := range auds {
+		auds[i].Stale = n.stale(maxStale, auds[i].ClientCAs)
+	}
 	lcfg := listener.Config{Audiences: auds, Set: n.set, HandshakeTimeout: time.Duration(cfg.HandshakeTimeout),
 		KeepExpired: cfg.Revocation.Expired == "keep", Metrics: metrics, Logger: log, OnRevocation: n.onRevocation}
-	if n.feed != nil || len(n.crls) > 0 {
-		lcfg.Stale = n.stale(maxStale)
-	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return configError(cfg.file, "listen", "%v", err)

@@ -69,7 +69,9 @@ type Applied struct {
 	Entries    int
 	Origin     string // where it was read: a file, a URL, "redis"
 	AppliedAt  time.Time
-	raw        []byte
+	// Signer is the CA certificate whose signature the CRL carries.
+	Signer *x509.Certificate `json:"-"`
+	raw    []byte
 }
 
 // Result says what one Apply did.
@@ -207,7 +209,7 @@ func (a *Applier) apply(b []byte, origin string) (Result, error) {
 		return Result{}, err
 	}
 	ap := &Applied{ID: id, Issuer: t.Issuer(), Subject: dnString(c.RawIssuer), Number: c.Number,
-		ThisUpdate: c.ThisUpdate, NextUpdate: c.NextUpdate, Entries: t.Len(), Origin: origin, AppliedAt: now, raw: c.Raw}
+		ThisUpdate: c.ThisUpdate, NextUpdate: c.NextUpdate, Entries: t.Len(), Origin: origin, AppliedAt: now, Signer: signer, raw: c.Raw}
 	a.applied[id] = ap
 	return Result{Applied: *ap, Added: len(d.Added), Removed: len(d.Removed), Sweep: d.Sweep}, nil
 }
