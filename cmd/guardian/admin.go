@@ -37,7 +37,9 @@ type adminAPI struct {
 	// feed is the Redis feed, for /v1/reseed; nil for other stores.
 	feed *redisfeed.Feed
 	// fleet, if set, answers /v1/fleet: every live node's heartbeat.
-	fleet   func(context.Context) ([]redisfeed.NodeStatus, error)
+	fleet func(context.Context) ([]redisfeed.NodeStatus, error)
+	// crls, if set, answers /v1/crls: the CRLs in force on this node.
+	crls    func() []crlView
 	allowed []revoke.Key
 	log     *slog.Logger
 	// gatherer, if set, is served on /metrics.
@@ -80,6 +82,20 @@ type revokeResponse struct {
 	Matched int `json:"matched_conns"`
 }
 
+// crlView is one CRL in force, for /v1/crls and `guardian crl list`.
+type crlView struct {
+	ID         string    `json:"id"`
+	Issuer     string    `json:"issuer"`
+	Subject    string    `json:"subject"`
+	Number     string    `json:"number"`
+	ThisUpdate time.Time `json:"this_update"`
+	NextUpdate time.Time `json:"next_update,omitzero"`
+	Entries    int       `json:"entries"`
+	Origin     string    `json:"origin"`
+	AppliedAt  time.Time `json:"applied_at"`
+	Stale      bool      `json:"stale"`
+}
+
 type connView struct {
 	Remote   string    `json:"remote"`
 	Audience string    `json:"audience"`
@@ -109,6 +125,13 @@ func (a *adminAPI) handler() http.Handler {
 	mux.HandleFunc("POST /v1/revocations", a.revoke)
 	mux.HandleFunc("DELETE /v1/revocations", a.unrevoke)
 	mux.HandleFunc("GET /v1/conns", a.conns)
+	mux.HandleFunc("GET /v1/crls", func(w http.ResponseWriter, r *http.Request) {
+		views := []crlView{}
+		if a.crls != nil {
+			views = a.crls()
+		}
+		writeJSON(w, http.StatusOK, views)
+	})
 	mux.HandleFunc("POST /v1/reseed", a.reseed)
 	mux.HandleFunc("GET /v1/fleet", func(w http.ResponseWriter, r *http.Request) {
 		if a.fleet == nil {

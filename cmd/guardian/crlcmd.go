@@ -6,17 +6,22 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"text/tabwriter"
 	"time"
 
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/crl"
 )
 
-// runCRL is "guardian crl push FILE": it stores a CRL in Redis, where every node of the
-// fleet loads it and applies it as it applies a CRL from a file or a URL.
+// runCRL is "guardian crl push FILE", which stores a CRL in Redis, where every node of the
+// fleet loads it and applies it as it applies a CRL from a file or a URL; and "guardian crl
+// list", which shows a node's CRLs in force.
 func runCRL(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "list" {
+		return runCRLList(args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "push" {
-		fmt.Fprintln(stderr, "usage: guardian crl push FILE (--redis URL | --config FILE) [--prefix P] [--issuer-cert CA.pem]")
+		fmt.Fprintln(stderr, "usage: guardian crl push FILE (--redis URL | --config FILE) [--prefix P] [--issuer-cert CA.pem]\n       guardian crl list --admin URL --admin-cert F --admin-key F --admin-ca F")
 		return errUsage
 	}
 	fs := newFlags("crl push", stderr)
@@ -92,4 +97,31 @@ func crlIssuerName(c *crl.CRL) string {
 		return s
 	}
 	return revoke.IssuerHash(c.RawIssuer)
+}
+
+func runCRLList(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("crl list", stderr)
+	var af adminFlags
+	af.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	c, err := af.client()
+	if err != nil {
+		return err
+	}
+	var views []crlView
+	if err := c.do("GET", "/v1/crls", nil, &views); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ISSUER\tNUMBER\tENTRIES\tTHIS UPDATE\tNEXT UPDATE\tORIGIN\tSTALE")
+	for _, v := range views {
+		next := "-"
+		if !v.NextUpdate.IsZero() {
+			next = v.NextUpdate.Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%v\n", v.Subject, v.Number, v.Entries, v.ThisUpdate.Format(time.RFC3339), next, v.Origin, v.Stale)
+	}
+	return tw.Flush()
 }

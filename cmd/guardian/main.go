@@ -25,6 +25,7 @@ Usage:
   guardian conns    --admin URL --admin-cert F --admin-key F --admin-ca F
   guardian reseed   --admin URL --admin-cert F --admin-key F --admin-ca F [--yes]
   guardian crl push FILE (--redis URL | --config F) [--prefix P] [--issuer-cert CA.pem]
+  guardian crl list --admin URL --admin-cert F --admin-key F --admin-ca F
   guardian version
 
 TARGET: --admin URL --admin-cert F --admin-key F --admin-ca F (a node's admin API),

@@ -104,6 +104,13 @@ func TestServeCRLFileAndPush(t *testing.T) {
 	if !streamEnds(other, 10*time.Second) {
 		t.Fatal("client2's stream still flowing 10s after the pushed CRL listed it")
 	}
+	out, code = d.cli(t, append([]string{"crl", "list"}, d.adminArgs("admin")...)...)
+	if code != 0 || !strings.Contains(out, "CN=guardian demo CA") || !strings.Contains(out, "  3  ") || !strings.Contains(out, "redis") {
+		t.Fatalf("crl list: exit %d:\n%s\nwant the demo CA's CRL number 3 from redis", code, out)
+	}
+	if out, code := d.cli(t, append([]string{"crl", "list"}, d.adminArgs("server")...)...); code == 0 || !strings.Contains(out, "not an admin") {
+		t.Fatalf("crl list with a non-admin certificate: exit %d: %s", code, out)
+	}
 	// A CRL signed by another CA is refused by the CLI before it reaches Redis.
 	foreign, _ := testpki.New("guardian demo CA")
 	bad := filepath.Join(dir, "foreign.crl")

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"sort"
 	"sync"
 	"syscall"
 	"time"
@@ -247,6 +248,23 @@ func liveCerts(l *listener.Listener, modes map[string]ocsp.Mode) func(yield func
 	}
 }
 
+// crlViews lists the CRLs in force, by ID.
+func (n *node) crlViews() []crlView {
+	now := time.Now()
+	var out []crlView
+	for _, ap := range n.crl.Applied() {
+		number := "none"
+		if ap.Number != nil {
+			number = ap.Number.String()
+		}
+		out = append(out, crlView{ID: ap.ID, Issuer: ap.Issuer, Subject: ap.Subject, Number: number, ThisUpdate: ap.ThisUpdate,
+			NextUpdate: ap.NextUpdate, Entries: ap.Entries, Origin: ap.Origin, AppliedAt: ap.AppliedAt,
+			Stale: !ap.NextUpdate.IsZero() && now.After(ap.NextUpdate)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
 // crlStale says why the node's CRLs are stale, or "".
 func (n *node) crlStale() string {
 	for _, src := range n.crls {
@@ -405,6 +423,7 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger)
 			return err
 		}
 		api.ready = func() string { return n.ready(maxStale) }
+		api.crls = n.crlViews
 		api.feed = n.feed
 		api.fleet = func(ctx context.Context) ([]redisfeed.NodeStatus, error) {
 			if n.rstore != nil {
