@@ -1,0 +1,124 @@
+package binding_test
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/guardian-mtls/guardian/binding"
+	"github.com/guardian-mtls/guardian/internal/metrictest"
+	"github.com/guardian-mtls/guardian/internal/testpki"
+)
+
+func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }
+
+var sessionKey = []byte("0123456789abcdef0123456789abcdef")
+
+// app is a handler that logs in by setting a session cookie, and says which session a
+// request carries.
+func app() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/login", func(w http.ResponseWriter, r *http.Request) {
+		http.SetCookie(w, &http.Cookie{Name: "session", Value: "s3cret-" + r.URL.Query().Get("user"), Path: "/"})
+		http.SetCookie(w, &http.Cookie{Name: "theme", Value: "dark", Path: "/"})
+		io.WriteString(w, "logged in")
+	})
+	mux.HandleFunc("/whoami", func(w http.ResponseWriter, r *http.Request) {
+		c, err := r.Cookie("session")
+		if err != nil {
+			http.Error(w, "no session", 403)
+			return
+		}
+		fmt.Fprint(w, c.Value)
+	})
+	return mux
+}
+
+func bound(t *testing.T, audience string, reg prometheus.Registerer) http.Handler {
+	t.Helper()
+	m, _ := binding.NewMetrics(reg)
+	h, err := (&binding.Sessions{Cookies: []string{"session"}, Key: sessionKey, Audience: audience, Metrics: m}).Wrap(app())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func request(t *testing.T, c *http.Client, path, cookie string) (int, string, *http.Response) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "https://app.test"+path, nil)
+	if cookie != "" {
+		req.Header.Set("Cookie", cookie)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, string(b), resp
+}
+
+// A session cookie set on a conn with certificate A works with A only: with certificate B,
+// with none, tampered, or on another audience it gets the same 401, counted.
+func TestSessionBinding(t *testing.T) {
+	ca := testpki.NewCA(t)
+	reg := prometheus.NewRegistry()
+	srv := tlsServer(t, ca, bound(t, "api", reg))
+	a, b := ca.MustIssue(t, testpki.Opts{CommonName: "a"}), ca.MustIssue(t, testpki.Opts{CommonName: "b"})
+	ca1, cb, none := clientFor(t, ca, srv, a), clientFor(t, ca, srv, b), clientFor(t, ca, srv, nil)
+
+	_, _, resp := request(t, ca1, "/login?user=a", "")
+	var session string
+	for _, c := range resp.Cookies() {
+		switch c.Name {
+		case "session":
+			session = c.Name + "=" + c.Value
+			if !c.HttpOnly || !c.Secure || c.SameSite != http.SameSiteStrictMode || strings.Contains(c.Value, "s3cret") {
+				t.Errorf("session cookie %+v; want HttpOnly, Secure, SameSite=Strict, and a bound value", c)
+			}
+		case "theme":
+			if c.Value != "dark" {
+				t.Errorf("an unbound cookie was rewritten: %q", c.Value)
+			}
+		}
+	}
+	if session == "" {
+		t.Fatal("no session cookie")
+	}
+	if code, body, _ := request(t, ca1, "/whoami", session+"; theme=dark"); code != 200 || body != "s3cret-a" {
+		t.Fatalf("A with its own session: %d %q; want 200 and the original value", code, body)
+	}
+	other := tlsServer(t, ca, bound(t, "admin", nil))
+	for _, c := range []struct {
+		name   string
+		client *http.Client
+		cookie string
+		reason string
+	}{
+		{"another certificate", cb, session, "mismatch"},
+		{"no certificate", none, session, "mismatch"},
+		{"tampered", ca1, strings.Replace(session, "g1.", "g1.A", 1), "mismatch"},
+		{"an unbound value", ca1, "session=s3cret-a", "unbound"},
+		{"garbage", ca1, "session=g1.!!.??", "malformed"},
+	} {
+		code, body, _ := request(t, c.client, "/whoami", c.cookie)
+		if code != 401 || body != `{"message":"unauthorized"}`+"\n" {
+			t.Errorf("%s: %d %q; want the generic 401", c.name, code, body)
+		}
+	}
+	if code, _, _ := request(t, clientFor(t, ca, other, a), "/whoami", session); code != 401 {
+		t.Errorf("A's session on another audience: %d; want 401", code)
+	}
+	if v := metrictest.Value(t, reg, "guardian_binding_refused_total", "check", "session", "reason", "mismatch"); v != 3 {
+		t.Errorf("session mismatch refusals = %v; want 3", v)
+	}
+	if _, err := (&binding.Sessions{Cookies: []string{"s"}, Key: []byte("short")}).Wrap(app()); err == nil {
+		t.Error("a short key was accepted")
+	}
+}

@@ -1,0 +1,185 @@
+package binding
+
+import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"crypto/subtle"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// Tokens accepts a request only with a JWT bearer token (RFC 6750) bound to the conn's
+// client certificate as RFC 8705 section 3 says: its cnf claim's x5t#S256 is the base64url
+// SHA-256 of the certificate's DER. The signature algorithm must be one of Algorithms and
+// verify with one of Keys; iss, aud, exp (required) and nbf are checked with Leeway. Every
+// failure gets the same 401 {"message":"unauthorized"}; the reason goes to logs and
+// metrics, the token nowhere.
+type Tokens struct {
+	Issuer   string
+	Audience string
+	// Algorithms is the allow-list, e.g. ES256; never empty. "none" is never accepted.
+	Algorithms []string
+	// Keys verify signatures: []byte HMAC secrets (HS*), *ecdsa.PublicKey (ES*),
+	// *rsa.PublicKey (RS*, PS*), ed25519.PublicKey (EdDSA). ParseKey reads them from files.
+	Keys []any
+	// Leeway absorbs clock skew in exp and nbf; 0 means 30s.
+	Leeway time.Duration
+	// Now is the clock; nil means time.Now.
+	Now     func() time.Time
+	Metrics *Metrics
+	Logger  *slog.Logger
+}
+
+// maxTokenBytes bounds a bearer token; longer ones are refused unparsed.
+const maxTokenBytes = 16 << 10
+
+// Wrap returns the token check around next.
+func (t *Tokens) Wrap(next http.Handler) (http.Handler, error) {
+	if len(t.Algorithms) == 0 {
+		return nil, errors.New("binding: token binding needs an algorithm allow-list")
+	}
+	for _, a := range t.Algorithms {
+		if jwt.GetSigningMethod(a) == nil || strings.EqualFold(a, "none") {
+			return nil, fmt.Errorf("binding: unknown or unsafe JWT algorithm %q", a)
+		}
+	}
+	if len(t.Keys) == 0 {
+		return nil, errors.New("binding: token binding needs at least one key")
+	}
+	if t.Issuer == "" || t.Audience == "" {
+		return nil, errors.New("binding: token binding needs an issuer and an audience")
+	}
+	leeway := t.Leeway
+	if leeway == 0 {
+		leeway = 30 * time.Second
+	}
+	now := t.Now
+	if now == nil {
+		now = time.Now
+	}
+	log := t.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	parser := jwt.NewParser(jwt.WithValidMethods(t.Algorithms), jwt.WithIssuer(t.Issuer), jwt.WithAudience(t.Audience),
+		jwt.WithLeeway(leeway), jwt.WithExpirationRequired(), jwt.WithTimeFunc(now))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if reason := t.check(parser, r); reason != "" {
+			t.Metrics.refuse("token", reason)
+			log.Warn("bound token refused", "check", "token", "reason", reason, "audience", t.Audience, "remote", r.RemoteAddr)
+			unauthorized(w)
+			return
+		}
+		next.ServeHTTP(w, r)
+	}), nil
+}
+
+// check returns why r's token is refused, or "".
+func (t *Tokens) check(parser *jwt.Parser, r *http.Request) string {
+	leaf := leafOf(r)
+	if leaf == nil {
+		return "no_client_certificate"
+	}
+	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
+		return "no_token"
+	}
+	if len(tok) > maxTokenBytes {
+		return "too_large"
+	}
+	claims := jwt.MapClaims{}
+	_, err := parser.ParseWithClaims(tok, claims, func(tk *jwt.Token) (any, error) {
+		set := jwt.VerificationKeySet{}
+		for _, k := range t.Keys {
+			if keyFits(tk.Method, k) {
+				set.Keys = append(set.Keys, k)
+			}
+		}
+		if len(set.Keys) == 0 {
+			return nil, errors.New("no key for this algorithm")
+		}
+		return set, nil
+	})
+	switch {
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return "expired"
+	case errors.Is(err, jwt.ErrTokenNotValidYet):
+		return "not_yet_valid"
+	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
+		return "issuer"
+	case errors.Is(err, jwt.ErrTokenInvalidAudience):
+		return "audience"
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
+		return "signature"
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		return "missing_claim"
+	case err != nil:
+		return "malformed"
+	}
+	cnf, _ := claims["cnf"].(map[string]any)
+	x5t, _ := cnf["x5t#S256"].(string)
+	if x5t == "" {
+		return "unbound"
+	}
+	h := thumbprint(leaf)
+	want := base64.RawURLEncoding.EncodeToString(h[:])
+	if subtle.ConstantTimeCompare([]byte(x5t), []byte(want)) != 1 {
+		return "other_certificate"
+	}
+	return ""
+}
+
+func keyFits(m jwt.SigningMethod, k any) bool {
+	switch m.(type) {
+	case *jwt.SigningMethodHMAC:
+		_, ok := k.([]byte)
+		return ok
+	case *jwt.SigningMethodECDSA:
+		_, ok := k.(*ecdsa.PublicKey)
+		return ok
+	case *jwt.SigningMethodRSA, *jwt.SigningMethodRSAPSS:
+		_, ok := k.(*rsa.PublicKey)
+		return ok
+	case *jwt.SigningMethodEd25519:
+		_, ok := k.(ed25519.PublicKey)
+		return ok
+	}
+	return false
+}
+
+// ParseKey reads a token-verification key: a PEM public key or certificate (its key), or,
+// without PEM, an HMAC secret of at least 32 bytes (surrounding white space removed).
+func ParseKey(b []byte) (any, error) {
+	if blk, _ := pem.Decode(b); blk != nil {
+		switch blk.Type {
+		case "PUBLIC KEY":
+			k, err := x509.ParsePKIXPublicKey(blk.Bytes)
+			if err != nil {
+				return nil, fmt.Errorf("binding: public key: %w", err)
+			}
+			return k, nil
+		case "CERTIFICATE":
+			c, err := x509.ParseCertificate(blk.Bytes)
+			if err != nil {
+				return nil, fmt.Errorf("binding: certificate: %w", err)
+			}
+			return c.PublicKey, nil
+		}
+		return nil, fmt.Errorf("binding: PEM block %q is not a public key or certificate (a private key never belongs here)", blk.Type)
+	}
+	secret := []byte(strings.TrimSpace(string(b)))
+	if len(secret) < 32 {
+		return nil, errors.New("binding: an HMAC secret must be at least 32 bytes")
+	}
+	return secret, nil
+}
