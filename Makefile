@@ -11,6 +11,9 @@ FUZZ_TARGETS = \
 	./cmd/guardian:FuzzParseCerts \
 	./cmd/guardian:FuzzRevokeRequest \
 	./cmd/guardian:FuzzParseConfig \
+	./binding:FuzzTokens \
+	./binding:FuzzSessionCookie \
+	./binding:FuzzParseKey \
 	./listener:FuzzHandshakeBytes
 
 .PHONY: all build demo test lint fuzz bench bench-peers bench-pkg clean
