@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/guardian-mtls/guardian/listener"
@@ -117,18 +118,35 @@ type EmbeddedConfig struct {
 
 // AudienceConfig is one audience on the port.
 type AudienceConfig struct {
-	Name           string       `yaml:"name"`
-	SNI            []string     `yaml:"sni"`
-	Default        bool         `yaml:"default"`
-	Cert           string       `yaml:"cert"`
-	Key            string       `yaml:"key"`
-	ClientAuth     string       `yaml:"client_auth"` // none | optional | require
-	ClientCA       []string     `yaml:"client_ca"`
-	OnStale        string       `yaml:"on_stale"` // open | closed
-	Upstream       string       `yaml:"upstream"`
-	SessionBinding bool         `yaml:"session_binding"`
-	TokenBinding   any          `yaml:"token_binding"`
-	OCSP           AudienceOCSP `yaml:"ocsp"`
+	Name           string                `yaml:"name"`
+	SNI            []string              `yaml:"sni"`
+	Default        bool                  `yaml:"default"`
+	Cert           string                `yaml:"cert"`
+	Key            string                `yaml:"key"`
+	ClientAuth     string                `yaml:"client_auth"` // none | optional | require
+	ClientCA       []string              `yaml:"client_ca"`
+	OnStale        string                `yaml:"on_stale"` // open | closed
+	Upstream       string                `yaml:"upstream"`
+	SessionBinding *SessionBindingConfig `yaml:"session_binding"`
+	TokenBinding   *TokenBindingConfig   `yaml:"token_binding"`
+	OCSP           AudienceOCSP          `yaml:"ocsp"`
+}
+
+// SessionBindingConfig binds the named session cookies (set by the upstream or the echo) to
+// the client certificate of the conn they were set on.
+type SessionBindingConfig struct {
+	Cookies []string `yaml:"cookies"`
+	// Key is a file holding the HMAC key (at least 32 bytes); nodes of a fleet share it.
+	Key string `yaml:"key"`
+}
+
+// TokenBindingConfig requires an RFC 8705 certificate-bound JWT on every request.
+type TokenBindingConfig struct {
+	Issuer     string   `yaml:"issuer"`
+	Audience   string   `yaml:"audience"`
+	Keys       []string `yaml:"keys"`       // PEM public keys or certificates, or HMAC secret files
+	Algorithms []string `yaml:"algorithms"` // the allow-list, e.g. [ES256]
+	Leeway     Duration `yaml:"leeway"`     // default 30s
 }
 
 // Duration is a time.Duration written as "10s" in YAML.
@@ -330,8 +348,30 @@ func (c *Config) validate() error {
 		} else if m != ocsp.Off && a.ClientAuth == "none" {
 			return configError(f, field+".ocsp.mode", "is %s, but the audience asks for no client certificate", a.OCSP.Mode)
 		}
-		if a.SessionBinding || a.TokenBinding != nil {
-			return configError(f, field, "session_binding and token_binding are not supported by this build yet")
+		if sb := a.SessionBinding; sb != nil {
+			if len(sb.Cookies) == 0 {
+				return configError(f, field+".session_binding.cookies", "name the session cookies to bind")
+			}
+			if sb.Key == "" {
+				return configError(f, field+".session_binding.key", "required: a file with an HMAC key of at least 32 bytes")
+			}
+		}
+		if tb := a.TokenBinding; tb != nil {
+			switch {
+			case tb.Issuer == "" || tb.Audience == "":
+				return configError(f, field+".token_binding", "issuer and audience are required")
+			case len(tb.Keys) == 0:
+				return configError(f, field+".token_binding.keys", "at least one key file is required")
+			case len(tb.Algorithms) == 0:
+				return configError(f, field+".token_binding.algorithms", "an explicit allow-list is required, e.g. [ES256]")
+			case a.ClientAuth == "none":
+				return configError(f, field+".token_binding", "binds tokens to client certificates, but client_auth is none")
+			}
+			for j, alg := range tb.Algorithms {
+				if jwt.GetSigningMethod(alg) == nil || strings.EqualFold(alg, "none") {
+					return configError(f, fmt.Sprintf("%s.token_binding.algorithms[%d]", field, j), "%q is not a JWT signature algorithm guardian accepts", alg)
+				}
+			}
 		}
 	}
 	return nil

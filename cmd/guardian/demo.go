@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/guardian-mtls/guardian/binding"
 	"github.com/guardian-mtls/guardian/listener"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/redisfeed"
@@ -66,11 +68,16 @@ func demo(ctx context.Context, dir, listenAddr, adminAddr string, stdout, stderr
 		return fmt.Errorf("admin API: listen on %s: %w (pass --admin to use another address)", adminAddr, err)
 	}
 	n := &node{set: set, store: memStore{set}}
+	// Two audiences on one port: public.localhost asks for no certificate, localhost
+	// requires one and binds its sessions to it.
 	data, err := listener.New(dataLn, listener.Config{
 		Set: set, Metrics: metrics, Logger: log, OnRevocation: n.onRevocation,
 		Audiences: []listener.Audience{{
 			Name: "demo", SNI: []string{"localhost"}, Default: true, Certificates: []tls.Certificate{serverCert},
 			ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool,
+		}, {
+			Name: "public", SNI: []string{"public.localhost"}, Certificates: []tls.Certificate{serverCert},
+			ClientAuth: tls.NoClientCert,
 		}},
 	})
 	if err != nil {
@@ -101,7 +108,11 @@ func demo(ctx context.Context, dir, listenAddr, adminAddr string, stdout, stderr
 		return []redisfeed.NodeStatus{n.status("demo", data.Registry().Len())}, nil
 	}
 
-	dataSrv := &http.Server{Handler: demoHandler(), ConnContext: data.ConnContext, ReadHeaderTimeout: 10 * time.Second}
+	handler, err := demoAudiences(metrics, log)
+	if err != nil {
+		return err
+	}
+	dataSrv := &http.Server{Handler: handler, ConnContext: data.ConnContext, ReadHeaderTimeout: 10 * time.Second}
 	adminSrv := &http.Server{Handler: api.handler(), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 2)
 	go func() { errc <- dataSrv.Serve(data) }()
@@ -122,8 +133,32 @@ func demo(ctx context.Context, dir, listenAddr, adminAddr string, stdout, stderr
 	return err
 }
 
-// demoHandler echoes the caller's identity; /stream keeps a response open, one line a
-// second, so that a revocation can be seen ending a live request.
+// demoAudiences is the demo's handler: the SNI/Host guard, then the identity echo, with the
+// "session" cookie bound to the client certificate on the mTLS audience.
+func demoAudiences(metrics prometheus.Registerer, log *slog.Logger) (http.Handler, error) {
+	m, err := binding.NewMetrics(metrics)
+	if err != nil {
+		return nil, err
+	}
+	key := make([]byte, 32)
+	rand.Read(key)
+	bound, err := (&binding.Sessions{Cookies: []string{"session"}, Key: key, Audience: "demo", Metrics: m, Logger: log}).Wrap(demoHandler())
+	if err != nil {
+		return nil, err
+	}
+	public := demoHandler()
+	return binding.SNIHostGuard(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if info, ok := listener.FromContext(r.Context()); ok && info.Audience() == "public" {
+			public.ServeHTTP(w, r)
+			return
+		}
+		bound.ServeHTTP(w, r)
+	}), m, log), nil
+}
+
+// demoHandler echoes the caller's identity and session; /login starts a session; /stream
+// keeps a response open, one line a second, so that a revocation can be seen ending a live
+// request.
 func demoHandler() http.Handler {
 	mux := http.NewServeMux()
 	identity := func(r *http.Request) string {
@@ -140,6 +175,15 @@ func demoHandler() http.Handler {
 	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello %s\n", identity(r))
+		if c, err := r.Cookie("session"); err == nil {
+			fmt.Fprintf(w, "your session: %s\n", c.Value)
+		}
+	})
+	mux.HandleFunc("/login", func(w http.ResponseWriter, r *http.Request) {
+		var b [8]byte
+		rand.Read(b[:])
+		http.SetCookie(w, &http.Cookie{Name: "session", Value: fmt.Sprintf("%x", b), Path: "/"})
+		fmt.Fprintf(w, "logged in as %s\n", identity(r))
 	})
 	mux.HandleFunc("/stream", func(w http.ResponseWriter, r *http.Request) {
 		f, _ := w.(http.Flusher)
@@ -170,12 +214,20 @@ func printDemo(w io.Writer, dir, dataAddr, adminAddr string) {
 	admin := fmt.Sprintf("--admin https://%s --admin-cert %s --admin-key %s --admin-ca %s", adminAddr,
 		filepath.Join(dir, "admin.pem"), filepath.Join(dir, "admin.key"), filepath.Join(dir, "ca.pem"))
 	fmt.Fprintf(w, `guardian demo: a fresh PKI is in %[1]s
-listening on %[2]s (mTLS, client certificates from %[1]s/ca.pem)
+listening on %[2]s (localhost: mTLS with client certificates from %[1]s/ca.pem and sessions bound to them; public.localhost: no client certificate)
 admin API on %[3]s (admin.pem only)
 
-Try it, each in its own terminal:
+Try it:
   # who am I?
   %[4]s https://localhost:%[5]s/
+  # a session bound to client.pem: good with client.pem, 401 with client2.pem
+  %[4]s -c %[1]s/jar https://localhost:%[5]s/login
+  %[4]s -b %[1]s/jar https://localhost:%[5]s/
+  %[6]s -b %[1]s/jar https://localhost:%[5]s/
+  # the same port, an audience without client certificates; asking it for the mTLS one is 421
+  curl --cacert %[1]s/ca.pem https://public.localhost:%[5]s/
+  curl --cacert %[1]s/ca.pem -H 'Host: localhost' https://public.localhost:%[5]s/
+Then, each in its own terminal:
   # a live request that streams until its certificate is revoked:
   %[4]s -N https://localhost:%[5]s/stream
   # another client, which nothing below touches:

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -76,7 +77,15 @@ func (d *runningDemo) client(t *testing.T, name string) *http.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr := &http.Transport{TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: "localhost"}}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: "localhost"},
+		// Requests name the server localhost, its SNI, as curl does (the SNI/Host guard
+		// answers 421 otherwise); the listeners are on 127.0.0.1 only.
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if host, port, err := net.SplitHostPort(addr); err == nil && host == "localhost" {
+				addr = net.JoinHostPort("127.0.0.1", port)
+			}
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		}}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr}
 }
@@ -93,11 +102,17 @@ func (d *runningDemo) cli(t *testing.T, args ...string) (string, int) {
 	return out.String() + errb.String(), code
 }
 
+// local names a listener's address as clients do: localhost and the port.
+func local(addr string) string {
+	_, port, _ := net.SplitHostPort(addr)
+	return "localhost:" + port
+}
+
 // openStream starts GET /stream and returns a channel that yields each line, closed when
 // the stream ends.
 func openStream(t *testing.T, c *http.Client, addr string) <-chan string {
 	t.Helper()
-	resp, err := c.Get("https://" + addr + "/stream")
+	resp, err := c.Get("https://" + local(addr) + "/stream")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +170,7 @@ func TestDemoRevokeEndsLiveStream(t *testing.T) {
 	if streamEnds(bystander, 1500*time.Millisecond) {
 		t.Fatal("client2.pem's stream ended too")
 	}
-	if _, err := d.client(t, "client").Get("https://" + d.addr + "/"); err == nil {
+	if _, err := d.client(t, "client").Get("https://" + local(d.addr) + "/"); err == nil {
 		t.Fatal("revoked client.pem served on a new conn")
 	}
 	out, code = d.cli(t, append([]string{"list"}, d.adminArgs("admin")...)...)
@@ -174,7 +189,7 @@ func TestDemoRevokeEndsLiveStream(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("guardian unrevoke: exit %d:\n%s", code, out)
 	}
-	resp, err := d.client(t, "client").Get("https://" + d.addr + "/")
+	resp, err := d.client(t, "client").Get("https://" + local(d.addr) + "/")
 	if err != nil {
 		t.Fatalf("client.pem refused after unrevoke: %v", err)
 	}

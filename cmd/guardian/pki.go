@@ -65,7 +65,7 @@ func writePKI(dir string) error {
 		name string
 		opts testpki.Opts
 	}{
-		{"server", testpki.Opts{CommonName: "localhost", DNS: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, NotAfter: year}},
+		{"server", testpki.Opts{CommonName: "localhost", DNS: []string{"localhost", "public.localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, NotAfter: year}},
 		{"client", testpki.Opts{CommonName: "client", URIs: []string{clientURI}, NotAfter: year}},
 		{"client2", testpki.Opts{CommonName: "client2", URIs: []string{client2URI}, NotAfter: year}},
 		{"admin", testpki.Opts{CommonName: "admin", URIs: []string{adminURI}, NotAfter: year}},

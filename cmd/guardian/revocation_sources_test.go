@@ -139,7 +139,7 @@ func TestServeUnreadableCRLIsStale(t *testing.T) {
 	cfg := fmt.Sprintf(serveConfig, fmt.Sprintf("store: memory\n  crl: [ { url: \"http://%s/ca.crl\", refresh: 1h, timeout: 1s } ]", addr), "")
 	s := startServe(t, dir, cfg)
 	d := s.demoView()
-	if _, err := d.client(t, "client").Get("https://" + s.addr + "/"); err == nil {
+	if _, err := d.client(t, "client").Get("https://" + local(s.addr) + "/"); err == nil {
 		t.Fatal("an on_stale: closed audience served while its CRL could not be read")
 	}
 	resp, err := d.client(t, "admin").Get("https://" + s.admin + "/readyz")
@@ -194,7 +194,7 @@ func TestServeOCSPHard(t *testing.T) {
 	if streamEnds(other, 300*time.Millisecond) {
 		t.Fatal("client2's stream ended; its responder says good")
 	}
-	if _, err := d.client(t, "client").Get("https://" + s.addr + "/"); err == nil {
+	if _, err := d.client(t, "client").Get("https://" + local(s.addr) + "/"); err == nil {
 		t.Fatal("a revoked client was served a new conn")
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -22,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/guardian-mtls/guardian/binding"
 	"github.com/guardian-mtls/guardian/listener"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/boltstore"
@@ -336,16 +338,20 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger)
 	if _, err := cfg.audiences(nil); err != nil {
 		return err
 	}
+	bm, err := binding.NewMetrics(metrics)
+	if err != nil {
+		return err
+	}
+	handler, err := audienceHandler(cfg, bm, log)
+	if err != nil {
+		return err
+	}
 	n, err := openStore(ctx, cfg, metrics, log)
 	if err != nil {
 		return err
 	}
 	defer n.shutdown()
 	auds, err := cfg.audiences(n.ocsp)
-	if err != nil {
-		return err
-	}
-	handler, err := audienceHandler(cfg)
 	if err != nil {
 		return err
 	}
@@ -456,31 +462,62 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger)
 }
 
 // audienceHandler sends each request to its audience's upstream, or to the identity echo
-// for an audience without one.
-func audienceHandler(cfg *Config) (http.Handler, error) {
+// for an audience without one, through the audience's binding checks; every request first
+// passes the SNI/Host guard. Upstreams get X-Forwarded-Client-Cert from guardian alone.
+func audienceHandler(cfg *Config, m *binding.Metrics, log *slog.Logger) (http.Handler, error) {
 	echo := demoHandler()
 	byName := map[string]http.Handler{}
-	for _, a := range cfg.Audiences {
-		if a.Upstream == "" {
-			byName[a.Name] = echo
-			continue
+	for i, a := range cfg.Audiences {
+		field := fmt.Sprintf("audiences[%d]", i)
+		h := echo
+		if a.Upstream != "" {
+			u, err := url.Parse(a.Upstream)
+			if err != nil {
+				return nil, err
+			}
+			h = binding.ClientCertHeader(&httputil.ReverseProxy{
+				Rewrite: func(pr *httputil.ProxyRequest) {
+					pr.SetURL(u)
+					pr.SetXForwarded()
+				},
+				// Streaming responses go through as they come.
+				FlushInterval: -1,
+			})
 		}
-		u, err := url.Parse(a.Upstream)
-		if err != nil {
-			return nil, err
+		if tb := a.TokenBinding; tb != nil {
+			var keys []any
+			for j, f := range tb.Keys {
+				b, err := os.ReadFile(cfg.path(f))
+				if err == nil {
+					var k any
+					if k, err = binding.ParseKey(b); err == nil {
+						keys = append(keys, k)
+					}
+				}
+				if err != nil {
+					return nil, configError(cfg.file, fmt.Sprintf("%s.token_binding.keys[%d]", field, j), "%v", err)
+				}
+			}
+			t := &binding.Tokens{Issuer: tb.Issuer, Audience: tb.Audience, Algorithms: tb.Algorithms, Keys: keys,
+				Leeway: time.Duration(tb.Leeway), Metrics: m, Logger: log}
+			var err error
+			if h, err = t.Wrap(h); err != nil {
+				return nil, configError(cfg.file, field+".token_binding", "%v", err)
+			}
 		}
-		byName[a.Name] = &httputil.ReverseProxy{
-			Rewrite: func(pr *httputil.ProxyRequest) {
-				pr.SetURL(u)
-				pr.SetXForwarded()
-				// Identity headers come from guardian alone, never from the client.
-				pr.Out.Header.Del("X-Forwarded-Client-Cert")
-			},
-			// Streaming responses go through as they come.
-			FlushInterval: -1,
+		if sb := a.SessionBinding; sb != nil {
+			key, err := os.ReadFile(cfg.path(sb.Key))
+			if err != nil {
+				return nil, configError(cfg.file, field+".session_binding.key", "%v", err)
+			}
+			s := &binding.Sessions{Cookies: sb.Cookies, Key: bytes.TrimSpace(key), Audience: a.Name, Metrics: m, Logger: log}
+			if h, err = s.Wrap(h); err != nil {
+				return nil, configError(cfg.file, field+".session_binding.key", "%v", err)
+			}
 		}
+		byName[a.Name] = h
 	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return binding.SNIHostGuard(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		info, ok := listener.FromContext(r.Context())
 		if !ok {
 			http.Error(w, "no connection identity", http.StatusInternalServerError)
@@ -492,5 +529,5 @@ func audienceHandler(cfg *Config) (http.Handler, error) {
 			return
 		}
 		h.ServeHTTP(w, r)
-	}), nil
+	}), m, log), nil
 }

@@ -126,10 +126,10 @@ func TestServeEmbeddedSurvivesRestart(t *testing.T) {
 
 	s2 := startServe(t, dir, cfg)
 	d2 := s2.demoView()
-	if _, err := d2.client(t, "client").Get("https://" + s2.addr + "/"); err == nil {
+	if _, err := d2.client(t, "client").Get("https://" + local(s2.addr) + "/"); err == nil {
 		t.Fatal("revoked client served after a restart: the embedded store forgot")
 	}
-	resp, err := d2.client(t, "client2").Get("https://" + s2.addr + "/")
+	resp, err := d2.client(t, "client2").Get("https://" + local(s2.addr) + "/")
 	if err != nil {
 		t.Fatalf("client2 refused after restart: %v", err)
 	}
@@ -149,8 +149,8 @@ func TestServeRedisFleetAndUpstream(t *testing.T) {
 	}
 	upstreamDone := make(chan error, 4)
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("X-Forwarded-Client-Cert") != "" {
-			http.Error(w, "client-sent XFCC reached the upstream", 500)
+		if xfcc := r.Header.Values("X-Forwarded-Client-Cert"); len(xfcc) != 1 || strings.Contains(xfcc[0], "forged") || !strings.Contains(xfcc[0], "URI=spiffe://guardian.demo/") {
+			http.Error(w, fmt.Sprintf("X-Forwarded-Client-Cert %q is not guardian's alone", xfcc), 500)
 			return
 		}
 		for i := 0; ; i++ {
@@ -176,7 +176,7 @@ func TestServeRedisFleetAndUpstream(t *testing.T) {
 
 	d1, d2 := plain.demoView(), proxied.demoView()
 	s1 := openStream(t, d1.client(t, "client"), plain.addr)
-	req, _ := http.NewRequest("GET", "https://"+proxied.addr+"/stream", nil)
+	req, _ := http.NewRequest("GET", "https://"+local(proxied.addr)+"/stream", nil)
 	req.Header.Set("X-Forwarded-Client-Cert", "Hash=forged")
 	resp, err := d2.client(t, "client").Do(req)
 	if err != nil {
@@ -310,6 +310,11 @@ audiences:
 		{"crl every on a url", "revocation: { crl: [ { url: 'http://ca/x.crl', every: 1s } ] }\n" + good, "revocation.crl[0].every"},
 		{"crl refresh on a file", "revocation: { crl: [ { file: x.crl, refresh: 1m } ] }\n" + good, "revocation.crl[0]"},
 		{"crl bad refresh", "revocation: { crl: [ { url: 'http://ca/x.crl', refresh: often } ] }\n" + good, "bad duration"},
+		{"session binding without cookies", "audiences: [ { name: a, sni: [x], cert: s.pem, key: s.key, client_ca: [ca.pem], session_binding: { key: k } } ]\n", "audiences[0].session_binding.cookies"},
+		{"session binding without key", "audiences: [ { name: a, sni: [x], cert: s.pem, key: s.key, client_ca: [ca.pem], session_binding: { cookies: [sid] } } ]\n", "audiences[0].session_binding.key"},
+		{"token binding without algorithms", "audiences: [ { name: a, sni: [x], cert: s.pem, key: s.key, client_ca: [ca.pem], token_binding: { issuer: i, audience: a, keys: [k] } } ]\n", "algorithms"},
+		{"token binding alg none", "audiences: [ { name: a, sni: [x], cert: s.pem, key: s.key, client_ca: [ca.pem], token_binding: { issuer: i, audience: a, keys: [k], algorithms: [none] } } ]\n", "algorithms[0]"},
+		{"token binding without client certs", "audiences: [ { name: a, sni: [x], cert: s.pem, key: s.key, client_auth: none, token_binding: { issuer: i, audience: a, keys: [k], algorithms: [ES256] } } ]\n", "client_auth is none"},
 		{"bad ocsp mode", "revocation: { ocsp: { mode: strict } }\n" + good, "revocation.ocsp.mode"},
 		{"bad audience ocsp mode", "audiences: [ { name: a, sni: [x], cert: s.pem, key: s.key, client_ca: [ca.pem], ocsp: { mode: maybe } } ]\n", "audiences[0].ocsp.mode"},
 		{"ocsp without client certs", "audiences: [ { name: a, sni: [x], cert: s.pem, key: s.key, client_auth: none, ocsp: { mode: hard } } ]\n", "audiences[0].ocsp.mode"},
@@ -395,7 +400,7 @@ func TestServeReseedAfterEmptyRedis(t *testing.T) {
 		code, body := readyz()
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "regressed")
 	})
-	if _, err := d.client(t, "client").Get("https://" + s.addr + "/"); err == nil {
+	if _, err := d.client(t, "client").Get("https://" + local(s.addr) + "/"); err == nil {
 		t.Fatal("the revoked client was served after Redis lost the revocation")
 	}
 	out, code = d.cli(t, append([]string{"reseed"}, d.adminArgs("admin")...)...)
