@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -146,4 +147,137 @@ func mustCert(t *testing.T, file string) *x509.Certificate {
 		t.Fatal(err)
 	}
 	return certs[0]
+}
+
+// A WebSocket upgrade passes through the proxy, and revoking the client ends both the
+// client's conn and guardian's conn to the upstream.
+func TestServeWebSocketThroughUpstreamEndsOnRevocation(t *testing.T) {
+	dir := t.TempDir()
+	if err := writePKI(dir); err != nil {
+		t.Fatal(err)
+	}
+	upstreamGone := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			http.Error(w, "want a websocket upgrade", 400)
+			return
+		}
+		c, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		rw.Flush()
+		for {
+			line, err := rw.ReadString('\n')
+			if err != nil {
+				close(upstreamGone)
+				return
+			}
+			rw.WriteString("echo: " + line)
+			rw.Flush()
+		}
+	}))
+	defer up.Close()
+	s := startServe(t, dir, strings.Replace(fmt.Sprintf(serveConfig, "store: memory", ""), "on_stale: closed", "on_stale: closed\n    upstream: "+up.URL, 1))
+	d := s.demoView()
+	cert, _ := tls.LoadX509KeyPair(filepath.Join(dir, "client.pem"), filepath.Join(dir, "client.key"))
+	pool, _ := loadPool(filepath.Join(dir, "ca.pem"))
+	conn, err := tls.Dial("tcp", s.addr, &tls.Config{ServerName: "localhost", RootCAs: pool, Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade through guardian: %v %v", resp, err)
+	}
+	fmt.Fprintf(conn, "hello\n")
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if line, err := br.ReadString('\n'); err != nil || line != "echo: hello\n" {
+		t.Fatalf("over the upgraded conn: %q %v", line, err)
+	}
+	if out, code := d.cli(t, append([]string{"revoke"}, append(d.adminArgs("admin"), "--cert", filepath.Join(dir, "client.pem"))...)...); code != 0 {
+		t.Fatalf("revoke: %s", out)
+	}
+	if _, err := br.ReadString('\n'); err == nil {
+		t.Fatal("the upgraded conn still delivers after the revocation")
+	}
+	select {
+	case <-upstreamGone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("guardian's conn to the upstream still open 10s after the revocation")
+	}
+}
+
+// SIGTERM (the serve context ending): no new conns, a request in flight finishes, and a
+// stream that would never end is cut at shutdown_timeout.
+func TestServeGracefulShutdown(t *testing.T) {
+	dir := t.TempDir()
+	if err := writePKI(dir); err != nil {
+		t.Fatal(err)
+	}
+	slowStarted, release := make(chan struct{}), make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			close(slowStarted)
+			<-release
+			io.WriteString(w, "done")
+			return
+		}
+		for {
+			if _, err := io.WriteString(w, "still connected\n"); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}))
+	defer up.Close()
+	cfg := strings.Replace(fmt.Sprintf(serveConfig, "store: memory", ""), "on_stale: closed", "on_stale: closed\n    upstream: "+up.URL, 1)
+	s := startServe(t, dir, "shutdown_timeout: 1s\n"+cfg)
+	d := s.demoView()
+	stream := openStream(t, d.client(t, "client2"), s.addr)
+	slow := make(chan string, 1)
+	go func() {
+		resp, err := d.client(t, "client").Get("https://" + local(s.addr) + "/slow")
+		if err != nil {
+			slow <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		slow <- fmt.Sprintf("%d %s", resp.StatusCode, b)
+	}()
+	<-slowStarted
+	stopped := make(chan struct{})
+	go func() { s.stop(); close(stopped) }()
+	// Shutdown has begun once the port refuses new conns.
+	eventuallyT(t, "the port refusing new conns", func() bool {
+		c, err := net.DialTimeout("tcp", s.addr, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	close(release)
+	if got := <-slow; got != "200 done" {
+		t.Fatalf("the request in flight at shutdown: %q; want it to finish", got)
+	}
+	select {
+	case <-stopped:
+	case <-time.After(15 * time.Second):
+		t.Fatal("serve still running 15s after SIGTERM with shutdown_timeout 1s")
+	}
+	if !streamEnds(stream, 5*time.Second) {
+		t.Fatal("the endless stream was not cut at the shutdown deadline")
+	}
 }

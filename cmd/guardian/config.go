@@ -22,11 +22,13 @@ import (
 
 // Config is guardian.yaml (see DESIGN.md's "Configuration").
 type Config struct {
-	Listen           string           `yaml:"listen"`
-	HandshakeTimeout Duration         `yaml:"handshake_timeout"`
-	Admin            AdminConfig      `yaml:"admin"`
-	Revocation       RevocationConfig `yaml:"revocation"`
-	Audiences        []AudienceConfig `yaml:"audiences"`
+	Listen           string   `yaml:"listen"`
+	HandshakeTimeout Duration `yaml:"handshake_timeout"`
+	// ShutdownTimeout is how long in-flight requests may run after SIGTERM (default 10s).
+	ShutdownTimeout Duration         `yaml:"shutdown_timeout"`
+	Admin           AdminConfig      `yaml:"admin"`
+	Revocation      RevocationConfig `yaml:"revocation"`
+	Audiences       []AudienceConfig `yaml:"audiences"`
 
 	file string // where it was read from; relative paths are relative to its directory
 }
@@ -118,18 +120,29 @@ type EmbeddedConfig struct {
 
 // AudienceConfig is one audience on the port.
 type AudienceConfig struct {
-	Name           string                `yaml:"name"`
-	SNI            []string              `yaml:"sni"`
-	Default        bool                  `yaml:"default"`
-	Cert           string                `yaml:"cert"`
-	Key            string                `yaml:"key"`
-	ClientAuth     string                `yaml:"client_auth"` // none | optional | require
-	ClientCA       []string              `yaml:"client_ca"`
-	OnStale        string                `yaml:"on_stale"` // open | closed
-	Upstream       string                `yaml:"upstream"`
-	SessionBinding *SessionBindingConfig `yaml:"session_binding"`
-	TokenBinding   *TokenBindingConfig   `yaml:"token_binding"`
-	OCSP           AudienceOCSP          `yaml:"ocsp"`
+	Name       string   `yaml:"name"`
+	SNI        []string `yaml:"sni"`
+	Default    bool     `yaml:"default"`
+	Cert       string   `yaml:"cert"`
+	Key        string   `yaml:"key"`
+	ClientAuth string   `yaml:"client_auth"` // none | optional | require
+	ClientCA   []string `yaml:"client_ca"`
+	OnStale    string   `yaml:"on_stale"` // open | closed
+	Upstream   string   `yaml:"upstream"`
+	// UpstreamTimeouts bound the proxy's dial, its wait for the response headers, and how
+	// long an idle upstream conn is kept (defaults 5s, 60s, 90s). Streams and WebSockets
+	// run for as long as both sides keep them.
+	UpstreamTimeouts UpstreamTimeouts      `yaml:"upstream_timeouts"`
+	SessionBinding   *SessionBindingConfig `yaml:"session_binding"`
+	TokenBinding     *TokenBindingConfig   `yaml:"token_binding"`
+	OCSP             AudienceOCSP          `yaml:"ocsp"`
+}
+
+// UpstreamTimeouts are an audience's proxy timeouts.
+type UpstreamTimeouts struct {
+	Dial           Duration `yaml:"dial"`
+	ResponseHeader Duration `yaml:"response_header"`
+	Idle           Duration `yaml:"idle"`
 }
 
 // SessionBindingConfig binds the named session cookies (set by the upstream or the echo) to
@@ -213,6 +226,9 @@ func (c *Config) validate() error {
 	}
 	if c.HandshakeTimeout == 0 {
 		c.HandshakeTimeout = Duration(10 * time.Second)
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = Duration(10 * time.Second)
 	}
 	r := &c.Revocation
 	switch r.Store {
@@ -338,6 +354,17 @@ func (c *Config) validate() error {
 			u, err := url.Parse(a.Upstream)
 			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 				return configError(f, field+".upstream", "%q is not an http:// or https:// URL", a.Upstream)
+			}
+		} else if a.UpstreamTimeouts != (UpstreamTimeouts{}) {
+			return configError(f, field+".upstream_timeouts", "set, but the audience has no upstream")
+		}
+		ut := &a.UpstreamTimeouts
+		for _, d := range []struct {
+			v   *Duration
+			def time.Duration
+		}{{&ut.Dial, 5 * time.Second}, {&ut.ResponseHeader, 60 * time.Second}, {&ut.Idle, 90 * time.Second}} {
+			if *d.v == 0 {
+				*d.v = Duration(d.def)
 			}
 		}
 		if a.OCSP.Mode == "" {

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/guardian-mtls/guardian/binding"
+	"github.com/guardian-mtls/guardian/conntrack"
 	"github.com/guardian-mtls/guardian/listener"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/boltstore"
@@ -450,10 +451,24 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger)
 	case <-ctx.Done():
 	case err = <-errc:
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// SIGTERM: stop accepting, let in-flight requests finish up to shutdown_timeout, then
+	// close what is left: streams, WebSockets (hijacked, so unknown to http.Server) and idle
+	// keep-alive conns alike.
+	log.Info("shutting down: no new conns; in-flight requests may finish", "deadline", time.Duration(cfg.ShutdownTimeout))
+	sctx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.ShutdownTimeout))
 	defer cancel()
+	var wg sync.WaitGroup
 	for _, s := range servers {
-		s.Shutdown(sctx)
+		wg.Add(1)
+		go func() { defer wg.Done(); s.Shutdown(sctx) }()
+	}
+	wg.Wait()
+	if sctx.Err() != nil {
+		left := l.Registry().EvictAll(conntrack.Cause{Reason: conntrack.ReasonShutdown})
+		log.Warn("shutdown deadline passed; closed the conns still open", "conns", left)
+		for _, s := range servers {
+			s.Close()
+		}
 	}
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
@@ -475,13 +490,24 @@ func audienceHandler(cfg *Config, m *binding.Metrics, log *slog.Logger) (http.Ha
 			if err != nil {
 				return nil, err
 			}
+			ut := a.UpstreamTimeouts
 			h = binding.ClientCertHeader(&httputil.ReverseProxy{
 				Rewrite: func(pr *httputil.ProxyRequest) {
 					pr.SetURL(u)
 					pr.SetXForwarded()
 				},
-				// Streaming responses go through as they come.
+				Transport: &http.Transport{
+					Proxy:                 nil, // an upstream is dialled directly, never through HTTP_PROXY
+					DialContext:           (&net.Dialer{Timeout: time.Duration(ut.Dial), KeepAlive: 30 * time.Second}).DialContext,
+					ResponseHeaderTimeout: time.Duration(ut.ResponseHeader),
+					IdleConnTimeout:       time.Duration(ut.Idle),
+					MaxIdleConnsPerHost:   64,
+					ForceAttemptHTTP2:     true,
+				},
+				// Streaming responses go through as they come; a WebSocket upgrade is
+				// spliced (the request's conn is hijacked through the binding wrappers).
 				FlushInterval: -1,
+				ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 			})
 		}
 		if tb := a.TokenBinding; tb != nil {
