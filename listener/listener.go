@@ -26,6 +26,7 @@ var (
 	ErrRevoked    = errors.New("listener: client certificate revoked")
 	ErrUnknownSNI = errors.New("listener: unknown server name")
 	ErrStale      = errors.New("listener: revocation data is stale and this audience is on_stale: closed")
+	errPolicy     = errors.New("listener: the audiences were reloaded during the handshake, and they no longer serve this client")
 )
 
 // StalePolicy is what an audience does while the revocation data is stale.
@@ -127,24 +128,30 @@ func (a *audience) rotateTicketKeys(now time.Time) error {
 	return nil
 }
 
+// router is one generation of audiences and the SNI tables that choose among them.
+type router struct {
+	auds  []*audience
+	exact map[string]*audience
+	wild  map[string]*audience // key: the name without its first label
+	def   *audience
+}
+
 // Listener is a revocation-aware TLS listener. Create one with New.
 type Listener struct {
-	inner   net.Listener
-	set     *revoke.Set
-	reg     *conntrack.Registry
-	base    *tls.Config
-	auds    []*audience
-	exact   map[string]*audience
-	wild    map[string]*audience // key: the name without its first label
-	def     *audience
-	clock   conntrack.Clock
-	timeout time.Duration
-	keepExp bool
-	stale   func() bool
-	onRev   func(revoke.Change, int)
-	log     *slog.Logger
-	m       *metrics
-	unsub   func()
+	inner    net.Listener
+	set      *revoke.Set
+	reg      *conntrack.Registry
+	base     *tls.Config
+	router   atomic.Pointer[router] // replaced whole by SetAudiences
+	reloadMu sync.Mutex             // serialises SetAudiences
+	clock    conntrack.Clock
+	timeout  time.Duration
+	keepExp  bool
+	stale    func() bool
+	onRev    func(revoke.Change, int)
+	log      *slog.Logger
+	m        *metrics
+	unsub    func()
 
 	ready     chan *tls.Conn
 	done      chan struct{}
@@ -173,7 +180,6 @@ func New(inner net.Listener, cfg Config) (*Listener, error) {
 	l := &Listener{
 		inner: inner, set: cfg.Set, clock: cfg.Clock, timeout: cfg.HandshakeTimeout,
 		keepExp: cfg.KeepExpired, stale: cfg.Stale, onRev: cfg.OnRevocation, log: cfg.Logger,
-		exact: map[string]*audience{}, wild: map[string]*audience{},
 		ready: make(chan *tls.Conn), done: make(chan struct{}), handshakes: map[*conntrack.Conn]struct{}{},
 	}
 	if l.clock == nil {
@@ -185,11 +191,11 @@ func New(inner net.Listener, cfg Config) (*Listener, error) {
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
 	}
-	for i := range cfg.Audiences {
-		if err := l.addAudience(&cfg.Audiences[i]); err != nil {
-			return nil, err
-		}
+	r, err := l.newRouter(cfg.Audiences, nil)
+	if err != nil {
+		return nil, err
 	}
+	l.router.Store(r)
 	m, err := newMetrics(cfg.Metrics)
 	if err != nil {
 		return nil, err
@@ -210,11 +216,35 @@ func New(inner net.Listener, cfg Config) (*Listener, error) {
 	return l, nil
 }
 
-func (l *Listener) addAudience(a *Audience) error {
+// newRouter builds a generation of audiences; nothing is changed when it fails. Audiences
+// that keep their name from prev keep its session-ticket keys, so a reload does not cost
+// clients their resumptions.
+func (l *Listener) newRouter(auds []Audience, prev *router) (*router, error) {
+	if len(auds) == 0 {
+		return nil, errors.New("listener: no audiences")
+	}
+	r := &router{exact: map[string]*audience{}, wild: map[string]*audience{}}
+	for i := range auds {
+		var old *audience
+		if prev != nil {
+			for _, o := range prev.auds {
+				if o.Name == auds[i].Name {
+					old = o
+				}
+			}
+		}
+		if err := l.addAudience(r, &auds[i], old); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+func (l *Listener) addAudience(r *router, a *Audience, prev *audience) error {
 	if a.Name == "" {
 		return errors.New("listener: an audience has no name")
 	}
-	for _, o := range l.auds {
+	for _, o := range r.auds {
 		if o.Name == a.Name {
 			return fmt.Errorf("listener: audience %q defined twice", a.Name)
 		}
@@ -229,32 +259,32 @@ func (l *Listener) addAudience(a *Audience) error {
 		return fmt.Errorf("listener: audience %q has no SNI names and is not the default", a.Name)
 	}
 	au := &audience{Audience: *a}
-	l.auds = append(l.auds, au)
+	r.auds = append(r.auds, au)
 	for _, n := range a.SNI {
 		name := strings.ToLower(strings.TrimSuffix(n, "."))
 		if rest, ok := strings.CutPrefix(name, "*."); ok {
 			if rest == "" || strings.Contains(rest, "*") {
 				return fmt.Errorf("listener: audience %q: bad wildcard %q", a.Name, n)
 			}
-			if o := l.wild[rest]; o != nil {
+			if o := r.wild[rest]; o != nil {
 				return fmt.Errorf("listener: SNI %q is in audiences %q and %q", n, o.Name, a.Name)
 			}
-			l.wild[rest] = au
+			r.wild[rest] = au
 			continue
 		}
 		if name == "" || strings.Contains(name, "*") {
 			return fmt.Errorf("listener: audience %q: bad SNI name %q", a.Name, n)
 		}
-		if o := l.exact[name]; o != nil {
+		if o := r.exact[name]; o != nil {
 			return fmt.Errorf("listener: SNI %q is in audiences %q and %q", n, o.Name, a.Name)
 		}
-		l.exact[name] = au
+		r.exact[name] = au
 	}
 	if a.Default {
-		if l.def != nil {
-			return fmt.Errorf("listener: audiences %q and %q are both the default", l.def.Name, a.Name)
+		if r.def != nil {
+			return fmt.Errorf("listener: audiences %q and %q are both the default", r.def.Name, a.Name)
 		}
-		l.def = au
+		r.def = au
 	}
 	cfg := &tls.Config{}
 	if a.TLS != nil {
@@ -278,7 +308,13 @@ func (l *Listener) addAudience(a *Audience) error {
 		cfg.SetSessionTicketKeys(a.SessionTicketKeys)
 	} else if !cfg.SessionTicketsDisabled {
 		au.ownKeys = true
-		if err := au.rotateTicketKeys(l.clock.Now()); err != nil {
+		if prev != nil && prev.ownKeys {
+			prev.keyMu.Lock()
+			au.keys = append([][32]byte(nil), prev.keys...)
+			prev.keyMu.Unlock()
+			au.rotatedAt.Store(prev.rotatedAt.Load())
+			cfg.SetSessionTicketKeys(au.keys)
+		} else if err := au.rotateTicketKeys(l.clock.Now()); err != nil {
 			return fmt.Errorf("listener: audience %q: ticket keys: %w", a.Name, err)
 		}
 	}
@@ -303,16 +339,16 @@ func (a *audience) isStale(listenerWide func() bool) bool {
 }
 
 // lookup finds the audience for an SNI name.
-func (l *Listener) lookup(sni string) *audience {
+func (r *router) lookup(sni string) *audience {
 	name := strings.ToLower(strings.TrimSuffix(sni, "."))
 	if name == "" {
-		return l.def
+		return r.def
 	}
-	if a := l.exact[name]; a != nil {
+	if a := r.exact[name]; a != nil {
 		return a
 	}
 	if i := strings.IndexByte(name, '.'); i > 0 {
-		return l.wild[name[i+1:]]
+		return r.wild[name[i+1:]]
 	}
 	return nil
 }
@@ -320,7 +356,7 @@ func (l *Listener) lookup(sni string) *audience {
 // route is the base config's GetConfigForClient: it picks the audience and records it on
 // the conn.
 func (l *Listener) route(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-	a := l.lookup(hello.ServerName)
+	a := l.router.Load().lookup(hello.ServerName)
 	if a == nil {
 		return nil, fmt.Errorf("%w %q", ErrUnknownSNI, truncate(hello.ServerName, 64))
 	}
@@ -459,6 +495,60 @@ func (l *Listener) Stop() {
 	})
 }
 
+// SetAudiences replaces the audiences, as a configuration reload does: new handshakes use
+// the new ones at once. A conn already served stays if an audience of its audience's name
+// still exists and still trusts it (its client CA pool verifies the conn's chain, and it
+// does not now require a certificate the conn lacks); otherwise it is closed with reason
+// "policy". An invalid set changes nothing. It returns how many conns it closed.
+func (l *Listener) SetAudiences(auds []Audience) (int, error) {
+	l.reloadMu.Lock()
+	defer l.reloadMu.Unlock()
+	r, err := l.newRouter(auds, l.router.Load())
+	if err != nil {
+		return 0, err
+	}
+	l.router.Store(r)
+	// A handshake that finishes from now on sees r after it is tracked (serveHandshake);
+	// one tracked before is swept here.
+	n := l.reg.EvictMatching(func(c *conntrack.Conn) (string, bool) {
+		info, ok := c.Owner().(*ConnInfo)
+		return "", ok && info.aud != nil && !l.stillTrusted(r, info)
+	}, conntrack.Cause{Reason: conntrack.ReasonPolicy})
+	return n, nil
+}
+
+// stillTrusted reports whether router r would serve the conn info describes.
+func (l *Listener) stillTrusted(r *router, info *ConnInfo) bool {
+	var a *audience
+	for _, o := range r.auds {
+		if o.Name == info.aud.Name {
+			a = o
+		}
+	}
+	switch {
+	case a == nil:
+		return false
+	case a == info.aud:
+		return true
+	case len(info.chains) == 0:
+		return a.ClientAuth < tls.RequireAnyClientCert
+	case a.ClientAuth < tls.VerifyClientCertIfGiven:
+		return true
+	}
+	for _, ch := range info.chains {
+		inter := x509.NewCertPool()
+		for _, c := range ch[1:] {
+			inter.AddCert(c)
+		}
+		_, err := ch[0].Verify(x509.VerifyOptions{Roots: a.ClientCAs, Intermediates: inter,
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, CurrentTime: l.clock.Now()})
+		if err == nil {
+			return true
+		}
+	}
+	return false
+}
+
 // Conns calls fn with the ConnInfo of each live tracked conn until fn returns false; fn
 // runs without the registry's locks held.
 func (l *Listener) Conns(fn func(*ConnInfo) bool) {
@@ -545,9 +635,13 @@ func (l *Listener) serveHandshake(c *conntrack.Conn, info *ConnInfo) {
 		return // closed during the handshake's last moments
 	}
 	// Track inserted first; a revocation applied before the insert was missed by its
-	// Evict but is in the Set now.
+	// Evict but is in the Set now. Likewise a reload's sweep, for the audiences.
 	if e, ok := l.set.AnyOf(keys); ok {
 		l.refuse(c, info, fmt.Errorf("%w: %s (revoked during the handshake)", ErrRevoked, e.Key))
+		return
+	}
+	if !l.stillTrusted(l.router.Load(), info) {
+		l.refuse(c, info, errPolicy)
 		return
 	}
 	if !notAfter.IsZero() && l.clock.Now().After(notAfter) {
@@ -604,6 +698,8 @@ func classify(err error) string {
 		return "unknown_sni"
 	case errors.Is(err, ErrStale):
 		return "stale"
+	case errors.Is(err, errPolicy):
+		return "policy"
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return "timeout"
 	case errors.As(err, &rh):
