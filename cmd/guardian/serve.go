@@ -15,8 +15,10 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"reflect"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -50,7 +52,20 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return serve(ctx, cfg, stdout, slog.New(h))
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	reload := make(chan struct{})
+	go func() {
+		for range hup {
+			select {
+			case reload <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return serve(ctx, cfg, stdout, slog.New(h), reload)
 }
 
 // node is a running guardian: what serve builds from a Config.
@@ -236,12 +251,70 @@ func (n *node) openCRLs(ctx context.Context, cfg *Config, metrics *prometheus.Re
 	return nil
 }
 
+// reload re-reads the configuration file and applies its audiences — certificates, client
+// CA pools, SNI names, upstreams, binding, OCSP modes — without dropping a conn that the new
+// audiences still trust; the others are closed with reason policy. Anything that fails
+// leaves the running configuration as it was. The listen addresses, the admin listener and
+// the revocation section take a restart: a change there is reported, not applied.
+func (n *node) reload(cfg *Config, l *listener.Listener, handler *atomic.Pointer[http.Handler], modes *atomic.Pointer[map[string]ocsp.Mode], bm *binding.Metrics, log *slog.Logger) error {
+	next, err := loadConfig(cfg.file)
+	if err != nil {
+		return err
+	}
+	if len(next.ocspModes()) > 0 && n.ocsp == nil {
+		return errors.New("the new configuration turns OCSP on, which was off at start: restart guardian for that")
+	}
+	auds, err := next.audiences(n.ocsp)
+	if err != nil {
+		return err
+	}
+	h, err := audienceHandler(next, bm, log)
+	if err != nil {
+		return err
+	}
+	maxStale := time.Duration(cfg.Revocation.MaxStaleness)
+	for i := range auds {
+		auds[i].Stale = n.stale(maxStale, auds[i].ClientCAs)
+	}
+	closed, err := l.SetAudiences(auds)
+	if err != nil {
+		return err
+	}
+	handler.Store(&h)
+	m := next.ocspModes()
+	modes.Store(&m)
+	for _, f := range restartOnly(cfg, next) {
+		log.Warn("configuration changed where a reload does not apply it; restart guardian for it", "field", f)
+	}
+	log.Info("configuration reloaded", "file", cfg.file, "audiences", len(auds), "conns_closed", closed)
+	return nil
+}
+
+// restartOnly names what differs between a and b that only a restart applies.
+func restartOnly(a, b *Config) []string {
+	var out []string
+	if a.Listen != b.Listen {
+		out = append(out, "listen")
+	}
+	if !reflect.DeepEqual(a.Admin, b.Admin) {
+		out = append(out, "admin")
+	}
+	if !reflect.DeepEqual(a.Revocation, b.Revocation) {
+		out = append(out, "revocation")
+	}
+	if a.HandshakeTimeout != b.HandshakeTimeout {
+		out = append(out, "handshake_timeout")
+	}
+	return out
+}
+
 // liveCerts yields, for ocsp.Checker.Run, the client certificate and its issuer of every
 // live conn in an audience that uses OCSP.
-func liveCerts(l *listener.Listener, modes map[string]ocsp.Mode) func(yield func(leaf, issuer *x509.Certificate)) {
+func liveCerts(l *listener.Listener, modes *atomic.Pointer[map[string]ocsp.Mode]) func(yield func(leaf, issuer *x509.Certificate)) {
 	return func(yield func(leaf, issuer *x509.Certificate)) {
+		m := *modes.Load()
 		l.Conns(func(info *listener.ConnInfo) bool {
-			if _, ok := modes[info.Audience()]; ok {
+			if _, ok := m[info.Audience()]; ok {
 				if ch := info.Chains(); len(ch) > 0 && len(ch[0]) > 1 {
 					yield(ch[0][0], ch[0][1])
 				}
@@ -331,7 +404,9 @@ func (n *node) ready(max time.Duration) string {
 	return ""
 }
 
-func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger) error {
+// serve runs guardian on cfg until ctx ends; each receive on reload (SIGHUP) re-reads the
+// configuration file and applies its audiences.
+func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger, reload <-chan struct{}) error {
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// The audiences' files are read again below, with the OCSP checker; a bad one fails
@@ -387,11 +462,14 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger)
 		return err
 	}
 	defer l.Stop()
+	var modes atomic.Pointer[map[string]ocsp.Mode]
+	m0 := cfg.ocspModes()
+	modes.Store(&m0)
 	if n.ocsp != nil {
 		octx, cancel := context.WithCancel(ctx)
 		done := make(chan struct{})
 		go func() {
-			n.ocsp.Run(octx, time.Duration(cfg.Revocation.OCSP.Recheck), liveCerts(l, cfg.ocspModes()))
+			n.ocsp.Run(octx, time.Duration(cfg.Revocation.OCSP.Recheck), liveCerts(l, &modes))
 			close(done)
 		}()
 		defer func() { cancel(); <-done }()
@@ -408,7 +486,10 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger)
 		go func() { n.heartbeat(hctx, nodeID, l.Registry().Len, log); close(done) }()
 		defer func() { cancel(); <-done }()
 	}
-	servers := []*http.Server{{Handler: handler, ConnContext: l.ConnContext, ReadHeaderTimeout: 30 * time.Second}}
+	var current atomic.Pointer[http.Handler]
+	current.Store(&handler)
+	swappable := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*current.Load()).ServeHTTP(w, r) })
+	servers := []*http.Server{{Handler: swappable, ConnContext: l.ConnContext, ReadHeaderTimeout: 30 * time.Second}}
 	listeners := []net.Listener{l}
 
 	if cfg.Admin.Listen != "" {
@@ -447,9 +528,25 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger)
 	for i, s := range servers {
 		go func() { errc <- s.Serve(listeners[i]) }()
 	}
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
+	reloads := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "guardian_config_reloads_total", Help: "Configuration reloads (SIGHUP), by result (ok, error).",
+	}, []string{"result"})
+	metrics.MustRegister(reloads)
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			break wait
+		case err = <-errc:
+			break wait
+		case <-reload:
+			if rerr := n.reload(cfg, l, &current, &modes, bm, log); rerr != nil {
+				reloads.WithLabelValues("error").Inc()
+				log.Error("configuration reload refused; the running configuration stays", "file", cfg.file, "err", rerr)
+				continue
+			}
+			reloads.WithLabelValues("ok").Inc()
+		}
 	}
 	// SIGTERM: stop accepting, let in-flight requests finish up to shutdown_timeout, then
 	// close what is left: streams, WebSockets (hijacked, so unknown to http.Server) and idle

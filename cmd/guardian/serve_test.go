@@ -25,6 +25,7 @@ type runningServe struct {
 	dir, addr, admin, file string
 	out                    *syncBuffer
 	stop                   func()
+	reload                 chan struct{} // what SIGHUP sends
 }
 
 // startServe writes cfg (with PKI in dir) and runs `guardian serve` on it in-process.
@@ -42,7 +43,8 @@ func startServe(t *testing.T, dir, cfg string) *runningServe {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	log := slog.New(slog.NewTextHandler(&syncBuffer{}, nil))
-	go func() { done <- serve(ctx, c, s.out, log) }()
+	s.reload = make(chan struct{})
+	go func() { done <- serve(ctx, c, s.out, log, s.reload) }()
 	var once bool
 	s.stop = func() {
 		if once {
@@ -338,7 +340,7 @@ audiences:
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = serve(context.Background(), c, &syncBuffer{}, slog.New(slog.DiscardHandler))
+	err = serve(context.Background(), c, &syncBuffer{}, slog.New(slog.DiscardHandler), nil)
 	if err == nil || !strings.Contains(err.Error(), "audiences[0].cert") {
 		t.Fatalf("serve with missing cert files: %v", err)
 	}
