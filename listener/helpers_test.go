@@ -43,6 +43,7 @@ type envOpts struct {
 	clock     conntrack.Clock
 	keepExp   bool
 	timeout   time.Duration
+	maxHS     int
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -67,7 +68,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		t.Fatal(err)
 	}
 	e.l, err = listener.New(inner, listener.Config{
-		Audiences: auds, Set: set, Metrics: e.metrics, Clock: o.clock, KeepExpired: o.keepExp, HandshakeTimeout: o.timeout,
+		Audiences: auds, Set: set, Metrics: e.metrics, Clock: o.clock, KeepExpired: o.keepExp, HandshakeTimeout: o.timeout, MaxHandshakes: o.maxHS,
 	})
 	if err != nil {
 		t.Fatal(err)

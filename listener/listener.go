@@ -1,6 +1,7 @@
 package listener
 
 import (
+	"container/list"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -26,6 +27,7 @@ var (
 	ErrRevoked    = errors.New("listener: client certificate revoked")
 	ErrUnknownSNI = errors.New("listener: unknown server name")
 	ErrStale      = errors.New("listener: revocation data is stale and this audience is on_stale: closed")
+	errShed       = errors.New("listener: handshake shed: too many in progress, and this one was the oldest")
 	errPolicy     = errors.New("listener: the audiences were reloaded during the handshake, and they no longer serve this client")
 )
 
@@ -88,6 +90,10 @@ type Config struct {
 	OnRevocation func(ch revoke.Change, matched int)
 	// EvictionWorkers bounds the goroutines that close evicted conns; 0 means 4×GOMAXPROCS.
 	EvictionWorkers int
+	// MaxHandshakes bounds the handshakes in progress; 0 means 1024. At the bound, the
+	// oldest is closed to admit the new conn: a flood of clients that connect and never
+	// finish their handshake cannot starve the others, whose handshakes take milliseconds.
+	MaxHandshakes int
 }
 
 type audience struct {
@@ -160,7 +166,9 @@ type Listener struct {
 	acceptErr error // set before done is closed
 
 	hsMu       sync.Mutex
-	handshakes map[*conntrack.Conn]struct{}
+	handshakes map[*conntrack.Conn]*list.Element // in hsOrder, oldest first
+	hsOrder    list.List
+	maxHS      int
 	// checked hands the keys check computed to serveHandshake, so a handshake computes
 	// them once: leaf *x509.Certificate → *checkedKeys.
 	checked sync.Map
@@ -180,13 +188,17 @@ func New(inner net.Listener, cfg Config) (*Listener, error) {
 	l := &Listener{
 		inner: inner, set: cfg.Set, clock: cfg.Clock, timeout: cfg.HandshakeTimeout,
 		keepExp: cfg.KeepExpired, stale: cfg.Stale, onRev: cfg.OnRevocation, log: cfg.Logger,
-		ready: make(chan *tls.Conn), done: make(chan struct{}), handshakes: map[*conntrack.Conn]struct{}{},
+		ready: make(chan *tls.Conn), done: make(chan struct{}), handshakes: map[*conntrack.Conn]*list.Element{},
+		maxHS: cfg.MaxHandshakes,
 	}
 	if l.clock == nil {
 		l.clock = conntrack.SystemClock{}
 	}
 	if l.timeout <= 0 {
 		l.timeout = 10 * time.Second
+	}
+	if l.maxHS <= 0 {
+		l.maxHS = 1024
 	}
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
@@ -594,17 +606,34 @@ func (l *Listener) acceptLoop() {
 			return
 		default:
 		}
-		l.handshakes[c] = struct{}{}
+		var shed *conntrack.Conn
+		if len(l.handshakes) >= l.maxHS {
+			e := l.hsOrder.Front()
+			shed = e.Value.(*conntrack.Conn)
+			l.hsOrder.Remove(e)
+			delete(l.handshakes, shed)
+		}
+		l.handshakes[c] = l.hsOrder.PushBack(c)
 		l.wg.Add(1)
 		l.hsMu.Unlock()
+		if shed != nil {
+			shed.Close() // its handshake fails and is counted as "shed"
+		}
 		go l.serveHandshake(c, info)
 	}
 }
 
-func (l *Listener) endHandshake(c *conntrack.Conn) {
+// endHandshake unregisters c's handshake; shed reports that the accept loop had already
+// dropped it to admit a newer conn.
+func (l *Listener) endHandshake(c *conntrack.Conn) (shed bool) {
 	l.hsMu.Lock()
-	delete(l.handshakes, c)
-	l.hsMu.Unlock()
+	defer l.hsMu.Unlock()
+	e, ok := l.handshakes[c]
+	if ok {
+		delete(l.handshakes, c)
+		l.hsOrder.Remove(e)
+	}
+	return !ok
 }
 
 func (l *Listener) serveHandshake(c *conntrack.Conn, info *ConnInfo) {
@@ -612,7 +641,9 @@ func (l *Listener) serveHandshake(c *conntrack.Conn, info *ConnInfo) {
 	tc := tls.Server(c, l.base)
 	c.SetDeadline(time.Now().Add(l.timeout))
 	err := tc.Handshake()
-	l.endHandshake(c)
+	if l.endHandshake(c) && err != nil {
+		err = errShed
+	}
 	if err != nil {
 		l.forget(tc)
 		l.refuse(c, info, err)
@@ -700,6 +731,8 @@ func classify(err error) string {
 		return "stale"
 	case errors.Is(err, errPolicy):
 		return "policy"
+	case errors.Is(err, errShed):
+		return "shed"
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return "timeout"
 	case errors.As(err, &rh):

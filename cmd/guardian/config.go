@@ -25,10 +25,12 @@ type Config struct {
 	Listen           string   `yaml:"listen"`
 	HandshakeTimeout Duration `yaml:"handshake_timeout"`
 	// ShutdownTimeout is how long in-flight requests may run after SIGTERM (default 10s).
-	ShutdownTimeout Duration         `yaml:"shutdown_timeout"`
-	Admin           AdminConfig      `yaml:"admin"`
-	Revocation      RevocationConfig `yaml:"revocation"`
-	Audiences       []AudienceConfig `yaml:"audiences"`
+	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+	// MaxHandshakes bounds handshakes in progress; past it the oldest is shed (default 1024).
+	MaxHandshakes int              `yaml:"max_handshakes"`
+	Admin         AdminConfig      `yaml:"admin"`
+	Revocation    RevocationConfig `yaml:"revocation"`
+	Audiences     []AudienceConfig `yaml:"audiences"`
 
 	file string // where it was read from; relative paths are relative to its directory
 }
@@ -226,6 +228,9 @@ func (c *Config) validate() error {
 	}
 	if c.HandshakeTimeout == 0 {
 		c.HandshakeTimeout = Duration(10 * time.Second)
+	}
+	if c.MaxHandshakes < 0 {
+		return configError(f, "max_handshakes", "negative")
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = Duration(10 * time.Second)

@@ -450,7 +450,7 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger,
 	for i := range auds {
 		auds[i].Stale = n.stale(maxStale, auds[i].ClientCAs)
 	}
-	lcfg := listener.Config{Audiences: auds, Set: n.set, HandshakeTimeout: time.Duration(cfg.HandshakeTimeout),
+	lcfg := listener.Config{Audiences: auds, Set: n.set, HandshakeTimeout: time.Duration(cfg.HandshakeTimeout), MaxHandshakes: cfg.MaxHandshakes,
 		KeepExpired: cfg.Revocation.Expired == "keep", Metrics: metrics, Logger: log, OnRevocation: n.onRevocation}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
