@@ -24,11 +24,12 @@ import (
 
 // Sentinel errors of a refused handshake, checked with errors.Is.
 var (
-	ErrRevoked    = errors.New("listener: client certificate revoked")
-	ErrUnknownSNI = errors.New("listener: unknown server name")
-	ErrStale      = errors.New("listener: revocation data is stale and this audience is on_stale: closed")
-	errShed       = errors.New("listener: handshake shed: too many in progress, and this one was the oldest")
-	errPolicy     = errors.New("listener: the audiences were reloaded during the handshake, and they no longer serve this client")
+	ErrRevoked      = errors.New("listener: client certificate revoked")
+	ErrUnknownSNI   = errors.New("listener: unknown server name")
+	ErrStale        = errors.New("listener: revocation data is stale and this audience is on_stale: closed")
+	errChainTooLong = errors.New("listener: client certificate chain too long")
+	errShed         = errors.New("listener: handshake shed: too many in progress, and this one was the oldest")
+	errPolicy       = errors.New("listener: the audiences were reloaded during the handshake, and they no longer serve this client")
 )
 
 // StalePolicy is what an audience does while the revocation data is stale.
@@ -94,6 +95,9 @@ type Config struct {
 	// oldest is closed to admit the new conn: a flood of clients that connect and never
 	// finish their handshake cannot starve the others, whose handshakes take milliseconds.
 	MaxHandshakes int
+	// MaxChainLength bounds the certificates a client may present; 0 means 10. Real client
+	// PKIs are three or four deep; crypto/tls bounds only the signature checks.
+	MaxChainLength int
 }
 
 type audience struct {
@@ -169,6 +173,7 @@ type Listener struct {
 	handshakes map[*conntrack.Conn]*list.Element // in hsOrder, oldest first
 	hsOrder    list.List
 	maxHS      int
+	maxChain   int
 	// checked hands the keys check computed to serveHandshake, so a handshake computes
 	// them once: leaf *x509.Certificate → *checkedKeys.
 	checked sync.Map
@@ -189,7 +194,7 @@ func New(inner net.Listener, cfg Config) (*Listener, error) {
 		inner: inner, set: cfg.Set, clock: cfg.Clock, timeout: cfg.HandshakeTimeout,
 		keepExp: cfg.KeepExpired, stale: cfg.Stale, onRev: cfg.OnRevocation, log: cfg.Logger,
 		ready: make(chan *tls.Conn), done: make(chan struct{}), handshakes: map[*conntrack.Conn]*list.Element{},
-		maxHS: cfg.MaxHandshakes,
+		maxHS: cfg.MaxHandshakes, maxChain: cfg.MaxChainLength,
 	}
 	if l.clock == nil {
 		l.clock = conntrack.SystemClock{}
@@ -199,6 +204,9 @@ func New(inner net.Listener, cfg Config) (*Listener, error) {
 	}
 	if l.maxHS <= 0 {
 		l.maxHS = 1024
+	}
+	if l.maxChain <= 0 {
+		l.maxChain = 10
 	}
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
@@ -410,6 +418,9 @@ func chainsOf(cs *tls.ConnectionState) [][]*x509.Certificate {
 // check is the revocation check, run by crypto/tls on full and resumed handshakes alike
 // (VerifyPeerCertificate is skipped on resumption).
 func (l *Listener) check(cs tls.ConnectionState) error {
+	if len(cs.PeerCertificates) > l.maxChain {
+		return fmt.Errorf("%w: %d certificates, more than %d", errChainTooLong, len(cs.PeerCertificates), l.maxChain)
+	}
 	chains := chainsOf(&cs)
 	if len(chains) == 0 {
 		return nil
@@ -733,6 +744,8 @@ func classify(err error) string {
 		return "policy"
 	case errors.Is(err, errShed):
 		return "shed"
+	case errors.Is(err, errChainTooLong):
+		return "chain_too_long"
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return "timeout"
 	case errors.As(err, &rh):
