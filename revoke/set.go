@@ -228,16 +228,32 @@ func (s *Set) Lookup(k Key) (Entry, bool) {
 	return s.lists.Load().lookup(k)
 }
 
-// Has reports whether k is revoked.
+// Has reports whether k is revoked. It is Lookup without building the entry: a handshake's
+// lookups are almost all misses, and a miss costs one filter probe.
 func (s *Set) Has(k Key) bool {
-	_, ok := s.Lookup(k)
-	return ok
+	sh, h := s.shard(k)
+	if s.filter.Load().mayHave(h) {
+		sh.mu.RLock()
+		n := sh.get(h, k)
+		sh.mu.RUnlock()
+		if n != nil {
+			return true
+		}
+	}
+	if x := s.lists.Load(); x != nil {
+		_, ok := x.lookup(k)
+		return ok
+	}
+	return false
 }
 
 // AnyOf returns the entry of the first of keys that is revoked.
 func (s *Set) AnyOf(keys []Key) (Entry, bool) {
 	for _, k := range keys {
-		if e, ok := s.Lookup(k); ok {
+		if !s.Has(k) {
+			continue
+		}
+		if e, ok := s.Lookup(k); ok { // unless it was lifted in between
 			return e, true
 		}
 	}
