@@ -232,3 +232,29 @@ func TestStalenessPerAudience(t *testing.T) {
 		t.Error("a configured CRL that never loaded does not make audience A stale")
 	}
 }
+
+// The CLI's --config reaches a fleet's Redis the way guardian serve does, TLS and ACL user
+// included: a rediss:// Redis whose certificate only the configured CA vouches for.
+func TestCLIConfigUsesRedisTLS(t *testing.T) {
+	dir := t.TempDir()
+	if err := writePKI(dir); err != nil {
+		t.Fatal(err)
+	}
+	ca := loadTestCA(t, dir)
+	if err := ca.MustIssue(t, testpki.Opts{CommonName: "redis", DNS: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}}).WriteFiles(dir, "redis"); err != nil {
+		t.Fatal(err)
+	}
+	srv := redistest.Start(t, redistest.Options{
+		TLS:   &redistest.TLSFiles{Cert: filepath.Join(dir, "redis.pem"), Key: filepath.Join(dir, "redis.key"), CA: filepath.Join(dir, "ca.pem")},
+		Users: []string{"default off", "guardian on >s3cret ~{guardian}:* +@all"},
+	})
+	cfg := filepath.Join(dir, "guardian.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(serveConfig, fmt.Sprintf("store: redis\n  redis: { url: %q, ca: ca.pem }", "rediss://guardian:s3cret@"+srv.Addr()+"/0"), "")), 0o644)
+	d := &runningDemo{dir: dir}
+	if out, code := d.cli(t, "revoke", "--config", cfg, "--uri", clientURI); code != 0 {
+		t.Fatalf("revoke --config over TLS: exit %d: %s", code, out)
+	}
+	if out, code := d.cli(t, "list", "--config", cfg); code != 0 || !strings.Contains(out, clientURI) {
+		t.Fatalf("list --config over TLS: exit %d: %s", code, out)
+	}
+}

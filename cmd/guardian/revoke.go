@@ -140,10 +140,11 @@ func (t *targetFlags) open() (target, error) {
 		if cfg.Revocation.Store != "redis" {
 			return nil, fmt.Errorf("%s: revocation.store is %s, not redis: use --admin with a node of it", t.config, cfg.Revocation.Store)
 		}
-		rc := cfg.Revocation.Redis
-		cc = redisfeed.ClientConfig{URL: rc.URL, Addrs: rc.Addrs, MasterName: rc.MasterName, Username: rc.Username, Password: rc.Password, DB: rc.DB}
+		if cc, err = cfg.redisClientConfig(); err != nil {
+			return nil, err
+		}
 		if prefix == "" {
-			prefix = rc.Prefix
+			prefix = cfg.Revocation.Redis.Prefix
 		}
 	}
 	rdb, err := redisfeed.NewClient(cc)

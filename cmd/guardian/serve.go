@@ -178,15 +178,9 @@ func openStore(ctx context.Context, cfg *Config, metrics *prometheus.Registry, l
 		n.close = append(n.close, func() { bs.Close() })
 	case "redis":
 		rc := r.Redis
-		cc := redisfeed.ClientConfig{URL: rc.URL, Addrs: rc.Addrs, MasterName: rc.MasterName,
-			Username: rc.Username, Password: rc.Password, DB: rc.DB}
-		if rc.TLS || rc.CA != "" {
-			cc.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
-			if rc.CA != "" {
-				if cc.TLS.RootCAs, err = cfg.pool([]string{rc.CA}, "revocation.redis.ca"); err != nil {
-					return nil, err
-				}
-			}
+		cc, err := cfg.redisClientConfig()
+		if err != nil {
+			return nil, err
 		}
 		rdb, err := redisfeed.NewClient(cc)
 		if err != nil {
@@ -379,6 +373,25 @@ func (n *node) stale(max time.Duration, pool *x509.CertPool) func() bool {
 		}
 		return false
 	}
+}
+
+// redisClientConfig is the Redis client the configuration describes, TLS included; the
+// daemon and the CLI's --config both use it.
+func (cfg *Config) redisClientConfig() (redisfeed.ClientConfig, error) {
+	rc := cfg.Revocation.Redis
+	cc := redisfeed.ClientConfig{URL: rc.URL, Addrs: rc.Addrs, MasterName: rc.MasterName,
+		Username: rc.Username, Password: rc.Password, DB: rc.DB}
+	if rc.TLS || rc.CA != "" {
+		cc.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
+		if rc.CA != "" {
+			pool, err := cfg.pool([]string{rc.CA}, "revocation.redis.ca")
+			if err != nil {
+				return cc, err
+			}
+			cc.TLS.RootCAs = pool
+		}
+	}
+	return cc, nil
 }
 
 func (n *node) shutdown() {
