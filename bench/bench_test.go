@@ -121,6 +121,9 @@ func TestBadOptions(t *testing.T) {
 		{"bad port", func(o *options) { o.redisPort = 70000 }, "-redis-port"},
 		{"occupied port", func(o *options) { o.redisPort = busyPort }, "port " + strconv.Itoa(busyPort) + " is in use"},
 		{"missing redis", func(o *options) { o.redisBin = "no-such-redis-server" }, "apt-get install redis-server"},
+		{"soak past the fd limit", func(o *options) { o.scenarios, o.soakConns = "soak", 19950 }, "-soak-conns"},
+		{"zero soak conns", func(o *options) { o.scenarios, o.soakConns = "soak", 0 }, "-soak-conns"},
+		{"instant soak", func(o *options) { o.scenarios, o.soakDuration = "soak", time.Millisecond }, "-soak-duration"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -41,7 +41,14 @@ var evictionWorkers = 0
 // traceFile, when set, receives a runtime/trace of eviction-bulk's eviction window.
 var traceFile string
 
+// memProfile, when set, receives a heap profile after the last scenario.
+var memProfile string
+
 var allScenarios = []string{"eviction-single", "eviction-bulk", "eviction-ca", "overhead", "memory", "fleet", "peers"}
+
+// extraScenarios run only when named: the soak is a reliability check of several minutes,
+// not a speed figure (make soak, make soak-short).
+var extraScenarios = []string{"soak"}
 
 type options struct {
 	quick        bool
@@ -63,13 +70,16 @@ type options struct {
 	plotFile     string
 	redisBin     string
 	redisPort    int
+	soakConns    int
+	soakDuration time.Duration
+	soakEvery    time.Duration
 	progressTo   io.Writer // status lines and progress bars; never nil
 }
 
 func defaultOptions() options {
 	return options{rounds: 200, conns: 10000, certs: 1000, others: 5000, caConns: 15000, memConns: 15000,
 		denylist: 100000, loadRounds: 10, loadDuration: 2 * time.Second, loadWorkers: 16, fleetNodes: 3,
-		peerConns: 100, peerWindow: 3 * time.Second, scenarios: strings.Join(allScenarios, ","), redisBin: "redis-server",
+		peerConns: 100, peerWindow: 3 * time.Second, soakConns: 15000, soakDuration: 5 * time.Minute, soakEvery: 250 * time.Millisecond, scenarios: strings.Join(allScenarios, ","), redisBin: "redis-server",
 		progressTo: io.Discard}
 }
 
@@ -105,7 +115,10 @@ func main() {
 	flag.IntVar(&o.fleetNodes, "fleet-nodes", o.fleetNodes, "fleet: guardian nodes on the one Redis")
 	flag.IntVar(&o.peerConns, "peer-conns", o.peerConns, "peers: unrelated live conns held beside the revoked one")
 	flag.DurationVar(&o.peerWindow, "peer-window", o.peerWindow, "peers: how long the revoked live conn is watched")
-	flag.StringVar(&o.scenarios, "scenarios", o.scenarios, "comma-separated scenarios to run, of "+strings.Join(allScenarios, ", "))
+	flag.StringVar(&o.scenarios, "scenarios", o.scenarios, "comma-separated scenarios to run, of "+strings.Join(allScenarios, ", ")+", and "+strings.Join(extraScenarios, ", ")+" (only when named)")
+	flag.IntVar(&o.soakConns, "soak-conns", o.soakConns, "soak: mTLS conns held through the soak")
+	flag.DurationVar(&o.soakDuration, "soak-duration", o.soakDuration, "soak: how long revocations arrive under churn")
+	flag.DurationVar(&o.soakEvery, "soak-every", o.soakEvery, "soak: one revocation through Redis this often")
 	flag.StringVar(&o.jsonFile, "json", "", "write every figure to `FILE` as JSON")
 	flag.StringVar(&o.plotFile, "plot", "", "draw the eviction scenarios' latency distributions to `FILE.png`")
 	flag.StringVar(&o.redisBin, "redis-server", o.redisBin, "the redis-server `BINARY`")
@@ -113,6 +126,7 @@ func main() {
 	flag.IntVar(&evictionWorkers, "eviction-workers", 0, "the nodes' eviction worker pool (0: the listener's default, 4×GOMAXPROCS)")
 	flag.StringVar(&traceFile, "trace", "", "write a runtime/trace of the node's process during eviction-bulk's eviction window to `FILE`")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the harness process (the guardian nodes under test) to `FILE`")
+	flag.StringVar(&memProfile, "memprofile", "", "write a heap profile of the harness process to `FILE` after the last scenario, before the nodes stop")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "bench: unexpected argument %q\n", flag.Arg(0))
@@ -161,7 +175,7 @@ const maxConns = 18000
 func (o options) validate() error {
 	for name, v := range map[string]int{"-rounds": o.rounds, "-conns": o.conns, "-certs": o.certs, "-others": o.others,
 		"-ca-conns": o.caConns, "-mem-conns": o.memConns, "-load-rounds": o.loadRounds, "-load-workers": o.loadWorkers,
-		"-fleet-nodes": o.fleetNodes, "-peer-conns": o.peerConns} {
+		"-fleet-nodes": o.fleetNodes, "-peer-conns": o.peerConns, "-soak-conns": o.soakConns} {
 		if v <= 0 {
 			return fmt.Errorf("%s must be positive, got %d", name, v)
 		}
@@ -189,6 +203,12 @@ func (o options) validate() error {
 			return fmt.Errorf("%s = %d: a process here may hold 20,000 fds; keep the conns at or under %d", name, v, maxConns)
 		}
 	}
+	if o.soakConns > maxConns-100 {
+		return fmt.Errorf("-soak-conns = %d: a process here may hold 20,000 fds, and the churn needs some; keep it at or under %d", o.soakConns, maxConns-100)
+	}
+	if o.soakDuration < time.Second || o.soakEvery < time.Millisecond {
+		return fmt.Errorf("-soak-duration must be at least 1s and -soak-every at least 1ms, got %s and %s", o.soakDuration, o.soakEvery)
+	}
 	if o.fleetNodes > 16 {
 		return fmt.Errorf("-fleet-nodes must be at most 16, got %d", o.fleetNodes)
 	}
@@ -199,8 +219,8 @@ func (o options) validate() error {
 		return errors.New("-scenarios is empty")
 	}
 	for _, s := range strings.Split(o.scenarios, ",") {
-		if !slices.Contains(allScenarios, s) {
-			return fmt.Errorf("unknown scenario %q (this build has %s)", s, strings.Join(allScenarios, ", "))
+		if !slices.Contains(allScenarios, s) && !slices.Contains(extraScenarios, s) {
+			return fmt.Errorf("unknown scenario %q (this build has %s)", s, strings.Join(append(allScenarios, extraScenarios...), ", "))
 		}
 	}
 	return nil
@@ -217,6 +237,7 @@ type Results struct {
 	Memory         *MemoryStats   `json:"memory,omitempty"`
 	Fleet          *FleetStats    `json:"fleet,omitempty"`
 	Peers          *PeersStats    `json:"peers,omitempty"`
+	Soak           *SoakStats     `json:"soak,omitempty"`
 	// StealPercent is, per scenario, the share of the machine's CPU time the hypervisor gave
 	// to other guests while it ran (from /proc/stat; -1 where unreadable).
 	StealPercent map[string]float64 `json:"cpu_steal_percent"`
@@ -292,6 +313,7 @@ func run(ctx context.Context, o options) (*Results, error) {
 		"ca_conns": o.caConns, "mem_conns": o.memConns, "denylist": o.denylist, "load_rounds": o.loadRounds,
 		"load_duration": o.loadDuration.String(), "load_workers": o.loadWorkers, "fleet_nodes": o.fleetNodes,
 		"peer_conns": o.peerConns, "peer_window": o.peerWindow.String(), "scenarios": o.scenarios,
+		"soak_conns": o.soakConns, "soak_duration": o.soakDuration.String(), "soak_every": o.soakEvery.String(),
 	}}
 	dir, err := os.MkdirTemp("", "guardian-bench-")
 	if err != nil {
@@ -327,6 +349,15 @@ func run(ctx context.Context, o options) (*Results, error) {
 	}
 
 	res.StealPercent = map[string]float64{}
+	if memProfile != "" {
+		defer func() {
+			if f, err := os.Create(memProfile); err == nil {
+				runtime.GC()
+				pprof.WriteHeapProfile(f)
+				f.Close()
+			}
+		}()
+	}
 	for _, s := range strings.Split(o.scenarios, ",") {
 		cl, err := startClient()
 		if err != nil {
@@ -348,6 +379,11 @@ func run(ctx context.Context, o options) (*Results, error) {
 			res.Fleet, err = fleet(ctx, h, cl)
 		case "peers":
 			res.Peers, err = peers(ctx, h, cl)
+		case "soak":
+			res.Soak, err = soak(ctx, h, cl)
+			if err != nil && res.Soak != nil {
+				printTable(os.Stdout, res) // the figures of a failed soak say what went wrong
+			}
 		}
 		res.StealPercent[s] = steal.percent()
 		cl.stop()

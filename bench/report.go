@@ -70,9 +70,21 @@ func printTable(w io.Writer, r *Results) {
 		}
 		fmt.Fprintln(w)
 	}
+	if s := r.Soak; s != nil {
+		fmt.Fprintf(w, "soak             (%d conns of %d certificates held for %.0f s under churn; %d revocations (%d of held certificates) and %d unrevocations through Redis)\n",
+			s.Conns, s.Certs, s.Seconds, s.Revocations, s.HeldRevocations, s.Unrevocations)
+		fmt.Fprintf(w, "  held conns of revoked certificates closed: %d of %d   target all\n", s.ClosedRevoked, s.RevokedConns)
+		fmt.Fprintf(w, "  other held conns closed (collateral):       %d         target 0\n", s.Collateral)
+		fmt.Fprintf(w, "  churn: %d keep-alive requests (%d failed), %d new conns with a full handshake (%d failed)\n",
+			s.Requests, s.RequestFailures, s.Handshakes, s.HandshakeFailures)
+		fmt.Fprintf(w, "  server before / after: goroutines %d / %d, fds %d / %d, heap %.1f / %.1f MiB   target: back near the baseline\n",
+			s.Baseline.Goroutines, s.After.Goroutines, s.Baseline.FDs, s.After.FDs, float64(s.Baseline.HeapBytes)/(1<<20), float64(s.After.HeapBytes)/(1<<20))
+		fmt.Fprintf(w, "  after %d more conns (a second round of handshakes): goroutines %d, fds %d, heap %.1f MiB   target: no growth (a leak grows per conn)\n\n",
+			s.AgainConns, s.Again.Goroutines, s.Again.FDs, float64(s.Again.HeapBytes)/(1<<20))
+	}
 	if len(r.StealPercent) > 0 {
 		fmt.Fprint(w, "CPU time stolen by the host for other guests, per scenario:")
-		for _, s := range allScenarios {
+		for _, s := range append(allScenarios, extraScenarios...) {
 			if v, ok := r.StealPercent[s]; ok && v >= 0 {
 				fmt.Fprintf(w, " %s %.1f%%", s, v)
 			}
