@@ -218,17 +218,29 @@ func soak(ctx context.Context, h *harness, cl *client) (*SoakStats, error) {
 	for deadline := time.Now().Add(30 * time.Second); gl.Registry().Len() > o.soakConns-s.RevokedConns && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 	}
-	time.Sleep(500 * time.Millisecond) // for the last closes, and any wrong one, to reach the client
-	events, err := cl.report()
-	if err != nil {
-		return s, err
-	}
-	for _, e := range events {
-		if revoked[e.Tag] {
-			s.ClosedRevoked++
-		} else {
-			s.Collateral++
+	// The client sees each close a moment after the node makes it, later on a loaded
+	// machine: gather its reports until every revoked conn's close has arrived, then once
+	// more after a pause, for any wrong one.
+	count := func() error {
+		events, err := cl.report()
+		for _, e := range events {
+			if revoked[e.Tag] {
+				s.ClosedRevoked++
+			} else {
+				s.Collateral++
+			}
 		}
+		return err
+	}
+	for deadline := time.Now().Add(30 * time.Second); s.ClosedRevoked < s.RevokedConns && time.Now().Before(deadline); {
+		time.Sleep(200 * time.Millisecond)
+		if err := count(); err != nil {
+			return s, err
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	if err := count(); err != nil {
+		return s, err
 	}
 	cl.send(clientCmd{Cmd: "close"})
 	if _, err := cl.await("done", 30*time.Second, nil, nil); err != nil {
