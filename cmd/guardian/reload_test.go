@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/x509"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -164,5 +166,54 @@ func TestRunServeSignals(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("runServe still running 20s after SIGTERM")
+	}
+}
+
+// A CRL whose CA no audience trusts yet is refused; a reload that adds the CA to an
+// audience trusts its CRL too, and reads it again at once: a certificate it lists is refused,
+// while another of that CA is served.
+func TestServeReloadTrustsANewCAsCRL(t *testing.T) {
+	dir := t.TempDir()
+	if err := writePKI(dir); err != nil {
+		t.Fatal(err)
+	}
+	partner, _ := testpki.New("partner CA")
+	os.WriteFile(filepath.Join(dir, "partner-ca.pem"), partner.CertPEM(), 0o644)
+	listed := partner.MustIssue(t, testpki.Opts{CommonName: "listed"})
+	for name, l := range map[string]*testpki.Leaf{"listed": listed, "unlisted": partner.MustIssue(t, testpki.Opts{CommonName: "unlisted"})} {
+		if err := l.WriteFiles(dir, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(filepath.Join(dir, "partner.crl"), partner.MustCRL(t, testpki.CRLOpts{Number: 1,
+		Entries: []x509.RevocationListEntry{testpki.Revoked(listed.Cert.SerialNumber, 1)}}), 0o644)
+	config := func(cas string) string {
+		return fmt.Sprintf(`
+listen: "127.0.0.1:0"
+revocation: { store: memory, crl: [ { file: partner.crl, every: 1h } ] }
+audiences:
+  - { name: api, sni: [localhost], cert: server.pem, key: server.key, client_ca: [%s] }
+`, cas)
+	}
+	s := startServe(t, dir, config("ca.pem"))
+	d := s.demoView()
+	served := func(name string) bool {
+		resp, err := d.client(t, name).Get("https://" + local(s.addr) + "/")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	}
+	if served("unlisted") {
+		t.Fatal("a partner certificate was served before any audience trusts the partner CA")
+	}
+	if err := os.WriteFile(s.file, []byte(config("ca.pem, partner-ca.pem")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.reload <- struct{}{}
+	eventuallyT(t, "the partner CA trusted after the reload", func() bool { return served("unlisted") })
+	eventuallyT(t, "the partner CRL applied after the reload", func() bool { return !served("listed") })
+	if !served("client") {
+		t.Fatal("a certificate of the first CA was refused after the reload")
 	}
 }

@@ -266,6 +266,10 @@ func (n *node) reload(cfg *Config, l *listener.Listener, handler *atomic.Pointer
 	if err != nil {
 		return err
 	}
+	issuers, err := next.crlIssuers()
+	if err != nil {
+		return err
+	}
 	maxStale := time.Duration(cfg.Revocation.MaxStaleness)
 	for i := range auds {
 		auds[i].Stale = n.stale(maxStale, auds[i].ClientCAs)
@@ -277,6 +281,14 @@ func (n *node) reload(cfg *Config, l *listener.Listener, handler *atomic.Pointer
 	handler.Store(&h)
 	m := next.ocspModes()
 	modes.Store(&m)
+	// A CA added to an audience is trusted for its CRLs too; a CRL refused before for
+	// want of it is read again.
+	n.crl.SetIssuers(issuers)
+	for _, src := range n.crls {
+		if !src.Loaded() {
+			go src.Retry(context.Background())
+		}
+	}
 	for _, f := range restartOnly(cfg, next) {
 		log.Warn("configuration changed where a reload does not apply it; restart guardian for it", "field", f)
 	}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math/big"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -48,7 +49,7 @@ type Options struct {
 // It is the only way a CRL reaches the Set, whichever source (file, URL, Redis) read it.
 type Applier struct {
 	set     *revoke.Set
-	issuers map[string][]*x509.Certificate // by RawSubject
+	issuers atomic.Pointer[map[string][]*x509.Certificate] // by RawSubject; replaced by SetIssuers
 	skew    time.Duration
 	now     func() time.Time
 	log     *slog.Logger
@@ -87,8 +88,7 @@ func NewApplier(opts Options) (*Applier, error) {
 	if opts.Set == nil {
 		return nil, errors.New("crl: Options.Set is required")
 	}
-	a := &Applier{set: opts.Set, issuers: map[string][]*x509.Certificate{}, skew: opts.MaxSkew, now: opts.Now,
-		log: opts.Logger, applied: map[string]*Applied{}}
+	a := &Applier{set: opts.Set, skew: opts.MaxSkew, now: opts.Now, log: opts.Logger, applied: map[string]*Applied{}}
 	if a.skew <= 0 {
 		a.skew = time.Minute
 	}
@@ -98,15 +98,23 @@ func NewApplier(opts Options) (*Applier, error) {
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
-	for _, c := range opts.Issuers {
-		a.issuers[string(c.RawSubject)] = append(a.issuers[string(c.RawSubject)], c)
-	}
+	a.SetIssuers(opts.Issuers)
 	m, err := newApplierMetrics(opts.Metrics, a)
 	if err != nil {
 		return nil, err
 	}
 	a.m = m
 	return a, nil
+}
+
+// SetIssuers replaces the CA certificates whose CRLs may be applied, as a configuration
+// reload does. CRLs already applied stay in force: they can only deny more.
+func (a *Applier) SetIssuers(issuers []*x509.Certificate) {
+	m := map[string][]*x509.Certificate{}
+	for _, c := range issuers {
+		m[string(c.RawSubject)] = append(m[string(c.RawSubject)], c)
+	}
+	a.issuers.Store(&m)
 }
 
 // Apply checks the CRL in b (DER or PEM), read from origin, and applies it. A refused CRL
@@ -156,7 +164,7 @@ func (a *Applier) apply(b []byte, origin string) (Result, error) {
 	}
 	var signer *x509.Certificate
 	var sigErrs []error
-	for _, ca := range a.issuers[string(c.RawIssuer)] {
+	for _, ca := range (*a.issuers.Load())[string(c.RawIssuer)] {
 		if err := c.CheckSignatureFrom(ca); err != nil {
 			sigErrs = append(sigErrs, err)
 			continue

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -25,6 +26,9 @@ type Source interface {
 	// Loaded reports whether a CRL from this source is in force. Until one is, the node
 	// lacks revocations it was configured to have: it is stale.
 	Loaded() bool
+	// Retry loads the CRL even if it looks unchanged: the Applier's trust changed, and a
+	// CRL it refused before may be good now.
+	Retry(ctx context.Context) error
 }
 
 // File is a CRL in a local file, DER or PEM, re-read when its size or modification time
@@ -37,7 +41,8 @@ type File struct {
 	MaxSize int64
 	Applier *Applier
 
-	stamp  fileStamp // the file as last read; Run's goroutine only
+	mu     sync.Mutex // held by a load, so Run's and Retry's never overlap
+	stamp  fileStamp  // the file as last read
 	loaded atomic.Bool
 }
 
@@ -54,6 +59,8 @@ func (f *File) Loaded() bool { return f.loaded.Load() }
 
 // Load reads the file if it changed since the last read and applies it.
 func (f *File) Load(ctx context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	st, err := os.Stat(f.Path)
 	if err != nil {
 		return f.Applier.fetchFailed(f.Path, "file", err)
@@ -81,6 +88,14 @@ func (f *File) Load(ctx context.Context) error {
 	}
 	f.loaded.Store(true)
 	return nil
+}
+
+// Retry re-reads the file even if it did not change.
+func (f *File) Retry(ctx context.Context) error {
+	f.mu.Lock()
+	f.stamp = fileStamp{}
+	f.mu.Unlock()
+	return f.Load(ctx)
 }
 
 // Run checks the file every Every until ctx ends.
@@ -142,8 +157,9 @@ type URL struct {
 	Client  *http.Client
 	Applier *Applier
 
-	etag, lastModified string    // of the last good fetch; Run's goroutine only
-	nextUpdate         time.Time // of the CRL it last applied
+	mu                 sync.Mutex // held by a load, so Run's and Retry's never overlap
+	etag, lastModified string     // of the last good fetch
+	nextUpdate         time.Time  // of the CRL it last applied
 	loaded             atomic.Bool
 }
 
@@ -155,6 +171,8 @@ func (u *URL) Loaded() bool { return u.loaded.Load() }
 
 // Load fetches the CRL and applies it if the server sent a new one.
 func (u *URL) Load(ctx context.Context) error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
 	timeout := u.Timeout
 	if timeout <= 0 {
 		timeout = 30 * time.Second
@@ -207,6 +225,14 @@ func (u *URL) Load(ctx context.Context) error {
 	return nil
 }
 
+// Retry fetches the CRL without the conditional headers.
+func (u *URL) Retry(ctx context.Context) error {
+	u.mu.Lock()
+	u.etag, u.lastModified = "", ""
+	u.mu.Unlock()
+	return u.Load(ctx)
+}
+
 // Run fetches the CRL at Refresh, or at the applied CRL's nextUpdate when that is sooner,
 // until ctx ends; after a failure it retries sooner, backing off up to Refresh.
 func (u *URL) Run(ctx context.Context) {
@@ -220,11 +246,14 @@ func (u *URL) Run(ctx context.Context) {
 		if retry > 0 {
 			wait = retry
 		}
-		if !u.nextUpdate.IsZero() {
+		u.mu.Lock()
+		next := u.nextUpdate
+		u.mu.Unlock()
+		if !next.IsZero() {
 			// A CA publishes its next CRL before the current one's nextUpdate, when the
 			// node would turn stale: fetch a minute ahead, and after that, while the same CRL
 			// comes back, every few seconds until a new one does.
-			if until := time.Until(u.nextUpdate) - time.Minute; until < wait {
+			if until := time.Until(next) - time.Minute; until < wait {
 				wait = max(until, min(refresh, 5*time.Second))
 			}
 		}

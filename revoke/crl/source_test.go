@@ -66,6 +66,10 @@ func TestFileSource(t *testing.T) {
 
 	write(2, 10, 20)
 	eventually(t, "the rewritten file is applied", func() bool { return set.Has(serialKey(ca, 20)) })
+	// Retry (a reload's) runs beside Run's loads; the race detector watches.
+	if err := f.Retry(context.Background()); err != nil {
+		t.Fatalf("Retry of an unchanged, applied file: %v", err)
+	}
 	os.WriteFile(path, []byte("garbage"), 0o600)
 	eventually(t, "the broken file is refused", func() bool {
 		return metrictest.Value(t, reg, "guardian_crl_refused_total", "reason", "malformed") >= 1
