@@ -37,13 +37,9 @@ lint:
 	  if [ -n "$$out" ]; then echo "gofmt: not formatted:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-## fuzz: each fuzz target for FUZZTIME (default 30s).
+## fuzz: each fuzz target for FUZZTIME (default 30s); scripts/fuzz.sh says how a failure is judged.
 fuzz:
-	@set -e; for t in $(FUZZ_TARGETS); do \
-	  pkg=$${t%%:*}; name=$${t##*:}; \
-	  echo "== $$name ($$pkg, $(FUZZTIME))"; \
-	  $(GO) test -run XXX -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
-	done
+	@bash scripts/fuzz.sh $(FUZZTIME) $(FUZZ_TARGETS)
 
 ## bench: the harness (own redis-server, clients in another process); figures in
 ## bench-results/latest.json, latency distributions in bench-results/latency.png.
