@@ -258,3 +258,37 @@ func TestCLIConfigUsesRedisTLS(t *testing.T) {
 		t.Fatalf("list --config over TLS: exit %d: %s", code, out)
 	}
 }
+
+// guardian restarted on a Redis fleet: the revocations are in force from the first conn the
+// new process accepts (it reads Redis's snapshot before it listens), including one written
+// while no node was running.
+func TestServeRedisRestartEnforcesFromTheFirstConn(t *testing.T) {
+	dir := t.TempDir()
+	if err := writePKI(dir); err != nil {
+		t.Fatal(err)
+	}
+	srv := redistest.Start(t, redistest.Options{})
+	cfg := fmt.Sprintf(serveConfig, fmt.Sprintf("store: redis\n  redis: { url: %q }", srv.URL()), "")
+	s := startServe(t, dir, cfg)
+	d := s.demoView()
+	if out, code := d.cli(t, "revoke", "--redis", srv.URL(), "--uri", clientURI); code != 0 {
+		t.Fatalf("revoke: %s", out)
+	}
+	s.stop()
+	// Written while no node runs.
+	if out, code := d.cli(t, "revoke", "--redis", srv.URL(), "--cert", filepath.Join(dir, "client2.pem")); code != 0 {
+		t.Fatalf("revoke while down: %s", out)
+	}
+	s2 := startServe(t, dir, cfg)
+	d2 := s2.demoView()
+	for _, name := range []string{"client", "client2"} {
+		if _, err := d2.client(t, name).Get("https://" + local(s2.addr) + "/"); err == nil {
+			t.Fatalf("%s, revoked in Redis, was served on the restarted node's first conns", name)
+		}
+	}
+	resp, err := d2.client(t, "admin").Get("https://" + local(s2.addr) + "/")
+	if err != nil {
+		t.Fatalf("an unrevoked client refused after the restart: %v", err)
+	}
+	resp.Body.Close()
+}
