@@ -298,17 +298,6 @@ func (s *Set) Entries() []Entry {
 	return out
 }
 
-// EntriesFrom returns a copy of src's claims, sorted by key.
-func (s *Set) EntriesFrom(src string) []Entry {
-	var out []Entry
-	for _, e := range s.Entries() {
-		if e.Source == src {
-			out = append(out, e)
-		}
-	}
-	return out
-}
-
 // Subscribe registers fn to receive every later change, in order, synchronously on the
 // goroutine that applied it: a revocation is in the Set before fn hears of it. fn must be
 // quick and must not change the Set. The returned function unsubscribes.

@@ -185,7 +185,7 @@ func (a *Applier) apply(b []byte, origin string) (Result, error) {
 	if !c.NextUpdate.IsZero() && c.NextUpdate.Before(c.ThisUpdate) {
 		return Result{}, fmt.Errorf("%w: nextUpdate %s is before thisUpdate %s", ErrMalformed, c.NextUpdate.Format(time.RFC3339), c.ThisUpdate.Format(time.RFC3339))
 	}
-	id := listID(c)
+	_, _, id := names(c)
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -243,13 +243,6 @@ func newer(prev *Applied, c *CRL) (unchanged bool, err error) {
 		return true, nil
 	}
 	return false, nil
-}
-
-// listID is the ID of the list a CRL becomes, without indexing it.
-func listID(c *CRL) string {
-	var t Table
-	t.setNames(c)
-	return t.id
 }
 
 // Applied returns the CRLs in force, by list ID.

@@ -69,14 +69,16 @@ func (f *File) Load(ctx context.Context) error {
 	if stamp == f.stamp {
 		return nil
 	}
-	max := f.MaxSize
-	if max <= 0 {
-		max = DefaultMaxSize
+	limit := sizeCap(f.MaxSize)
+	if st.Size() > limit {
+		return f.Applier.fetchFailed(f.Path, "file", fmt.Errorf("%w: %d bytes, more than %d", ErrTooLarge, st.Size(), limit))
 	}
-	if st.Size() > max {
-		return f.Applier.fetchFailed(f.Path, "file", fmt.Errorf("%w: %d bytes, more than %d", ErrTooLarge, st.Size(), max))
+	file, err := os.Open(f.Path)
+	if err != nil {
+		return f.Applier.fetchFailed(f.Path, "file", err)
 	}
-	b, err := readAtMost(openFile(f.Path), max, st.Size())
+	b, err := readAtMost(file, limit, st.Size())
+	file.Close()
 	if err != nil {
 		return f.Applier.fetchFailed(f.Path, "file", err)
 	}
@@ -116,21 +118,20 @@ func (f *File) Run(ctx context.Context) {
 	}
 }
 
-func openFile(path string) func() (io.ReadCloser, error) {
-	return func() (io.ReadCloser, error) { return os.Open(path) }
+// sizeCap is a source's MaxSize, or DefaultMaxSize.
+func sizeCap(n int64) int64 {
+	if n <= 0 {
+		return DefaultMaxSize
+	}
+	return n
 }
 
-// readAtMost reads everything open returns, refusing more than max bytes. size, when
-// known (a file's size, a Content-Length), sizes the buffer at once: io.ReadAll's doubling
-// would briefly hold up to twice a large CRL.
-func readAtMost(open func() (io.ReadCloser, error), limit, size int64) ([]byte, error) {
-	r, err := open()
-	if err != nil {
-		return nil, err
-	}
-	defer r.Close()
+// readAtMost reads r to its end, refusing more than limit bytes. size, when known (a file's
+// size, a Content-Length), sizes the buffer at once: io.ReadAll's doubling would briefly
+// hold up to twice a large CRL.
+func readAtMost(r io.Reader, limit, size int64) ([]byte, error) {
 	buf := bytes.NewBuffer(make([]byte, 0, min(max(size, 0), limit)+bytes.MinRead))
-	_, err = buf.ReadFrom(io.LimitReader(r, limit+1))
+	_, err := buf.ReadFrom(io.LimitReader(r, limit+1))
 	b := buf.Bytes()
 	if err != nil {
 		return nil, err
@@ -205,14 +206,11 @@ func (u *URL) Load(ctx context.Context) error {
 	default:
 		return u.Applier.fetchFailed(u.URL, "url", fmt.Errorf("HTTP %s", resp.Status))
 	}
-	max := u.MaxSize
-	if max <= 0 {
-		max = DefaultMaxSize
+	limit := sizeCap(u.MaxSize)
+	if resp.ContentLength > limit {
+		return u.Applier.fetchFailed(u.URL, "url", fmt.Errorf("%w: Content-Length %d, more than %d", ErrTooLarge, resp.ContentLength, limit))
 	}
-	if resp.ContentLength > max {
-		return u.Applier.fetchFailed(u.URL, "url", fmt.Errorf("%w: Content-Length %d, more than %d", ErrTooLarge, resp.ContentLength, max))
-	}
-	b, err := readAtMost(func() (io.ReadCloser, error) { return resp.Body, nil }, max, resp.ContentLength)
+	b, err := readAtMost(resp.Body, limit, resp.ContentLength)
 	if err != nil {
 		return u.Applier.fetchFailed(u.URL, "url", err)
 	}

@@ -98,6 +98,11 @@ func TestURLSource(t *testing.T) {
 		case "error":
 			http.Error(w, "boom", 500)
 			return
+		case "chunked": // no Content-Length: only the read's own limit can stop it
+			w.Write(b[:10])
+			w.(http.Flusher).Flush()
+			w.Write(b[10:])
+			return
 		}
 		etag := fmt.Sprintf(`"v%d"`, v)
 		if r.Header.Get("If-None-Match") == etag {
@@ -149,5 +154,11 @@ func TestURLSource(t *testing.T) {
 	big := &crl.URL{URL: srv.URL, MaxSize: 100, Applier: u.Applier}
 	if err := big.Load(ctx); err == nil || !strings.Contains(err.Error(), "larger than the size cap") {
 		t.Fatalf("oversized CRL: %v", err)
+	}
+	mu.Lock()
+	mode = "chunked"
+	mu.Unlock()
+	if err := big.Retry(ctx); err == nil || !strings.Contains(err.Error(), "more than 100 bytes") {
+		t.Fatalf("oversized CRL without a Content-Length: %v", err)
 	}
 }

@@ -41,7 +41,7 @@ func NewTable(c *CRL) (*Table, error) {
 		return nil, fmt.Errorf("crl: %d bytes is more than a table can index", len(c.Raw))
 	}
 	t := &Table{crl: c, seed: maphash.MakeSeed()}
-	t.setNames(c)
+	t.issuer, t.source, t.id = names(c)
 	size := uint64(1) << bits.Len64(uint64(count+count/3))
 	t.slots = make([]uint64, max(size, 8))
 	t.mask = uint64(len(t.slots) - 1)
@@ -70,14 +70,17 @@ func NewTable(c *CRL) (*Table, error) {
 	return t, nil
 }
 
-func (t *Table) setNames(c *CRL) {
-	t.issuer = revoke.IssuerHash(c.RawIssuer)
-	t.source = revoke.CRLSource(t.issuer)
-	t.id = t.source
+// names are the issuer hash, source and list ID of the list c becomes: one list per
+// issuer and scope.
+func names(c *CRL) (issuer, source, id string) {
+	issuer = revoke.IssuerHash(c.RawIssuer)
+	source = revoke.CRLSource(issuer)
+	id = source
 	if c.Scope != nil {
 		sh := sha256.Sum256(c.Scope)
-		t.id += "/" + hex.EncodeToString(sh[:8])
+		id += "/" + hex.EncodeToString(sh[:8])
 	}
+	return issuer, source, id
 }
 
 func (t *Table) hash(mag []byte, neg bool) uint64 {
@@ -119,9 +122,6 @@ func (t *Table) Source() string { return t.source }
 
 // Len is the number of revoked serials.
 func (t *Table) Len() int { return t.n }
-
-// CRL returns the CRL the table indexes.
-func (t *Table) CRL() *CRL { return t.crl }
 
 // Lookup returns the entry of a serial given in a serial key's form.
 func (t *Table) Lookup(serial string) (revoke.Entry, bool) {
