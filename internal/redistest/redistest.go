@@ -2,7 +2,6 @@ package redistest
 
 import (
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -10,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -161,34 +161,79 @@ func freePort(tb testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// Proxy is a TCP proxy in front of a Server that a test can partition: while partitioned
-// it cuts every proxied conn and holds new ones open without forwarding a byte, as a
-// network that drops packets does. It is a fault injector, not a Redis fake.
+// Proxy is a TCP proxy in front of a Server that a test can partition or slow down: while
+// partitioned it cuts every proxied conn and holds new ones open without forwarding a byte,
+// as a network that drops packets does; with a delay it holds every chunk it forwards, either
+// way, for that long first, as a slow Redis or a slow network does. It is a fault injector,
+// not a Redis fake.
 type Proxy struct {
-	tb      testing.TB
 	ln      net.Listener
 	target  string
+	delay   atomic.Int64 // nanoseconds each chunk waits before it is forwarded
 	mu      sync.Mutex
+	changed chan struct{} // closed and replaced when the delay changes
 	cut     bool
 	conns   map[net.Conn]struct{}
 	closing bool
 }
 
-// NewProxy listens on a free loopback port and forwards to target.
+// NewProxy listens on a free loopback port and forwards to target; it is closed when the
+// test ends.
 func NewProxy(tb testing.TB, target string) *Proxy {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := ListenProxy(target)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	p := &Proxy{tb: tb, ln: ln, target: target, conns: map[net.Conn]struct{}{}}
-	go p.serve()
 	tb.Cleanup(p.Close)
 	return p
 }
 
+// ListenProxy is NewProxy outside a test (the bench harness's soak): the caller closes it.
+func ListenProxy(target string) (*Proxy, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}, changed: make(chan struct{})}
+	go p.serve()
+	return p, nil
+}
+
 // Addr is the proxy's address.
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+
+// SetDelay makes every chunk, in either direction, wait d from when the proxy read it
+// before it is forwarded; chunks already waiting are held to the new delay too, so 0
+// forwards everything at once again. Each direction of a conn forwards its chunks in order,
+// so a burst queues behind the delay as it would behind a slow server.
+func (p *Proxy) SetDelay(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.delay.Store(int64(d))
+	close(p.changed)
+	p.changed = make(chan struct{})
+}
+
+// hold waits until the chunk read at t is due, or the proxy closes.
+func (p *Proxy) hold(t time.Time) {
+	for {
+		p.mu.Lock()
+		changed, closing := p.changed, p.closing
+		p.mu.Unlock()
+		wait := time.Until(t.Add(time.Duration(p.delay.Load())))
+		if wait <= 0 || closing {
+			return
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-timer.C:
+			return
+		case <-changed:
+			timer.Stop()
+		}
+	}
+}
 
 func (p *Proxy) serve() {
 	for {
@@ -221,9 +266,26 @@ func (p *Proxy) forward(c net.Conn) {
 	p.mu.Lock()
 	p.conns[b] = struct{}{}
 	p.mu.Unlock()
-	go func() { io.Copy(b, c); p.drop(b) }()
-	io.Copy(c, b)
+	go func() { p.copy(b, c); p.drop(b) }()
+	p.copy(c, b)
 	p.drop(c)
+}
+
+// copy forwards src to dst, each chunk after the proxy's delay, until either side ends.
+func (p *Proxy) copy(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.hold(time.Now())
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 func (p *Proxy) drop(c net.Conn) {
@@ -262,6 +324,8 @@ func (p *Proxy) Heal() {
 func (p *Proxy) Close() {
 	p.mu.Lock()
 	p.closing = true
+	close(p.changed) // release every held chunk
+	p.changed = make(chan struct{})
 	p.mu.Unlock()
 	p.ln.Close()
 	p.Heal()
