@@ -10,7 +10,9 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -252,8 +254,11 @@ func readLine(t *testing.T, r *bufio.Reader) string {
 	return strings.TrimSpace(s)
 }
 
-// leakCheck fails the test if goroutines of the listener or registry outlive it.
+// leakCheck fails the test if, once its cleanups have run, a goroutine of conntrack or the
+// listener is still running, or a socket opened during the test is still open: each conn
+// the listener accepted (or refused) must have been closed, whatever ended it.
 func leakCheck(t testing.TB) {
+	before := sockets(t)
 	t.Cleanup(func() {
 		deadline := time.Now().Add(5 * time.Second)
 		for {
@@ -265,16 +270,43 @@ func leakCheck(t testing.TB) {
 					leaked = append(leaked, g)
 				}
 			}
-			if len(leaked) == 0 {
+			var open []string
+			for fd, name := range sockets(t) {
+				if _, ok := before[fd]; !ok || before[fd] != name {
+					open = append(open, fmt.Sprintf("fd %s (%s)", fd, name))
+				}
+			}
+			if len(leaked) == 0 && len(open) == 0 {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Errorf("%d goroutines leaked, first:\n%s", len(leaked), leaked[0])
+				if len(leaked) > 0 {
+					t.Errorf("%d goroutines leaked, first:\n%s", len(leaked), leaked[0])
+				}
+				if len(open) > 0 {
+					sort.Strings(open)
+					t.Errorf("%d sockets opened during the test still open: %s", len(open), strings.Join(open, ", "))
+				}
 				return
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
 	})
+}
+
+// sockets returns this process's open sockets: fd number → "socket:[inode]".
+func sockets(t testing.TB) map[string]string {
+	dir, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatalf("leak check: %v", err)
+	}
+	out := map[string]string{}
+	for _, e := range dir {
+		if name, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(name, "socket:") {
+			out[e.Name()] = name
+		}
+	}
+	return out
 }
 
 func quietLog() *log.Logger { return log.New(io.Discard, "", 0) }
