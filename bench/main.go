@@ -73,13 +73,14 @@ type options struct {
 	soakConns    int
 	soakDuration time.Duration
 	soakEvery    time.Duration
+	soakFaults   bool
 	progressTo   io.Writer // status lines and progress bars; never nil
 }
 
 func defaultOptions() options {
 	return options{rounds: 200, conns: 10000, certs: 1000, others: 5000, caConns: 15000, memConns: 15000,
 		denylist: 100000, loadRounds: 10, loadDuration: 2 * time.Second, loadWorkers: 16, fleetNodes: 3,
-		peerConns: 100, peerWindow: 3 * time.Second, soakConns: 15000, soakDuration: 5 * time.Minute, soakEvery: 250 * time.Millisecond, scenarios: strings.Join(allScenarios, ","), redisBin: "redis-server",
+		peerConns: 100, peerWindow: 3 * time.Second, soakConns: 15000, soakDuration: 5 * time.Minute, soakEvery: 250 * time.Millisecond, soakFaults: true, scenarios: strings.Join(allScenarios, ","), redisBin: "redis-server",
 		progressTo: io.Discard}
 }
 
@@ -119,6 +120,7 @@ func main() {
 	flag.IntVar(&o.soakConns, "soak-conns", o.soakConns, "soak: mTLS conns held through the soak")
 	flag.DurationVar(&o.soakDuration, "soak-duration", o.soakDuration, "soak: how long revocations arrive under churn")
 	flag.DurationVar(&o.soakEvery, "soak-every", o.soakEvery, "soak: one revocation through Redis this often")
+	flag.BoolVar(&o.soakFaults, "soak-faults", o.soakFaults, "soak: partition, slow and kill Redis, and break the CRL URL and the OCSP responder, during the soak")
 	flag.StringVar(&o.jsonFile, "json", "", "write every figure to `FILE` as JSON")
 	flag.StringVar(&o.plotFile, "plot", "", "draw the eviction scenarios' latency distributions to `FILE.png`")
 	flag.StringVar(&o.redisBin, "redis-server", o.redisBin, "the redis-server `BINARY`")
@@ -313,7 +315,7 @@ func run(ctx context.Context, o options) (*Results, error) {
 		"ca_conns": o.caConns, "mem_conns": o.memConns, "denylist": o.denylist, "load_rounds": o.loadRounds,
 		"load_duration": o.loadDuration.String(), "load_workers": o.loadWorkers, "fleet_nodes": o.fleetNodes,
 		"peer_conns": o.peerConns, "peer_window": o.peerWindow.String(), "scenarios": o.scenarios,
-		"soak_conns": o.soakConns, "soak_duration": o.soakDuration.String(), "soak_every": o.soakEvery.String(),
+		"soak_conns": o.soakConns, "soak_duration": o.soakDuration.String(), "soak_every": o.soakEvery.String(), "soak_faults": o.soakFaults,
 	}}
 	dir, err := os.MkdirTemp("", "guardian-bench-")
 	if err != nil {
@@ -322,7 +324,7 @@ func run(ctx context.Context, o options) (*Results, error) {
 	defer os.RemoveAll(dir)
 	h := &harness{o: o, dir: dir}
 
-	if h.rsrv, err = startRedis(o.redisBin, dir, o.redisPort); err != nil {
+	if h.rsrv, err = startRedis(o.redisBin, dir, o.redisPort, false); err != nil {
 		return nil, err
 	}
 	defer h.rsrv.stop()
@@ -429,12 +431,19 @@ func (h *harness) loadDenylist(ctx context.Context) error {
 }
 
 type redisProc struct {
-	addr   string
-	cmd    *exec.Cmd
-	exited chan struct{}
+	addr    string
+	bin     string
+	dir     string
+	port    int
+	persist bool
+	cmd     *exec.Cmd
+	exited  chan struct{}
 }
 
-func startRedis(bin, dir string, port int) (*redisProc, error) {
+// startRedis runs a redis-server on port (0: a free one) with its files in dir. With
+// persist, every write is fsynced to an append-only file before it is acknowledged, so a
+// SIGKILL and restart (the soak's fault) loses nothing.
+func startRedis(bin, dir string, port int, persist bool) (*redisProc, error) {
 	if port == 0 {
 		l, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -447,37 +456,47 @@ func startRedis(bin, dir string, port int) (*redisProc, error) {
 	} else {
 		l.Close()
 	}
-	logFile := filepath.Join(dir, "redis.log")
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", dir, "--logfile", logFile)
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", bin, err)
+	r := &redisProc{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), bin: bin, dir: dir, port: port, persist: persist}
+	return r, r.start()
+}
+
+func (r *redisProc) start() error {
+	logFile := filepath.Join(r.dir, "redis.log")
+	aof := []string{"--appendonly", "no"}
+	if r.persist {
+		aof = []string{"--appendonly", "yes", "--appendfsync", "always"}
+	}
+	r.cmd = exec.Command(r.bin, append([]string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", "",
+		"--dir", r.dir, "--logfile", logFile}, aof...)...)
+	if err := r.cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", r.bin, err)
 	}
 	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	r := &redisProc{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd, exited: exited}
+	go func(cmd *exec.Cmd) { cmd.Wait(); close(exited) }(r.cmd)
+	r.exited = exited
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		select {
 		case <-exited:
 			log, _ := os.ReadFile(logFile)
-			return nil, fmt.Errorf("redis-server exited at start on port %d: %s", port, strings.TrimSpace(string(log)))
+			return fmt.Errorf("redis-server exited at start on port %d: %s", r.port, strings.TrimSpace(string(log)))
 		default:
 		}
 		c, err := net.DialTimeout("tcp", r.addr, 100*time.Millisecond)
 		if err == nil {
 			c.Close()
-			return r, nil
+			return nil
 		}
 		if time.Now().After(deadline) {
 			r.stop()
 			log, _ := os.ReadFile(logFile)
-			return nil, fmt.Errorf("redis-server did not start on %s: %s", r.addr, log)
+			return fmt.Errorf("redis-server did not start on %s: %s", r.addr, log)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
 
+// stop kills the server (SIGKILL: no shutdown save) and waits for it to exit.
 func (r *redisProc) stop() {
 	r.cmd.Process.Kill()
 	<-r.exited

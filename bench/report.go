@@ -79,8 +79,19 @@ func printTable(w io.Writer, r *Results) {
 			s.Requests, s.RequestFailures, s.Handshakes, s.HandshakeFailures)
 		fmt.Fprintf(w, "  server before / after: goroutines %d / %d, fds %d / %d, heap %.1f / %.1f MiB   target: back near the baseline\n",
 			s.Baseline.Goroutines, s.After.Goroutines, s.Baseline.FDs, s.After.FDs, float64(s.Baseline.HeapBytes)/(1<<20), float64(s.After.HeapBytes)/(1<<20))
-		fmt.Fprintf(w, "  after %d more conns (a second round of handshakes): goroutines %d, fds %d, heap %.1f MiB   target: no growth (a leak grows per conn)\n\n",
+		fmt.Fprintf(w, "  after %d more conns (a second round of handshakes): goroutines %d, fds %d, heap %.1f MiB   target: no growth (a leak grows per conn)\n",
 			s.AgainConns, s.Again.Goroutines, s.Again.FDs, float64(s.Again.HeapBytes)/(1<<20))
+		if f := s.Faults; f != nil {
+			fmt.Fprintf(w, "  faults: Redis partitioned %.1f s, slowed %.1f s (+%.0f ms each way), killed and restarted (down %.1f s; %d writes retried)\n",
+				f.PartitionSeconds, f.SlowSeconds, f.SlowMs, f.DownSeconds, f.WriteRetries)
+			fmt.Fprintf(w, "    node stale while partitioned: %v (unheard at most %.1f s); fresh at the end: %v; Redis changes wrong at the end: %d   target 0\n",
+				f.StaleSeen, f.MaxStaleness, f.FreshAtEnd, f.Lost)
+			fmt.Fprintf(w, "    CRL URL and OCSP responder hung, failed and served garbage for %.1f s: CRL fetch errors %.0f, refused %.0f, OCSP errors %.0f, soft-allowed handshakes %.0f\n",
+				f.FaultSeconds, f.CRLFetchErrors, f.CRLRefused, f.OCSPErrors, f.OCSPSoftAllows)
+			fmt.Fprintf(w, "    their earlier revocations still in force: %d of %d   target all; revoked conns closed by Redis %d, CRL %d, OCSP %d\n",
+				f.KeptRevoked, f.KeptWanted, f.ClosedBy["redis"], f.ClosedBy["crl"], f.ClosedBy["ocsp"])
+		}
+		fmt.Fprintln(w)
 	}
 	if len(r.StealPercent) > 0 {
 		fmt.Fprint(w, "CPU time stolen by the host for other guests, per scenario:")

@@ -2,15 +2,18 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/big"
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/guardian-mtls/guardian/revoke"
+	"github.com/guardian-mtls/guardian/revoke/redisfeed"
 )
 
 // SoakStats is what the soak held, and whether the invariants held with it.
@@ -44,6 +47,8 @@ type SoakStats struct {
 	After      Resources `json:"after"`
 	Again      Resources `json:"after_second_round"`
 	AgainConns int       `json:"second_round_conns"`
+	// Faults injected during the soak (-soak-faults), and what held through them.
+	Faults *SoakFaults `json:"faults,omitempty"`
 }
 
 // Resources are the server process's goroutines, open fds and live heap (after a GC).
@@ -73,18 +78,20 @@ var leakSlack = Resources{Goroutines: 40, FDs: 40, HeapBytes: 16 << 20}
 
 // soak holds o.soakConns mTLS conns of o.soakConns/50 certificates from one client process,
 // runs churn from two others, and meanwhile revokes a certificate through Redis every
-// o.soakEvery (and unrevokes every third one revoked) for o.soakDuration. Then it checks that
-// every held conn of a revoked certificate closed and no other did, and that the server's
-// goroutines, fds and heap are back near where they started once every conn is gone.
+// o.soakEvery (and unrevokes every third one revoked) for o.soakDuration. With o.soakFaults
+// it also partitions, slows and kills Redis, revokes certificates by CRL and by OCSP, and
+// makes the CRL URL and the OCSP responder hang, fail and serve garbage (runFaults). Then it
+// checks that every held conn of a revoked certificate closed and no other did, that the
+// node has every Redis change right, and that the server's goroutines, fds and heap are back
+// near where they started once every conn is gone.
 func soak(ctx context.Context, h *harness, cl *client) (*SoakStats, error) {
 	o := h.o
-	n := h.node
-	gl, err := n.listen()
+	rig, err := startSoakRig(ctx, h)
 	if err != nil {
 		return nil, err
 	}
-	addr := n.serveHTTP(gl, gl.ConnContext)
-	defer gl.Stop()
+	defer rig.stop()
+	gl, addr := rig.l, rig.addr
 	base := resources()
 
 	const perCert = 50
@@ -97,7 +104,17 @@ func soak(ctx context.Context, h *harness, cl *client) (*SoakStats, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Tag i+1 is certificate i; the first half may be revoked, the second half never is.
+	// Tag i+1 is certificate i. The first half may be revoked through Redis; of the second
+	// half, the first group by the CRL and the next by OCSP (with faults), the rest never.
+	group := 0
+	if o.soakFaults {
+		group = certs / 30
+	}
+	var crlTags, ocspTags []int
+	for i := range group {
+		crlTags = append(crlTags, certs/2+1+i)
+		ocspTags = append(ocspTags, certs/2+1+group+i)
+	}
 	all := specs(names, o.soakConns, 1, 1)
 	held := map[int]int{}
 	for _, s := range all {
@@ -149,15 +166,54 @@ func soak(ctx context.Context, h *harness, cl *client) (*SoakStats, error) {
 	stopReqs, stopHss = nil, nil
 
 	s := &SoakStats{Conns: o.soakConns, Certs: certs}
+	var revokedMu sync.Mutex
 	revoked := map[int]bool{}
+	markRevoked := func(tags ...int) {
+		revokedMu.Lock()
+		defer revokedMu.Unlock()
+		for _, t := range tags {
+			revoked[t] = true
+		}
+	}
 	keyOf := func(tag int) revoke.Key {
 		k, _ := revoke.KeyFor(leaves[tag-1].Cert, revoke.KindSerial)
 		return k
 	}
+	// What Redis says of each key the soak changed there: the node must agree at the end.
+	want := map[revoke.Key]bool{}
+	retries := 0
+	change := func(k revoke.Key, revoking bool, reason revoke.Reason) error {
+		failed, err := rig.write(ctx, func(ctx context.Context, st *redisfeed.Store) error {
+			if revoking {
+				_, err := st.Revoke(ctx, revoke.Entry{Key: k, Reason: reason})
+				return err
+			}
+			_, _, err := st.Unrevoke(ctx, k)
+			return err
+		})
+		retries += failed
+		want[k] = revoking
+		return err
+	}
 	p := newProgress(o.progressTo, "soak: revoking under churn", int(o.soakDuration/time.Second))
 	start := time.Now()
+	var faults *SoakFaults
+	faultsDone := make(chan error, 1)
+	if o.soakFaults {
+		faults = &SoakFaults{ClosedBy: map[string]int{}}
+		watch := watchStaleness(rig.feed)
+		go func() {
+			err := runFaults(ctx, rig, start, o.soakDuration, faults, leaves, crlTags, ocspTags, markRevoked)
+			watch.end()
+			faults.StaleSeen, faults.MaxStaleness = watch.seen.Load(), time.Duration(watch.worst.Load()).Seconds()
+			faultsDone <- err
+		}()
+	} else {
+		faultsDone <- nil
+	}
 	t := time.NewTicker(o.soakEvery)
 	next := 1
+	var toLift []int // tags whose revocation is to be lifted
 	for time.Since(start) < o.soakDuration {
 		select {
 		case <-ctx.Done():
@@ -169,37 +225,68 @@ func soak(ctx context.Context, h *harness, cl *client) (*SoakStats, error) {
 			// Every revocable certificate is revoked: revoke, then lift, serials of the same
 			// CA that nobody holds.
 			k := revoke.SerialKey(h.ca.Cert.RawSubject, big.NewInt(int64(1e9+s.Revocations)))
-			if _, err := h.store.Revoke(ctx, revoke.Entry{Key: k, Reason: "superseded"}); err != nil {
+			if err := change(k, true, "superseded"); err != nil {
 				return nil, err
 			}
 			s.Revocations++
 			if s.Revocations%2 == 0 {
-				if _, _, err := h.store.Unrevoke(ctx, k); err != nil {
+				if err := change(k, false, ""); err != nil {
 					return nil, err
 				}
 				s.Unrevocations++
 			}
 			continue
 		}
-		if _, err := h.store.Revoke(ctx, revoke.Entry{Key: keyOf(next), Reason: "keyCompromise"}); err != nil {
+		if err := change(keyOf(next), true, "keyCompromise"); err != nil {
 			return nil, err
 		}
-		revoked[next] = true
+		markRevoked(next)
 		s.Revocations++
 		s.HeldRevocations++
 		if next%3 == 0 {
-			// Lift an earlier revocation: its conns are gone already, and new handshakes
-			// with it are allowed again; nothing else may change.
-			if _, _, err := h.store.Unrevoke(ctx, keyOf(next-1)); err != nil {
+			toLift = append(toLift, next-1)
+		}
+		// Lift earlier revocations once the node has applied them: their conns are gone
+		// already, and new handshakes with them are allowed again; nothing else may change.
+		// (One lifted before the node heard it — Redis partitioned or down — would rightly
+		// never close anything: the node applies where Redis ends up.)
+		for len(toLift) > 0 && rig.set.Has(keyOf(toLift[0])) {
+			if err := change(keyOf(toLift[0]), false, ""); err != nil {
 				return nil, err
 			}
 			s.Unrevocations++
+			toLift = toLift[1:]
 		}
 		next++
 	}
 	t.Stop()
 	p.done()
 	s.Seconds = time.Since(start).Seconds()
+	if err := <-faultsDone; err != nil {
+		return s, fmt.Errorf("faults: %w", err)
+	}
+	s.Faults = faults
+	// The node must end with what Redis says of every key the soak changed: none lost to
+	// a partition, a slow Redis or a killed one.
+	lost := func() int {
+		n := 0
+		for k, v := range want {
+			if rig.set.Has(k) != v {
+				n++
+			}
+		}
+		return n
+	}
+	for deadline := time.Now().Add(30 * time.Second); lost() > 0 && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if faults != nil {
+		faults.Lost, faults.WriteRetries = lost(), retries
+		for deadline := time.Now().Add(10 * time.Second); rig.feed.Staleness() >= soakStaleAfter && time.Now().Before(deadline); {
+			time.Sleep(50 * time.Millisecond)
+		}
+		faults.FreshAtEnd = rig.feed.Staleness() < soakStaleAfter
+	}
 	for _, c := range []struct {
 		ch         chan loaded
 		ok, failed *int
@@ -212,9 +299,11 @@ func soak(ctx context.Context, h *harness, cl *client) (*SoakStats, error) {
 	}
 
 	// Every held conn of a revoked certificate must close; wait for the node to say so.
+	revokedMu.Lock()
 	for tag := range revoked {
 		s.RevokedConns += held[tag]
 	}
+	revokedMu.Unlock()
 	for deadline := time.Now().Add(30 * time.Second); gl.Registry().Len() > o.soakConns-s.RevokedConns && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -226,6 +315,16 @@ func soak(ctx context.Context, h *harness, cl *client) (*SoakStats, error) {
 		for _, e := range events {
 			if revoked[e.Tag] {
 				s.ClosedRevoked++
+				if faults != nil {
+					switch {
+					case slices.Contains(crlTags, e.Tag):
+						faults.ClosedBy["crl"]++
+					case slices.Contains(ocspTags, e.Tag):
+						faults.ClosedBy["ocsp"]++
+					default:
+						faults.ClosedBy["redis"]++
+					}
+				}
 			} else {
 				s.Collateral++
 			}
@@ -289,6 +388,16 @@ func soak(ctx context.Context, h *harness, cl *client) (*SoakStats, error) {
 		return s, fmt.Errorf("%d of the %d held conns of revoked certificates closed", s.ClosedRevoked, s.RevokedConns)
 	case s.Collateral != 0:
 		return s, fmt.Errorf("%d held conns of certificates nobody revoked closed", s.Collateral)
+	case faults != nil && faults.Lost != 0:
+		return s, fmt.Errorf("the node ended with %d of the soak's Redis changes wrong: lost to a fault", faults.Lost)
+	case faults != nil && !faults.StaleSeen:
+		return s, errors.New("the node never reported itself stale while partitioned from Redis")
+	case faults != nil && !faults.FreshAtEnd:
+		return s, errors.New("the node was still stale at the end, Redis long healed")
+	case faults != nil && faults.KeptRevoked != faults.KeptWanted:
+		return s, fmt.Errorf("%d of %d CRL and OCSP revocations were lost while their sources failed", faults.KeptWanted-faults.KeptRevoked, faults.KeptWanted)
+	case faults != nil && (faults.CRLFetchErrors == 0 || faults.CRLRefused == 0 || faults.OCSPErrors == 0):
+		return s, fmt.Errorf("the CRL and OCSP faults did not reach the node (fetch errors %v, refused %v, OCSP errors %v)", faults.CRLFetchErrors, faults.CRLRefused, faults.OCSPErrors)
 	case leaked(base, s.After):
 		return s, fmt.Errorf("the server did not return to its baseline: %+v before, %+v after every conn was gone", base, s.After)
 	case grew(s.After, s.Again):
