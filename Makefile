@@ -6,6 +6,7 @@ DEMO_DIR ?= .demo
 # Every fuzz target, as package:Target.
 FUZZ_TARGETS = \
 	./revoke:FuzzParseKey \
+	./revoke/redisfeed:FuzzParseRecord \
 	./revoke/crl:FuzzParseCRL \
 	./revoke/ocsp:FuzzVerify \
 	./cmd/guardian:FuzzParseCerts \
