@@ -51,8 +51,11 @@ bench:
 	$(GO) run ./bench -json bench-results/latest.json -plot bench-results/latency.png $(BENCH_FLAGS)
 
 ## soak: 15,000 live conns from another process for 5 minutes under churn, revocations and
-## unrevocations arriving through Redis; fails unless exactly the revoked conns closed and the
-## server returned to its baseline. soak-short: the same for 30 seconds (CI runs it).
+## unrevocations arriving through Redis, a CRL URL and OCSP while Redis is partitioned, slowed
+## and killed and the CRL URL and OCSP responder hang, fail and serve garbage; fails unless
+## exactly the revoked conns closed, the node has every Redis change, and the server returned
+## to its baseline. soak-short: the same for 30 seconds (CI runs it).
+## SOAK_FLAGS=-soak-faults=false: the load without the faults.
 soak:
 	$(GO) run ./bench -scenarios soak -denylist 0 $(SOAK_FLAGS)
 
