@@ -469,6 +469,7 @@ func (r *redisProc) start() error {
 	r.cmd = exec.Command(r.bin, append([]string{"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--save", "",
 		"--dir", r.dir, "--logfile", logFile}, aof...)...)
 	if err := r.cmd.Start(); err != nil {
+		r.cmd = nil
 		return fmt.Errorf("start %s: %w", r.bin, err)
 	}
 	exited := make(chan struct{})
@@ -498,8 +499,12 @@ func (r *redisProc) start() error {
 
 // stop kills the server (SIGKILL: no shutdown save) and waits for it to exit.
 func (r *redisProc) stop() {
+	if r.cmd == nil {
+		return // never started, or stopped already
+	}
 	r.cmd.Process.Kill()
 	<-r.exited
+	r.cmd = nil
 }
 
 // client is the client process.

@@ -75,6 +75,7 @@ func printTable(w io.Writer, r *Results) {
 			s.Conns, s.Certs, s.Seconds, s.Revocations, s.HeldRevocations, s.Unrevocations)
 		fmt.Fprintf(w, "  held conns of revoked certificates closed: %d of %d   target all\n", s.ClosedRevoked, s.RevokedConns)
 		fmt.Fprintf(w, "  other held conns closed (collateral):       %d         target 0\n", s.Collateral)
+		fmt.Fprintf(w, "  Redis changes the node had wrong at the end: %d        target 0\n", s.Lost)
 		fmt.Fprintf(w, "  churn: %d keep-alive requests (%d failed), %d new conns with a full handshake (%d failed)\n",
 			s.Requests, s.RequestFailures, s.Handshakes, s.HandshakeFailures)
 		fmt.Fprintf(w, "  server before / after: goroutines %d / %d, fds %d / %d, heap %.1f / %.1f MiB   target: back near the baseline\n",
@@ -84,8 +85,8 @@ func printTable(w io.Writer, r *Results) {
 		if f := s.Faults; f != nil {
 			fmt.Fprintf(w, "  faults: Redis partitioned %.1f s, slowed %.1f s (+%.0f ms each way), killed and restarted (down %.1f s; %d writes retried)\n",
 				f.PartitionSeconds, f.SlowSeconds, f.SlowMs, f.DownSeconds, f.WriteRetries)
-			fmt.Fprintf(w, "    node stale while partitioned: %v (unheard at most %.1f s); fresh at the end: %v; Redis changes wrong at the end: %d   target 0\n",
-				f.StaleSeen, f.MaxStaleness, f.FreshAtEnd, f.Lost)
+			fmt.Fprintf(w, "    node stale while partitioned: %v (unheard at most %.1f s); fresh at the end: %v\n",
+				f.StaleSeen, f.MaxStaleness, f.FreshAtEnd)
 			fmt.Fprintf(w, "    CRL URL and OCSP responder hung, failed and served garbage for %.1f s: CRL fetch errors %.0f, refused %.0f, OCSP errors %.0f, soft-allowed handshakes %.0f\n",
 				f.FaultSeconds, f.CRLFetchErrors, f.CRLRefused, f.OCSPErrors, f.OCSPSoftAllows)
 			fmt.Fprintf(w, "    their earlier revocations still in force: %d of %d   target all; revoked conns closed by Redis %d, CRL %d, OCSP %d\n",

@@ -51,9 +51,6 @@ type SoakFaults struct {
 	StaleSeen    bool    `json:"stale_seen"`
 	MaxStaleness float64 `json:"max_staleness_seconds"`
 	FreshAtEnd   bool    `json:"fresh_at_end"`
-	// Lost are Redis changes (revocations and unrevocations) the node did not have right
-	// once the soak ended: must be none.
-	Lost int `json:"lost"`
 	// The CRL URL and the OCSP responder hung, answered 500 and served garbage (the CRL
 	// also an older CRL), FaultSeconds in all. What they counted meanwhile, from the node's
 	// own metrics; and KeptRevoked of the KeptWanted revocations they had made before stayed
@@ -95,14 +92,14 @@ type soakRig struct {
 	wg     sync.WaitGroup
 }
 
-func startSoakRig(ctx context.Context, h *harness) (r *soakRig, err error) {
+func startSoakRig(ctx context.Context, h *harness) (_ *soakRig, err error) {
 	// go-redis logs each failed dial to stderr, over the progress bars; the soak kills and
 	// partitions Redis on purpose and counts what matters itself.
 	redis.SetLogger(&logging.VoidLogger{})
-	r = &soakRig{reg: prometheus.NewRegistry()}
+	r := &soakRig{reg: prometheus.NewRegistry()}
 	defer func() {
 		if err != nil {
-			r.stop()
+			r.stop() // what was started before the failure
 		}
 	}()
 	dir := filepath.Join(h.dir, "soak-redis")
