@@ -293,7 +293,7 @@ func (h *harness) caFile() string { return filepath.Join(h.dir, "ca.pem") }
 
 // newNode starts one more guardian node on the run's Redis.
 func (h *harness) newNode(ctx context.Context) (*guardianNode, error) {
-	n, err := startNode(ctx, h.ca, redis.NewClient(&redis.Options{Addr: h.rsrv.addr}))
+	n, err := startNode(ctx, h.ca, redis.NewClient(&redis.Options{Addr: h.rsrv.addr()}))
 	if err != nil {
 		return nil, err
 	}
@@ -328,7 +328,7 @@ func run(ctx context.Context, o options) (*Results, error) {
 		return nil, err
 	}
 	defer h.rsrv.stop()
-	rdb := redis.NewClient(&redis.Options{Addr: h.rsrv.addr, PoolSize: 4})
+	rdb := redis.NewClient(&redis.Options{Addr: h.rsrv.addr(), PoolSize: 4})
 	defer rdb.Close()
 	h.store = redisfeed.NewStore(rdb, "bench", 0)
 
@@ -431,7 +431,6 @@ func (h *harness) loadDenylist(ctx context.Context) error {
 }
 
 type redisProc struct {
-	addr    string
 	bin     string
 	dir     string
 	port    int
@@ -456,9 +455,11 @@ func startRedis(bin, dir string, port int, persist bool) (*redisProc, error) {
 	} else {
 		l.Close()
 	}
-	r := &redisProc{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), bin: bin, dir: dir, port: port, persist: persist}
+	r := &redisProc{bin: bin, dir: dir, port: port, persist: persist}
 	return r, r.start()
 }
+
+func (r *redisProc) addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(r.port)) }
 
 func (r *redisProc) start() error {
 	logFile := filepath.Join(r.dir, "redis.log")
@@ -483,7 +484,7 @@ func (r *redisProc) start() error {
 			return fmt.Errorf("redis-server exited at start on port %d: %s", r.port, strings.TrimSpace(string(log)))
 		default:
 		}
-		c, err := net.DialTimeout("tcp", r.addr, 100*time.Millisecond)
+		c, err := net.DialTimeout("tcp", r.addr(), 100*time.Millisecond)
 		if err == nil {
 			c.Close()
 			return nil
@@ -491,7 +492,7 @@ func (r *redisProc) start() error {
 		if time.Now().After(deadline) {
 			r.stop()
 			log, _ := os.ReadFile(logFile)
-			return fmt.Errorf("redis-server did not start on %s: %s", r.addr, log)
+			return fmt.Errorf("redis-server did not start on %s: %s", r.addr(), log)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

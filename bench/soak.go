@@ -94,7 +94,7 @@ func soak(ctx context.Context, h *harness, cl *client) (*SoakStats, error) {
 		return nil, err
 	}
 	defer rig.stop()
-	gl, addr := rig.l, rig.addr
+	gl, addr := rig.l, rig.l.Addr().String()
 	base := resources()
 
 	const perCert = 50

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/tls"
@@ -87,7 +86,6 @@ type soakRig struct {
 	reg    *prometheus.Registry
 	l      *listener.Listener
 	http   *http.Server
-	addr   string
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -109,10 +107,10 @@ func startSoakRig(ctx context.Context, h *harness) (_ *soakRig, err error) {
 	if r.rs, err = startRedis(h.o.redisBin, dir, 0, true); err != nil {
 		return nil, err
 	}
-	if r.proxy, err = redistest.ListenProxy(r.rs.addr); err != nil {
+	if r.proxy, err = redistest.ListenProxy(r.rs.addr()); err != nil {
 		return nil, err
 	}
-	direct := redis.NewClient(&redis.Options{Addr: r.rs.addr, PoolSize: 2, DialTimeout: time.Second})
+	direct := redis.NewClient(&redis.Options{Addr: r.rs.addr(), PoolSize: 2, DialTimeout: time.Second})
 	// The node's client: production-like timeouts, and a small pool (the feed needs one or
 	// two conns; each costs the in-process proxy two more fds).
 	rdb := redis.NewClient(&redis.Options{Addr: r.proxy.Addr(), PoolSize: 4, DialTimeout: time.Second,
@@ -185,7 +183,6 @@ func startSoakRig(ctx context.Context, h *harness) (_ *soakRig, err error) {
 	}()
 	r.http = &http.Server{Handler: okHandler, ConnContext: r.l.ConnContext, ReadHeaderTimeout: 10 * time.Second, ErrorLog: discardLog}
 	go r.http.Serve(r.l)
-	r.addr = r.l.Addr().String()
 	return r, nil
 }
 
@@ -367,7 +364,7 @@ func (f *faultServer) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/ocsp-response")
-	io.Copy(w, bytes.NewReader(der))
+	w.Write(der)
 }
 
 // staleWatch samples the node's staleness until stopped.

@@ -167,6 +167,16 @@ func TestSlowRedis(t *testing.T) {
 	otherConns := []*tls.Conn{r.mustDial("open.test", other), r.mustDial("closed.test", other)}
 
 	r.proxy.SetDelay(100 * time.Millisecond)
+	// Premise: the proxy does slow Redis down (a delay can only lengthen a round trip).
+	probe := redis.NewClient(&redis.Options{Addr: r.proxy.Addr()})
+	t.Cleanup(func() { probe.Close() })
+	began := time.Now()
+	if err := probe.Ping(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if rtt := time.Since(began); rtt < 200*time.Millisecond {
+		t.Fatalf("a PING through the slowed proxy took %s; the proxy does not delay", rtt)
+	}
 	before := r.n.feed.Status()
 	// The most stale the node gets while Redis is slow, sampled.
 	var worst atomic.Int64
