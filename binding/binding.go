@@ -2,7 +2,6 @@ package binding
 
 import (
 	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net"
@@ -107,42 +106,3 @@ func leafOf(r *http.Request) []byte {
 }
 
 func thumbprint(der []byte) [32]byte { return sha256.Sum256(der) }
-
-// ClientCertHeader removes every X-Forwarded-Client-Cert the client sent and, for a conn
-// with a client certificate, sets one in Envoy's form: Hash (hex SHA-256 of the leaf's
-// DER), Subject, and each URI and DNS SAN.
-func ClientCertHeader(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		r.Header.Del("X-Forwarded-Client-Cert")
-		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
-			r.Header.Set("X-Forwarded-Client-Cert", XFCC(r))
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
-// XFCC renders the request's client certificate as one X-Forwarded-Client-Cert element.
-func XFCC(r *http.Request) string {
-	c := r.TLS.PeerCertificates[0]
-	h := thumbprint(c.Raw)
-	parts := []string{"Hash=" + hex.EncodeToString(h[:]), "Subject=" + quote(c.Subject.String())}
-	for _, u := range c.URIs {
-		parts = append(parts, "URI="+quoteIfNeeded(u.String()))
-	}
-	for _, d := range c.DNSNames {
-		parts = append(parts, "DNS="+quoteIfNeeded(d))
-	}
-	return strings.Join(parts, ";")
-}
-
-// quote is Envoy's quoting of an XFCC value: in double quotes, with " and \ escaped.
-func quote(s string) string {
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
-}
-
-func quoteIfNeeded(s string) string {
-	if strings.ContainsAny(s, `,;="\ `) {
-		return quote(s)
-	}
-	return s
-}

@@ -90,12 +90,9 @@ func (t *Tokens) check(parser *jwt.Parser, r *http.Request) string {
 	if leaf == nil {
 		return "no_client_certificate"
 	}
-	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
-		return "no_token"
-	}
-	if len(tok) > maxTokenBytes {
-		return "too_large"
+	tok, reason := bearer(r.Header["Authorization"])
+	if reason != "" {
+		return reason
 	}
 	claims := jwt.MapClaims{}
 	_, err := parser.ParseWithClaims(tok, claims, func(tk *jwt.Token) (any, error) {
@@ -136,7 +133,53 @@ func (t *Tokens) check(parser *jwt.Parser, r *http.Request) string {
 	if subtle.ConstantTimeCompare([]byte(x5t), []byte(want)) != 1 {
 		return "other_certificate"
 	}
+	// The upstream gets exactly the token checked, in one field.
+	r.Header["Authorization"] = []string{"Bearer " + tok}
 	return ""
+}
+
+// bearer returns the one bearer token of a request's Authorization fields: exactly one
+// field, "Bearer", one space, and an RFC 6750 b64token. Anything else — two fields (the
+// upstream would see both), a list, white space, a second token — is refused.
+func bearer(fields []string) (string, string) {
+	switch {
+	case len(fields) == 0:
+		return "", "no_token"
+	case len(fields) > 1:
+		return "", "several_authorization"
+	}
+	scheme, tok, ok := strings.Cut(fields[0], " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
+		return "", "no_token"
+	}
+	if len(tok) > maxTokenBytes {
+		return "", "too_large"
+	}
+	if !isB64Token(tok) {
+		return "", "malformed"
+	}
+	return tok, ""
+}
+
+// isB64Token: 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=" (RFC 6750 2.1).
+func isB64Token(s string) bool {
+	i := 0
+	for i < len(s) {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-._~+/", c) >= 0) {
+			break
+		}
+		i++
+	}
+	if i == 0 {
+		return false
+	}
+	for ; i < len(s); i++ {
+		if s[i] != '=' {
+			return false
+		}
+	}
+	return true
 }
 
 func keyFits(m jwt.SigningMethod, k any) bool {
@@ -182,4 +225,17 @@ func ParseKey(b []byte) (any, error) {
 		return nil, errors.New("binding: an HMAC secret must be at least 32 bytes")
 	}
 	return secret, nil
+}
+
+// KeyVerifies reports whether key could verify a token signed with alg: the key's type
+// and, for ECDSA, its curve fit the algorithm.
+func KeyVerifies(alg string, key any) bool {
+	m := jwt.GetSigningMethod(alg)
+	if m == nil || !keyFits(m, key) {
+		return false
+	}
+	if ec, ok := m.(*jwt.SigningMethodECDSA); ok {
+		return key.(*ecdsa.PublicKey).Curve.Params().BitSize == ec.CurveBits
+	}
+	return true
 }

@@ -142,7 +142,7 @@ func demoAudiences(metrics prometheus.Registerer, log *slog.Logger) (http.Handle
 	}
 	key := make([]byte, 32)
 	rand.Read(key)
-	bound, err := (&binding.Sessions{Cookies: []string{"session"}, Key: key, Audience: "demo", Metrics: m, Logger: log}).Wrap(demoHandler())
+	bound, err := (&binding.Sessions{Cookies: []string{"session"}, Keys: [][]byte{key}, Audience: "demo", Metrics: m, Logger: log}).Wrap(demoHandler())
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,188 @@
+package binding
+
+import (
+	"errors"
+	"strings"
+)
+
+// Limits of guardian's own cookie parse. Browsers keep at most about 180 cookies per site
+// and nginx's default header buffer is 8 KiB per line; a request past these is refused,
+// never let through unchecked (Go's r.Cookies() returns nothing past 3,000 pairs, which
+// an upstream's parser does not do).
+const (
+	DefaultMaxCookies     = 300
+	DefaultMaxCookieBytes = 16 << 10
+)
+
+var (
+	errTooManyCookies  = errors.New("binding: too many cookie pairs")
+	errCookiesTooLarge = errors.New("binding: Cookie fields too large")
+)
+
+// cookiePair is one name=value of a Cookie field, as sent, white space trimmed.
+type cookiePair struct {
+	name, value string
+	eq          bool // the pair had an '=': "a=" is an empty value, "a" none
+}
+
+func (p cookiePair) String() string {
+	if !p.eq {
+		return p.name
+	}
+	return p.name + "=" + p.value
+}
+
+// splitCookies tokenises every Cookie field as RFC 6265 section 5.4 and the common
+// servers do: pairs separated by ';', each split at its first '='. It keeps every pair,
+// valid or not, so that nothing an upstream could read goes unseen; fields holds each
+// HTTP/1.1 Cookie line or HTTP/2 cookie field.
+func splitCookies(fields []string, maxPairs, maxBytes int) ([]cookiePair, error) {
+	size := 0
+	for _, f := range fields {
+		size += len(f)
+	}
+	if size > maxBytes {
+		return nil, errCookiesTooLarge
+	}
+	var out []cookiePair
+	for _, f := range fields {
+		for seg := range strings.SplitSeq(f, ";") {
+			seg = trimSpace(seg)
+			if seg == "" {
+				continue
+			}
+			name, value, eq := strings.Cut(seg, "=")
+			out = append(out, cookiePair{name: trimSpace(name), value: trimSpace(value), eq: eq})
+			if len(out) > maxPairs {
+				return nil, errTooManyCookies
+			}
+		}
+	}
+	return out, nil
+}
+
+// trimSpace trims what net/textproto.TrimString trims: ASCII space, tab, CR and LF.
+func trimSpace(s string) string {
+	return strings.Trim(s, " \t\r\n")
+}
+
+// nameCandidates yields every name some upstream parser could read in one pair: the name
+// itself, and the name of each word its value holds after white space or a comma (Python's
+// http.cookies also splits pairs on white space; RFC 2965 parsers split on commas).
+func nameCandidates(p cookiePair, yield func(name string, hidden bool) bool) {
+	if !yield(p.name, false) {
+		return
+	}
+	rest := p.value
+	for {
+		i := strings.IndexAny(rest, " \t,")
+		if i < 0 {
+			return
+		}
+		rest = strings.TrimLeft(rest[i:], " \t,")
+		word := rest
+		if j := strings.IndexAny(word, " \t,"); j >= 0 {
+			word = word[:j]
+		}
+		name, _, _ := strings.Cut(word, "=")
+		if name != "" && !yield(name, true) {
+			return
+		}
+	}
+}
+
+// canonicalName is a cookie name as the most permissive common parser would read it:
+// unquoted and unescaped (Python's http.cookies), percent-decoded and with '.' and ' '
+// read as '_' and a "[…]" suffix dropped (PHP), case-folded. Two names with one canonical
+// form may both reach an upstream as the same cookie.
+func canonicalName(s string) string {
+	s = trimSpace(s)
+	if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
+		s = s[1 : len(s)-1]
+	}
+	s = unescape(s)
+	for range 3 { // %2573 is %73 is s for a parser that decodes twice
+		d, changed := percentDecode(s)
+		if !changed {
+			break
+		}
+		s = d
+	}
+	if i := strings.IndexByte(s, '['); i >= 0 {
+		s = s[:i]
+	}
+	s = strings.NewReplacer(".", "_", " ", "_").Replace(trimSpace(s))
+	return strings.ToLower(s)
+}
+
+// unescape undoes backslash escapes, Python's three-digit octal ones included.
+func unescape(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '\\' || i+1 == len(s) {
+			b.WriteByte(s[i])
+			continue
+		}
+		if i+3 < len(s) && isOctal(s[i+1]) && isOctal(s[i+2]) && isOctal(s[i+3]) {
+			b.WriteByte((s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0'))
+			i += 3
+			continue
+		}
+		i++
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func isOctal(c byte) bool { return c >= '0' && c <= '7' }
+
+func percentDecode(s string) (string, bool) {
+	if !strings.Contains(s, "%") {
+		return s, false
+	}
+	var b strings.Builder
+	changed := false
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' && i+2 < len(s) {
+			if h, ok := unhex(s[i+1]); ok {
+				if l, ok := unhex(s[i+2]); ok {
+					b.WriteByte(h<<4 | l)
+					i += 2
+					changed = true
+					continue
+				}
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String(), changed
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}
+
+// isToken reports whether s is an RFC 9110 token: what a cookie name must be.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte(`"(),/:;<=>?@[\]{}`, c) >= 0 {
+			return false
+		}
+	}
+	return true
+}

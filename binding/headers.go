@@ -1,0 +1,197 @@
+package binding
+
+import (
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+)
+
+// OwnedHeaders are the request headers guardian sets for an upstream. Nothing a client
+// sends under one of these names — in any case, with '_' for '-' — reaches the upstream:
+// CGI and WSGI servers read X_Forwarded_Client_Cert as X-Forwarded-Client-Cert.
+var OwnedHeaders = []string{
+	"X-Forwarded-Client-Cert", "Client-Cert", "Client-Cert-Chain",
+	"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded", "X-Real-Ip",
+}
+
+var ownedKeys = func() map[string]bool {
+	m := map[string]bool{}
+	for _, n := range OwnedHeaders {
+		m[headerKey(n)] = true
+	}
+	return m
+}()
+
+// Underscores is what Headers does with a request header whose name holds an underscore.
+type Underscores int
+
+const (
+	// UnderscoresDrop removes such headers, as nginx does by default.
+	UnderscoresDrop Underscores = iota
+	// UnderscoresAllow passes them on (those that read as an owned header still go).
+	UnderscoresAllow
+	// UnderscoresReject answers 400.
+	UnderscoresReject
+)
+
+// ParseUnderscores reads "drop", "allow" or "reject"; "" is drop.
+func ParseUnderscores(s string) (Underscores, error) {
+	switch s {
+	case "", "drop":
+		return UnderscoresDrop, nil
+	case "allow":
+		return UnderscoresAllow, nil
+	case "reject":
+		return UnderscoresReject, nil
+	}
+	return 0, fmt.Errorf("binding: underscore_headers %q; want drop, allow or reject", s)
+}
+
+// Headers is the inbound half of the identity headers: it removes every client header
+// that an upstream could read as one guardian owns, and refuses (400) a request whose
+// Connection header names one — httputil.ReverseProxy deletes the headers Connection names
+// after its Director, which would strip guardian's own. The outbound half, SetIdentity,
+// runs in the proxy's Rewrite, after hop-by-hop processing.
+type Headers struct {
+	Underscores Underscores
+	// Protected are more names that Connection may not name (guardian serve adds Cookie
+	// and Authorization when it binds them: the upstream must get what was checked).
+	Protected []string
+	Metrics   *Metrics
+	Logger    *slog.Logger
+}
+
+// headerKey is a header name as CGI reads it, '_' for '-', case-folded.
+func headerKey(name string) string {
+	return strings.ToLower(strings.ReplaceAll(name, "_", "-"))
+}
+
+// Wrap returns the middleware around next.
+func (h *Headers) Wrap(next http.Handler) http.Handler {
+	protected := map[string]bool{}
+	for k := range ownedKeys {
+		protected[k] = true
+	}
+	for _, n := range h.Protected {
+		protected[headerKey(n)] = true
+	}
+	log := h.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	refuse := func(w http.ResponseWriter, r *http.Request, reason, msg string) {
+		h.Metrics.refuse("headers", reason)
+		log.Warn("request refused: header", "check", "headers", "reason", reason, "remote", r.RemoteAddr)
+		http.Error(w, msg, http.StatusBadRequest)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for _, v := range r.Header.Values("Connection") {
+			for tok := range strings.SplitSeq(v, ",") {
+				if protected[headerKey(trimSpace(tok))] {
+					refuse(w, r, "connection_names_owned", "bad request: Connection names a header guardian sets or checks")
+					return
+				}
+			}
+		}
+		for name := range r.Header {
+			if strings.Contains(name, "_") {
+				switch h.Underscores {
+				case UnderscoresReject:
+					refuse(w, r, "underscore", "bad request: header names with underscores are refused here")
+					return
+				case UnderscoresDrop:
+					h.Metrics.refuse("headers", "underscore_dropped")
+					delete(r.Header, name)
+					continue
+				}
+			}
+			if ownedKeys[headerKey(name)] {
+				delete(r.Header, name)
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// SetIdentity is for an httputil.ReverseProxy's Rewrite, which runs after hop-by-hop
+// headers are removed: it sets every header guardian owns on the outbound request — the
+// X-Forwarded-For/-Host/-Proto trio, Forwarded (RFC 7239), X-Real-IP and, for a conn with
+// a client certificate, X-Forwarded-Client-Cert — so nothing the client sent can remove or
+// replace them.
+func SetIdentity(pr *httputil.ProxyRequest) {
+	for name := range pr.Out.Header {
+		if ownedKeys[headerKey(name)] {
+			delete(pr.Out.Header, name)
+		}
+	}
+	pr.SetXForwarded()
+	ip, _, err := net.SplitHostPort(pr.In.RemoteAddr)
+	if err == nil {
+		pr.Out.Header.Set("X-Real-Ip", ip)
+		proto := "http"
+		if pr.In.TLS != nil {
+			proto = "https"
+		}
+		forHost := ip
+		if strings.Contains(ip, ":") {
+			forHost = "[" + ip + "]"
+		}
+		pr.Out.Header.Set("Forwarded", fmt.Sprintf("for=%s;host=%s;proto=%s", quote(forHost), quote(pr.In.Host), proto))
+	}
+	if x := XFCC(pr.In); x != "" {
+		pr.Out.Header.Set("X-Forwarded-Client-Cert", x)
+	}
+}
+
+// ClientCertHeader removes every X-Forwarded-Client-Cert the client sent (any case, '_'
+// for '-') and, for a conn with a client certificate, sets one in Envoy's form. For a
+// reverse proxy, use Headers and SetIdentity instead: a header set here is still exposed
+// to the proxy's hop-by-hop processing.
+func ClientCertHeader(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for name := range r.Header {
+			if headerKey(name) == "x-forwarded-client-cert" {
+				delete(r.Header, name)
+			}
+		}
+		if x := XFCC(r); x != "" {
+			r.Header.Set("X-Forwarded-Client-Cert", x)
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// XFCC renders the request's client certificate as one X-Forwarded-Client-Cert element in
+// Envoy's form — Hash (hex SHA-256 of the leaf's DER), Subject, and each URI and DNS SAN —
+// or "" for a request without a client certificate.
+func XFCC(r *http.Request) string {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return ""
+	}
+	c := r.TLS.PeerCertificates[0]
+	h := thumbprint(c.Raw)
+	parts := []string{"Hash=" + hex.EncodeToString(h[:]), "Subject=" + quote(c.Subject.String())}
+	for _, u := range c.URIs {
+		parts = append(parts, "URI="+quoteIfNeeded(u.String()))
+	}
+	for _, d := range c.DNSNames {
+		parts = append(parts, "DNS="+quoteIfNeeded(d))
+	}
+	return strings.Join(parts, ";")
+}
+
+// quote is Envoy's quoting of an XFCC value: in double quotes, with " and \ escaped.
+func quote(s string) string {
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+}
+
+func quoteIfNeeded(s string) string {
+	if strings.ContainsAny(s, `,;="\ `) {
+		return quote(s)
+	}
+	return s
+}
