@@ -44,6 +44,10 @@ type Options struct {
 	Confirm func(c *Conn, key string) bool
 	// OnEvict is called once per evicted conn, after its raw conn is closed, from a worker.
 	OnEvict func(Eviction)
+	// OnClose, if set, is called once per wrapped conn when it is first closed, by its
+	// owner or by an eviction, tracked or not, outside the registry's locks. The listener
+	// keeps its admission counts with it.
+	OnClose func(*Conn)
 	// Clock decides expiry; nil means SystemClock.
 	Clock Clock
 	// Workers bounds the goroutines that close evicted conns; 0 means 4×GOMAXPROCS.
@@ -188,10 +192,17 @@ func (c *Conn) Closed() bool { return c.state.Load() == stateClosed }
 
 // Close closes the raw conn and untracks it. It is safe to call more than once.
 func (c *Conn) Close() error {
-	if c.state.Swap(stateClosed) == stateTracked {
+	switch c.state.Swap(stateClosed) {
+	case stateClosed:
+		return c.Conn.Close()
+	case stateTracked:
 		c.reg.untrack(c)
 	}
-	return c.Conn.Close()
+	err := c.Conn.Close()
+	if f := c.reg.opts.OnClose; f != nil {
+		f(c)
+	}
+	return err
 }
 
 // ErrClosed is returned by Track for a conn that was closed before it could be tracked.
@@ -485,6 +496,9 @@ func (r *Registry) evictOne(v victim) {
 	}
 	r.untrack(c)
 	c.Conn.Close()
+	if r.opts.OnClose != nil {
+		r.opts.OnClose(c)
+	}
 	since := v.cause.Since
 	if since.IsZero() {
 		since = v.at

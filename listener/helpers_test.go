@@ -46,6 +46,7 @@ type envOpts struct {
 	keepExp   bool
 	timeout   time.Duration
 	maxHS     int
+	maxConns  int
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -71,6 +72,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 	}
 	e.l, err = listener.New(inner, listener.Config{
 		Audiences: auds, Set: set, Metrics: e.metrics, Clock: o.clock, KeepExpired: o.keepExp, HandshakeTimeout: o.timeout, MaxHandshakes: o.maxHS,
+		MaxConns: o.maxConns,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -105,7 +107,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		}
 		e.streamEnded <- r.Context().Err()
 	})
-	e.srv = &http.Server{Handler: mux, ConnContext: e.l.ConnContext, ErrorLog: quietLog()}
+	e.srv = &http.Server{Handler: mux, ConnContext: e.l.ConnContext, ConnState: e.l.ConnState, ErrorLog: quietLog()}
 	go e.srv.Serve(e.l)
 	t.Cleanup(func() {
 		e.srv.Close()

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -67,6 +68,16 @@ type Audience struct {
 	// TLS, if set, is the starting point: cloned, then the fields above override it, and
 	// its own VerifyConnection, if any, runs after guardian's check.
 	TLS *tls.Config
+	// IdleTimeout closes a conn that has had no request in flight for this long, counted
+	// from its handshake too; 0 means never. It works through ConnState, which the
+	// http.Server serving the listener must use.
+	IdleTimeout time.Duration
+	// MaxConns bounds this audience's conns, from their ClientHello on; 0 means no bound.
+	// A conn past it is refused in its handshake (reason audience_full).
+	MaxConns int
+	// MaxConnsPerClient bounds the conns one client IP address holds in this audience;
+	// 0 means no bound. Past it: refused (reason client_full).
+	MaxConnsPerClient int
 }
 
 // Config configures a Listener.
@@ -98,6 +109,13 @@ type Config struct {
 	// MaxChainLength bounds the certificates a client may present; 0 means 10. Real client
 	// PKIs are three or four deep; crypto/tls bounds only the signature checks.
 	MaxChainLength int
+	// MaxConns bounds the conns the listener holds, in their handshake or served; 0 means
+	// no bound. Set it below the process's file descriptor limit. At the bound a new conn
+	// displaces the oldest served conn without a client certificate, else the oldest
+	// handshake, else it is refused; and past nine tenths of it, audiences that do not
+	// require a client certificate refuse new conns (reason reserved). So a flood of
+	// anonymous conns cannot lock out clients with certificates.
+	MaxConns int
 }
 
 type audience struct {
@@ -174,6 +192,7 @@ type Listener struct {
 	hsOrder    list.List
 	maxHS      int
 	maxChain   int
+	adm        *admission
 	// checked hands the keys check computed to serveHandshake, so a handshake computes
 	// them once: leaf *x509.Certificate → *checkedKeys.
 	checked sync.Map
@@ -194,7 +213,7 @@ func New(inner net.Listener, cfg Config) (*Listener, error) {
 		inner: inner, set: cfg.Set, clock: cfg.Clock, timeout: cfg.HandshakeTimeout,
 		keepExp: cfg.KeepExpired, stale: cfg.Stale, onRev: cfg.OnRevocation, log: cfg.Logger,
 		ready: make(chan *tls.Conn), done: make(chan struct{}), handshakes: map[*conntrack.Conn]*list.Element{},
-		maxHS: cfg.MaxHandshakes, maxChain: cfg.MaxChainLength,
+		maxHS: cfg.MaxHandshakes, maxChain: cfg.MaxChainLength, adm: newAdmission(cfg.MaxConns),
 	}
 	if l.clock == nil {
 		l.clock = conntrack.SystemClock{}
@@ -223,7 +242,7 @@ func New(inner net.Listener, cfg Config) (*Listener, error) {
 	l.m = m
 	reg, err := conntrack.New(conntrack.Options{
 		Confirm: confirm, Clock: l.clock, Workers: cfg.EvictionWorkers, Metrics: cfg.Metrics,
-		OnEvict: l.onEvict,
+		OnEvict: l.onEvict, OnClose: l.onClose,
 	})
 	if err != nil {
 		return nil, err
@@ -380,11 +399,17 @@ func (l *Listener) route(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 	if a == nil {
 		return nil, fmt.Errorf("%w %q", ErrUnknownSNI, truncate(hello.ServerName, 64))
 	}
-	if c, ok := hello.Conn.(*conntrack.Conn); ok {
+	c, tracked := hello.Conn.(*conntrack.Conn)
+	if tracked {
 		c.Owner().(*ConnInfo).aud = a
 	}
 	if a.OnStale == StaleClosed && a.isStale(l.stale) {
 		return nil, ErrStale
+	}
+	if tracked {
+		if err := l.adm.admit(c, c.Owner().(*ConnInfo), a); err != nil {
+			return nil, err
+		}
 	}
 	if a.ownKeys {
 		if now := l.clock.Now(); now.UnixNano()-a.rotatedAt.Load() >= int64(ticketKeyLifetime) {
@@ -609,20 +634,32 @@ func (l *Listener) acceptLoop() {
 		delay = 0
 		info := &ConnInfo{}
 		c := l.reg.Wrap(nc, info)
+		victim, full := l.adm.accept()
+		if victim != nil {
+			l.m.shed.WithLabelValues("anonymous").Inc()
+			victim.Close()
+		}
 		l.hsMu.Lock()
 		select {
 		case <-l.done:
 			l.hsMu.Unlock()
-			nc.Close()
+			c.Close()
 			return
 		default:
 		}
 		var shed *conntrack.Conn
-		if len(l.handshakes) >= l.maxHS {
+		if len(l.handshakes) >= l.maxHS || (full && len(l.handshakes) > 0) {
 			e := l.hsOrder.Front()
 			shed = e.Value.(*conntrack.Conn)
 			l.hsOrder.Remove(e)
 			delete(l.handshakes, shed)
+		} else if full {
+			// MaxConns, and every conn is served with a certificate: the new one waits
+			// for none of them.
+			l.hsMu.Unlock()
+			l.m.shed.WithLabelValues("refused").Inc()
+			c.Close()
+			continue
 		}
 		l.handshakes[c] = l.hsOrder.PushBack(c)
 		l.wg.Add(1)
@@ -690,6 +727,7 @@ func (l *Listener) serveHandshake(c *conntrack.Conn, info *ConnInfo) {
 		l.refuse(c, info, errors.New("listener: certificate expired during the handshake"))
 		return
 	}
+	l.adm.served(c, info)
 	result := "full"
 	if cs.DidResume {
 		result = "resumed"
@@ -746,6 +784,12 @@ func classify(err error) string {
 		return "shed"
 	case errors.Is(err, errChainTooLong):
 		return "chain_too_long"
+	case errors.Is(err, errAudienceFull):
+		return "audience_full"
+	case errors.Is(err, errClientFull):
+		return "client_full"
+	case errors.Is(err, errReserved):
+		return "reserved"
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return "timeout"
 	case errors.As(err, &rh):
@@ -830,6 +874,28 @@ type ConnInfo struct {
 	aud        *audience
 	chains     [][]*x509.Certificate
 	serverName string
+
+	// admission's, under its lock
+	admitted string // the audience name counted, "" if none
+	client   netip.Addr
+	anon     *list.Element
+
+	idleMu sync.Mutex
+	idle   *time.Timer
+}
+
+// onClose uncounts a conn and stops its idle timer.
+func (l *Listener) onClose(c *conntrack.Conn) {
+	info, ok := c.Owner().(*ConnInfo)
+	if !ok {
+		return
+	}
+	l.adm.closed(info)
+	info.idleMu.Lock()
+	if info.idle != nil {
+		info.idle.Stop()
+	}
+	info.idleMu.Unlock()
 }
 
 // Audience returns the name of the audience that served the conn.
@@ -893,6 +959,8 @@ type metrics struct {
 	handshakes   *prometheus.CounterVec
 	failures     *prometheus.CounterVec
 	acceptErrors prometheus.Counter
+	shed         *prometheus.CounterVec
+	idleClosed   *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -906,9 +974,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		acceptErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "guardian_accept_errors_total", Help: "Errors from the wrapped listener's Accept, each retried.",
 		}),
+		shed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "guardian_conns_shed_total",
+			Help: "Conns closed or refused at max_conns, by kind: anonymous (a served conn without a client certificate, closed to make room), refused (a new conn, with every slot held by a certificate).",
+		}, []string{"kind"}),
+		idleClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "guardian_conns_idle_closed_total", Help: "Conns closed after their audience's idle_timeout without a request, by audience.",
+		}, []string{"audience"}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.handshakes, m.failures, m.acceptErrors} {
+		for _, c := range []prometheus.Collector{m.handshakes, m.failures, m.acceptErrors, m.shed, m.idleClosed} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("listener: register metrics: %w", err)
 			}

@@ -1,0 +1,167 @@
+package listener
+
+import (
+	"container/list"
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/guardian-mtls/guardian/conntrack"
+)
+
+// Refusals of the conn bounds, checked with errors.Is.
+var (
+	errAudienceFull = errors.New("listener: the audience is at its max_conns")
+	errClientFull   = errors.New("listener: this client address is at the audience's max_conns_per_client")
+	errReserved     = errors.New("listener: near max_conns, the rest is kept for clients with certificates")
+)
+
+// reserveShare is the part of Config.MaxConns that audiences without required client
+// certificates cannot take at their ClientHello: it stays for mTLS clients.
+const reserveShare = 10 // percent
+
+// admission counts conns for Config.MaxConns and each audience's MaxConns and
+// MaxConnsPerClient, and keeps the served conns without a client certificate in age order:
+// at MaxConns the oldest of them is the first shed.
+type admission struct {
+	max int
+
+	mu       sync.Mutex
+	open     int // accepted and not yet closed
+	byAud    map[string]int
+	byClient map[clientKey]int
+	anon     list.List // *conntrack.Conn served without a client certificate, oldest first
+}
+
+type clientKey struct {
+	aud string
+	ip  netip.Addr
+}
+
+func newAdmission(max int) *admission {
+	return &admission{max: max, byAud: map[string]int{}, byClient: map[clientKey]int{}}
+}
+
+// accept counts a new conn. At Config.MaxConns it makes room: it returns the oldest served
+// conn without a client certificate, for the caller to close, or, when there is none,
+// full: the caller sheds a handshake or refuses the new conn.
+func (a *admission) accept() (victim *conntrack.Conn, full bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.max > 0 && a.open >= a.max {
+		if e := a.anon.Front(); e != nil {
+			victim = a.anon.Remove(e).(*conntrack.Conn)
+			victim.Owner().(*ConnInfo).anon = nil
+		} else {
+			full = true
+		}
+	}
+	a.open++
+	return victim, full
+}
+
+// admit counts c into audience au at its ClientHello, or says which bound refuses it.
+func (a *admission) admit(c *conntrack.Conn, info *ConnInfo, au *audience) error {
+	ip := clientIP(c.RemoteAddr())
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if info.admitted != "" {
+		return nil // counted already (a second ClientHello)
+	}
+	k := clientKey{au.Name, ip}
+	switch {
+	case au.MaxConns > 0 && a.byAud[au.Name] >= au.MaxConns:
+		return errAudienceFull
+	case au.MaxConnsPerClient > 0 && a.byClient[k] >= au.MaxConnsPerClient:
+		return errClientFull
+	case a.max > 0 && au.ClientAuth < tls.RequireAnyClientCert && a.open > a.max*(100-reserveShare)/100:
+		return errReserved
+	}
+	a.byAud[au.Name]++
+	a.byClient[k]++
+	info.admitted, info.client = au.Name, ip
+	return nil
+}
+
+// served records a conn that finished its handshake; one without a client certificate
+// joins the shedding order.
+func (a *admission) served(c *conntrack.Conn, info *ConnInfo) {
+	if len(info.chains) > 0 {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !c.Closed() { // else onClose ran, or will find nothing to remove
+		info.anon = a.anon.PushBack(c)
+	}
+}
+
+// closed uncounts a conn, once, when it closes.
+func (a *admission) closed(info *ConnInfo) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.open--
+	if info.anon != nil {
+		a.anon.Remove(info.anon)
+		info.anon = nil
+	}
+	if info.admitted != "" {
+		k := clientKey{info.admitted, info.client}
+		if a.byAud[info.admitted]--; a.byAud[info.admitted] <= 0 {
+			delete(a.byAud, info.admitted)
+		}
+		if a.byClient[k]--; a.byClient[k] <= 0 {
+			delete(a.byClient, k)
+		}
+		info.admitted = ""
+	}
+}
+
+func clientIP(addr net.Addr) netip.Addr {
+	if ap, err := netip.ParseAddrPort(addr.String()); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+// ConnState is for http.Server.ConnState: it closes a conn that has had no request in
+// flight for its audience's IdleTimeout — from its start, so an HTTP/2 conn that never
+// sends a request is closed too — and is what makes IdleTimeout work.
+func (l *Listener) ConnState(nc net.Conn, s http.ConnState) {
+	tc, ok := nc.(*tls.Conn)
+	if !ok {
+		return
+	}
+	raw, ok := tc.NetConn().(*conntrack.Conn)
+	if !ok {
+		return
+	}
+	info, ok := raw.Owner().(*ConnInfo)
+	if !ok || info.aud == nil || info.aud.IdleTimeout <= 0 {
+		return
+	}
+	info.idleMu.Lock()
+	defer info.idleMu.Unlock()
+	switch s {
+	case http.StateNew, http.StateIdle:
+		if info.idle == nil {
+			aud := info.aud.Name
+			info.idle = time.AfterFunc(info.aud.IdleTimeout, func() {
+				if !raw.Closed() {
+					l.m.idleClosed.WithLabelValues(aud).Inc()
+					raw.Close()
+				}
+			})
+		} else {
+			info.idle.Reset(info.aud.IdleTimeout)
+		}
+	default: // active, hijacked, closed
+		if info.idle != nil {
+			info.idle.Stop()
+		}
+	}
+}
