@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -10,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net/http"
 	"os"
 	"slices"
@@ -51,7 +53,7 @@ func newAdminAPI(set *revoke.Set, store revocationStore, reg *conntrack.Registry
 	a := &adminAPI{set: set, store: store, reg: reg, allowed: allowed, log: log,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "guardian_admin_requests_total",
-			Help: "Admin API requests by operation and result (ok, bad_request, forbidden, not_found).",
+			Help: "Admin API requests by operation and result (ok, bad_request, forbidden, not_found, cross_origin, unsupported_media_type).",
 		}, []string{"op", "result"})}
 	if metrics != nil {
 		a.gatherer = metrics
@@ -148,7 +150,102 @@ func (a *adminAPI) handler() http.Handler {
 	if a.gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(a.gatherer, promhttp.HandlerOpts{}))
 	}
-	return a.authorize(mux)
+	return a.authorize(a.guard(mux))
+}
+
+// adminOps names the state-changing routes' op label, for the refusals guard counts.
+var adminOps = map[string]string{
+	"POST /v1/revocations":   "revoke",
+	"DELETE /v1/revocations": "unrevoke",
+	"POST /v1/reseed":        "reseed",
+}
+
+// guard refuses what a browser holding the admin certificate can be made to send from
+// another site's page. Every method but GET, HEAD and OPTIONS must be same-origin
+// (net/http's CrossOriginProtection: Sec-Fetch-Site, else Origin against Host), or 403,
+// and must declare Content-Type application/json, or 415: a cross-site form or a fetch
+// without a preflight can only send text/plain, form or multipart bodies. The CLI sends
+// application/json and neither header. DELETE carries no body but is held to the same
+// rule, so that one sentence covers every change; the CLI already complies.
+func (a *adminAPI) guard(mux *http.ServeMux) http.Handler {
+	cop := http.NewCrossOriginProtection()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case http.MethodGet, http.MethodHead, http.MethodOptions:
+			mux.ServeHTTP(w, r)
+			return
+		}
+		_, pattern := mux.Handler(r)
+		op := adminOps[pattern]
+		if op == "" {
+			op = "any"
+		}
+		if err := cop.Check(r); err != nil {
+			a.log.Warn("admin API refused a cross-origin request", "op", op, "origin", r.Header.Get("Origin"),
+				"sec_fetch_site", r.Header.Get("Sec-Fetch-Site"), "remote", r.RemoteAddr)
+			a.requests.WithLabelValues(op, "cross_origin").Inc()
+			writeError(w, http.StatusForbidden, "refused: "+err.Error()+"; the admin API answers no web page")
+			return
+		}
+		if why := notJSON(r.Header.Get("Content-Type")); why != "" {
+			a.requests.WithLabelValues(op, "unsupported_media_type").Inc()
+			writeError(w, http.StatusUnsupportedMediaType, why)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// notJSON says what is wrong with a request's Content-Type, or "" for application/json
+// (parameters such as charset are ignored: JSON is UTF-8).
+func notJSON(ct string) string {
+	if ct == "" {
+		return "Content-Type missing: the admin API takes application/json (curl: -H 'Content-Type: application/json')"
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil {
+		return fmt.Sprintf("Content-Type %q: %v; want application/json", ct, err)
+	}
+	if mt != "application/json" {
+		return fmt.Sprintf("Content-Type %s is not application/json", mt)
+	}
+	return ""
+}
+
+// decodeBody reads a request body of exactly one JSON object into v.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any) error {
+	return decodeOne(http.MaxBytesReader(w, r.Body, maxAdminBody), v)
+}
+
+// decodeOne reads exactly one JSON object into v, refusing unknown fields. A second value
+// or any data after the object but white space is refused too: json.Decoder alone stops
+// after the first value, and a request must be acted on whole or not at all.
+func decodeOne(rd io.Reader, v any) error {
+	dec := json.NewDecoder(rd)
+	var raw json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
+		if errors.Is(err, io.EOF) {
+			return errors.New("empty body; want one JSON object")
+		}
+		return err
+	}
+	var next json.RawMessage
+	switch err := dec.Decode(&next); {
+	case err == nil:
+		return errors.New("a second JSON value after the first; want one JSON object")
+	case !errors.Is(err, io.EOF):
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return err
+		}
+		return fmt.Errorf("data after the JSON object: %w", err)
+	}
+	if raw[0] != '{' {
+		return errors.New("not a JSON object; want one JSON object")
+	}
+	strict := json.NewDecoder(bytes.NewReader(raw))
+	strict.DisallowUnknownFields()
+	return strict.Decode(v)
 }
 
 // authorize refuses every request whose client certificate lacks an allowed identity.
@@ -177,9 +274,7 @@ func (a *adminAPI) authorize(next http.Handler) http.Handler {
 func (a *adminAPI) revoke(w http.ResponseWriter, r *http.Request) {
 	w = &countingWriter{ResponseWriter: w, done: func(code int) { a.count("revoke", code) }}
 	var req revokeRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxAdminBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
+	if err := decodeBody(w, r, &req); err != nil {
 		writeError(w, http.StatusBadRequest, "bad request body: "+err.Error())
 		return
 	}
@@ -250,9 +345,7 @@ func (a *adminAPI) reseed(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req reseedRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxAdminBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
+	if err := decodeBody(w, r, &req); err != nil {
 		writeError(w, http.StatusBadRequest, "bad request body: "+err.Error())
 		return
 	}

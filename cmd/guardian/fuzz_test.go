@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
+	"slices"
 	"testing"
 
 	"github.com/guardian-mtls/guardian/internal/testpki"
@@ -30,14 +32,28 @@ func FuzzParseCerts(f *testing.F) {
 	})
 }
 
-// The admin API's revoke body: decoded and validated, or refused.
+// The admin API's revoke body, through the decoder the handler uses: decoded and
+// validated, or refused. A body it accepts is one object that json.Unmarshal (which
+// refuses trailing data) reads the same, and the same body with a second object after it
+// is refused.
 func FuzzRevokeRequest(f *testing.F) {
 	f.Add([]byte(`{"key":"uri:spiffe://a/b","reason":"keyCompromise"}`))
 	f.Add([]byte(`{"key":"sha256:00","reason":"x"}`))
+	f.Add([]byte(`{"key":"uri:spiffe://a/b"}{"key":"uri:spiffe://a/c"}`))
+	f.Add([]byte(`{"key":"uri:spiffe://a/b"} trailing`))
+	f.Add([]byte("{\"key\":\"uri:spiffe://a/b\"}\n"))
+	f.Add([]byte(`null`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var req revokeRequest
-		if json.Unmarshal(b, &req) != nil {
+		if decodeOne(bytes.NewReader(b), &req) != nil {
 			return
+		}
+		var again revokeRequest
+		if err := json.Unmarshal(b, &again); err != nil || again != req {
+			t.Fatalf("the API accepted %q as %+v; json.Unmarshal gives %+v, %v", b, req, again, err)
+		}
+		if decodeOne(bytes.NewReader(append(slices.Clip(b), `{"key":"uri:spiffe://x/y"}`...)), new(revokeRequest)) == nil {
+			t.Fatalf("the API accepts %q followed by a second object", b)
 		}
 		k, err := revoke.ParseKey(req.Key)
 		if err != nil {

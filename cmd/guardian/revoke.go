@@ -35,8 +35,8 @@ type selector struct {
 }
 
 func (s *selector) register(fs *flag.FlagSet) {
-	fs.StringVar(&s.cert, "cert", "", "certificate `FILE` to deny (its serial key unless --by says otherwise)")
-	fs.StringVar(&s.by, "by", "serial", "with --cert: which `KIND` of key to derive: serial, sha256, spki, uri, dns, email, subject")
+	fs.StringVar(&s.cert, "cert", "", "certificate `FILE` to deny: a CA's spki key (every certificate of that CA key, cross-signed copies included), a leaf's serial key, unless --by says otherwise")
+	fs.StringVar(&s.by, "by", "", "with --cert: which `KIND` of key to derive: serial, sha256 (that one certificate) or spki; for a leaf also uri, dns, email, subject")
 	fs.StringVar(&s.serial, "serial", "", "serial number in `HEX`, with --issuer-cert")
 	fs.StringVar(&s.issuerCert, "issuer-cert", "", "the issuing CA's certificate `FILE`, with --serial")
 	fs.StringVar(&s.fingerprint, "fingerprint", "", "SHA-256 of a certificate (leaf or CA) in `HEX`")
@@ -48,8 +48,9 @@ func (s *selector) register(fs *flag.FlagSet) {
 	fs.StringVar(&s.key, "key", "", "a key in canonical `FORM`, e.g. sha256:9f86…")
 }
 
-// resolve turns exactly one selector into a canonical key.
-func (s *selector) resolve() (revoke.Key, error) {
+// resolve turns exactly one selector into a canonical key; for --cert it also says which
+// key it chose and why, for the operator to read before it is applied.
+func (s *selector) resolve() (revoke.Key, string, error) {
 	set := 0
 	for _, v := range []string{s.cert, s.serial, s.fingerprint, s.spki, s.uri, s.dns, s.email, s.subject, s.key} {
 		if v != "" {
@@ -57,15 +58,67 @@ func (s *selector) resolve() (revoke.Key, error) {
 		}
 	}
 	if set != 1 {
-		return "", errors.New("give exactly one of --cert, --serial, --fingerprint, --spki, --uri, --dns, --email, --subject, --key")
+		return "", "", errors.New("give exactly one of --cert, --serial, --fingerprint, --spki, --uri, --dns, --email, --subject, --key")
 	}
+	if s.by != "" && s.cert == "" {
+		return "", "", errors.New("--by applies to --cert only")
+	}
+	if s.cert != "" {
+		return s.certKey()
+	}
+	key, err := s.flagKey()
+	return key, "", err
+}
+
+// certKey derives --cert's key. A CA's default is its spki key: a CA is usually also
+// present as cross-signed or re-issued copies (other serials, other fingerprints, the same
+// key), and a conn through any of them must be hit. A leaf's default stays its serial key.
+func (s *selector) certKey() (revoke.Key, string, error) {
+	certs, err := loadCerts(s.cert)
+	if err != nil {
+		return "", "", err
+	}
+	c := certs[0]
+	isCA := c.BasicConstraintsValid && c.IsCA
+	what := map[bool]string{true: "a CA certificate", false: "a leaf certificate"}[isCA]
+	kind := revoke.Kind(strings.ToLower(strings.TrimSpace(s.by)))
+	explicit := s.by != ""
 	switch {
-	case s.cert != "":
-		certs, err := loadCerts(s.cert)
-		if err != nil {
-			return "", err
+	case !explicit && isCA:
+		kind = revoke.KindSPKI
+	case !explicit:
+		kind = revoke.KindSerial
+	}
+	switch kind {
+	case revoke.KindSerial, revoke.KindSHA256, revoke.KindSPKI:
+	case revoke.KindURI, revoke.KindDNS, revoke.KindEmail, revoke.KindSubject:
+		if isCA {
+			return "", "", fmt.Errorf("--by %s: %s is a CA certificate, and %s keys match only a conn's leaf, never its CA: use --by spki (every certificate of the CA's key), sha256 (this one certificate) or serial", s.by, s.cert, kind)
 		}
-		return revoke.KeyFor(certs[0], revoke.Kind(strings.ToLower(s.by)))
+	default:
+		return "", "", fmt.Errorf("--by %q: unknown kind; with --cert use serial, sha256 or spki (for a leaf also uri, dns, email or subject)", s.by)
+	}
+	key, err := revoke.KeyFor(c, kind)
+	if err != nil {
+		return "", "", err
+	}
+	why := fmt.Sprintf("%s is %s: denying its %s key", s.cert, what, kind)
+	switch {
+	case explicit && kind == revoke.KindSHA256:
+		why += ", as --by says: this one certificate only"
+	case explicit:
+		why += ", as --by says"
+	case isCA:
+		why += ", which every certificate of that CA key matches, cross-signed copies included (--by sha256 for this one certificate only)"
+	default:
+		why += " (its issuer and serial number)"
+	}
+	return key, why, nil
+}
+
+// flagKey is the key of a selector that names it, not a certificate file.
+func (s *selector) flagKey() (revoke.Key, error) {
+	switch {
 	case s.serial != "":
 		if s.issuerCert == "" {
 			return "", errors.New("--serial needs --issuer-cert: serials are unique per issuer only")
@@ -228,9 +281,12 @@ func runRevoke(args []string, stdout, stderr io.Writer, add bool) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	key, err := sel.resolve()
+	key, why, err := sel.resolve()
 	if err != nil {
 		return err
+	}
+	if why != "" {
+		fmt.Fprintln(stdout, why)
 	}
 	r, err := revoke.ParseReason(reason)
 	if err != nil {
