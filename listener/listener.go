@@ -830,28 +830,19 @@ func (l *Listener) onChange(ch revoke.Change) {
 	}
 }
 
-// sweep re-checks the serial keys of every live conn against the Set: a change revoked
-// more serials (a CRL's first load) than it could list.
+// sweep re-checks the serial and keyserial keys of every live conn against the Set: a change
+// revoked more serials (a CRL's first load) than it could list. A CRL's list answers
+// keyserial keys only, which need each certificate's issuer from the chain; the Sweeper
+// derives them and caches the issuers' hashes.
 func (l *Listener) sweep(cause conntrack.Cause) int {
-	issuers := map[string]string{} // issuer DN (DER) → its hash, as serial keys spell it
+	sw := l.set.Sweeper()
 	return l.reg.EvictMatching(func(c *conntrack.Conn) (string, bool) {
 		info, ok := c.Owner().(*ConnInfo)
 		if !ok {
 			return "", false
 		}
-		for _, chain := range info.chains {
-			for _, cert := range chain {
-				h, ok := issuers[string(cert.RawIssuer)]
-				if !ok {
-					h = revoke.IssuerHash(cert.RawIssuer)
-					issuers[string(cert.RawIssuer)] = h
-				}
-				if k := revoke.SerialKeyOf(h, cert.SerialNumber); l.set.Has(k) {
-					return string(k), true
-				}
-			}
-		}
-		return "", false
+		k, ok := sw.Revoked(info.chains)
+		return string(k), ok
 	}, cause)
 }
 

@@ -1,6 +1,7 @@
 package revoke
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -19,17 +20,20 @@ type Kind string
 
 // The key kinds of DESIGN.md.
 const (
-	KindSerial  Kind = "serial"
-	KindSHA256  Kind = "sha256"
-	KindSPKI    Kind = "spki"
-	KindURI     Kind = "uri"
-	KindDNS     Kind = "dns"
-	KindEmail   Kind = "email"
-	KindSubject Kind = "subject"
+	KindSerial Kind = "serial"
+	// KindKeySerial names a certificate by its issuer's DN and public key and its serial:
+	// what a CRL, which speaks for the one CA key that signed it, denies.
+	KindKeySerial Kind = "keyserial"
+	KindSHA256    Kind = "sha256"
+	KindSPKI      Kind = "spki"
+	KindURI       Kind = "uri"
+	KindDNS       Kind = "dns"
+	KindEmail     Kind = "email"
+	KindSubject   Kind = "subject"
 )
 
 // Kinds lists every key kind, in the order KeysOf emits them.
-var Kinds = []Kind{KindSerial, KindSHA256, KindSPKI, KindURI, KindDNS, KindEmail, KindSubject}
+var Kinds = []Kind{KindSerial, KindKeySerial, KindSHA256, KindSPKI, KindURI, KindDNS, KindEmail, KindSubject}
 
 // MaxKeyLen bounds a key's length; longer input is refused rather than stored.
 const MaxKeyLen = 4096
@@ -105,6 +109,24 @@ func ParseKey(s string) (Key, error) {
 			return "", badKey(s, "serial: %v", err)
 		}
 		return Key("serial:" + issuer + ":" + serial), nil
+	case KindKeySerial:
+		parts := strings.SplitN(v, ":", 3)
+		if len(parts) != 3 {
+			return "", badKey(s, "want keyserial:<sha256 of issuer DN, 64 hex>:<sha256 of issuer SPKI, 64 hex>:<serial hex>")
+		}
+		issuer, err := hex32(parts[0])
+		if err != nil {
+			return "", badKey(s, "issuer hash: %v", err)
+		}
+		key, err := hex32(parts[1])
+		if err != nil {
+			return "", badKey(s, "issuer key hash: %v", err)
+		}
+		serial, err := serialHex(parts[2])
+		if err != nil {
+			return "", badKey(s, "serial: %v", err)
+		}
+		return Key("keyserial:" + issuer + ":" + key + ":" + serial), nil
 	case KindSHA256, KindSPKI:
 		h, err := hex32(v)
 		if err != nil {
@@ -286,6 +308,23 @@ func SerialKeyOf(issuerHash string, serial *big.Int) Key {
 	return Key("serial:" + issuerHash + ":" + serialString(serial))
 }
 
+// SPKIHash is the SHA-256 (hex) of a SubjectPublicKeyInfo (DER): the value of the key's spki
+// key, and the middle of the keyserial keys of the certificates it signed.
+func SPKIHash(spki []byte) string { return sum(spki) }
+
+// KeySerialKey returns the keyserial key of the certificate with the given serial number
+// issued by the CA whose subject DN (DER) is issuerDN and whose public key is issuerSPKI
+// (DER). Unlike a serial key, it never matches a certificate of another CA key with the same
+// DN.
+func KeySerialKey(issuerDN, issuerSPKI []byte, serial *big.Int) Key {
+	return KeySerialKeyOf(IssuerHash(issuerDN), SPKIHash(issuerSPKI), serial)
+}
+
+// KeySerialKeyOf is KeySerialKey for an issuer whose IssuerHash and SPKIHash are known.
+func KeySerialKeyOf(issuerHash, keyHash string, serial *big.Int) Key {
+	return Key("keyserial:" + issuerHash + ":" + keyHash + ":" + serialString(serial))
+}
+
 // SerialKeyHex returns the serial key of the certificate whose issuer has subject DN (DER)
 // issuerDN and whose serial number is serialHex, as a user types it (0x, colons and leading
 // zeros allowed).
@@ -294,11 +333,15 @@ func SerialKeyHex(issuerDN []byte, serialHex string) (Key, error) {
 }
 
 // KeyFor returns the key of one kind for cert. For uri, dns and email it uses the first
-// SAN of that type; it returns an error wrapping ErrNoField when the certificate has none.
+// SAN of that type; it returns an error wrapping ErrNoField when the certificate has none,
+// and for keyserial, whose issuer key no certificate carries (KeysOf derives it from a chain).
 func KeyFor(cert *x509.Certificate, kind Kind) (Key, error) {
 	switch kind {
 	case KindSerial:
 		return SerialKey(cert.RawIssuer, cert.SerialNumber), nil
+	case KindKeySerial:
+		return "", fmt.Errorf("%w: a keyserial key needs the issuer's public key, which certificate %q does not carry; use KeySerialKey or KeysOf",
+			ErrNoField, cert.Subject)
 	case KindSHA256:
 		return Key("sha256:" + sum(cert.Raw)), nil
 	case KindSPKI:
@@ -359,18 +402,43 @@ func printable(s string) bool {
 }
 
 // KeysOf returns every key a connection presenting chain can be hit by: the serial,
-// sha256 and spki keys of every certificate in the chain (leaf first, then each CA), and
-// the leaf's uri, dns, email and subject keys. Duplicates are removed.
+// keyserial, sha256 and spki keys of every certificate in the chain (leaf first, then each
+// CA), and the leaf's uri, dns, email and subject keys. Duplicates are removed. A
+// certificate has a keyserial key when its issuer is in the chain: the next certificate, or
+// itself when it is the last and self-issued.
 func KeysOf(chain []*x509.Certificate) []Key {
 	if len(chain) == 0 {
 		return nil
 	}
-	keys := make([]Key, 0, 3*len(chain)+4)
+	var buf [8]string
+	spki := buf[:0]
 	for _, c := range chain {
-		keys = append(keys, certKeys(c)...)
+		spki = append(spki, sum(c.RawSubjectPublicKeyInfo))
+	}
+	keys := make([]Key, 0, 4*len(chain)+4)
+	for i, c := range chain {
+		issuer, serial := sum(c.RawIssuer), serialString(c.SerialNumber)
+		keys = append(keys, Key("serial:"+issuer+":"+serial))
+		if j, ok := issuerIn(chain, i); ok {
+			keys = append(keys, Key("keyserial:"+issuer+":"+spki[j]+":"+serial))
+		}
+		keys = append(keys, Key("sha256:"+sum(c.Raw)), Key("spki:"+spki[i]))
 	}
 	keys = append(keys, identityKeys(chain[0])...)
 	return dedup(keys)
+}
+
+// issuerIn returns the index of the certificate that issued chain[i] in chain, leaf first:
+// the next certificate, when its subject is chain[i]'s issuer, or chain[i] itself when it is
+// the last and self-issued (a root). In a verified chain the next certificate's key signed
+// chain[i]; in an unverified one it is only what the client claims. A last certificate that
+// is not self-issued (an intermediate trusted as a root) has no issuer in the chain.
+func issuerIn(chain []*x509.Certificate, i int) (int, bool) {
+	c := chain[i]
+	if i+1 < len(chain) {
+		return i + 1, bytes.Equal(chain[i+1].RawSubject, c.RawIssuer)
+	}
+	return i, bytes.Equal(c.RawSubject, c.RawIssuer)
 }
 
 // KeysOfChains is KeysOf over the union of several verified chains (a cross-signed
@@ -387,14 +455,6 @@ func KeysOfChains(chains [][]*x509.Certificate) []Key {
 		keys = append(keys, KeysOf(ch)...)
 	}
 	return dedup(keys)
-}
-
-func certKeys(c *x509.Certificate) []Key {
-	return []Key{
-		SerialKey(c.RawIssuer, c.SerialNumber),
-		Key("sha256:" + sum(c.Raw)),
-		Key("spki:" + sum(c.RawSubjectPublicKeyInfo)),
-	}
 }
 
 func identityKeys(leaf *x509.Certificate) []Key {
@@ -442,6 +502,15 @@ func Matches(chains [][]*x509.Certificate, k Key) bool {
 			continue
 		}
 		switch k.Kind() {
+		case KindKeySerial:
+			for i, c := range chain {
+				if !strings.HasSuffix(string(k), ":"+serialString(c.SerialNumber)) {
+					continue
+				}
+				if j, ok := issuerIn(chain, i); ok && KeySerialKey(c.RawIssuer, chain[j].RawSubjectPublicKeyInfo, c.SerialNumber) == k {
+					return true
+				}
+			}
 		case KindSerial, KindSHA256, KindSPKI:
 			for _, c := range chain {
 				if got, _ := KeyFor(c, k.Kind()); got == k {

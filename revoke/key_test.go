@@ -29,6 +29,7 @@ func TestParseKey(t *testing.T) {
 		{"serial leading zeros", "serial:" + h64 + ":000A0b", "serial:" + lower + ":a0b"},
 		{"serial zero", "serial:" + lower + ":00", "serial:" + lower + ":0"},
 		{"serial colons", "serial:" + lower + ":0a:0b", "serial:" + lower + ":a0b"},
+		{"keyserial", "KeySerial:" + h64 + ":0x" + h64 + ":000A:0b", "keyserial:" + lower + ":" + lower + ":a0b"},
 		{"uri spiffe", "uri:SPIFFE://Prod/Payments", "uri:spiffe://prod/Payments"},
 		{"dns", "dns:API.Example.COM.", "dns:api.example.com"},
 		{"email", "email:Alice@Example.COM", "email:Alice@example.com"},
@@ -74,6 +75,10 @@ func TestParseKeyRefuses(t *testing.T) {
 		{"not hex", "spki:" + strings.Repeat("z", 64), "64 hex"},
 		{"serial without issuer", "serial:abcd", "serial:<sha256"},
 		{"serial bad hex", "serial:" + h64 + ":xyz", "hex"},
+		{"keyserial without key", "keyserial:" + h64 + ":0a", "keyserial:<sha256"},
+		{"keyserial short key", "keyserial:" + h64 + ":abcd:0a", "issuer key hash"},
+		{"keyserial bad issuer", "keyserial:abcd:" + h64 + ":0a", "issuer hash"},
+		{"keyserial bad serial", "keyserial:" + h64 + ":" + h64 + ":xyz", "serial"},
 		{"uri no scheme", "uri:/just/a/path", "no scheme"},
 		{"dns bad char", "dns:exa mple.com", "invalid character"},
 		{"email no at", "email:alice", "local@domain"},
@@ -108,10 +113,13 @@ func TestKeysOfChain(t *testing.T) {
 	keys := revoke.KeysOf(chain)
 
 	want := map[revoke.Key]bool{}
-	for _, c := range chain {
+	for i, c := range chain {
 		want[revoke.Key("sha256:"+hexSum(c.Raw))] = true
 		want[revoke.Key("spki:"+hexSum(c.RawSubjectPublicKeyInfo))] = true
 		want[revoke.SerialKey(c.RawIssuer, c.SerialNumber)] = true
+		// Each certificate's issuer key: the next one's, and the self-signed root's own.
+		issuer := chain[min(i+1, len(chain)-1)]
+		want[revoke.Key("keyserial:"+hexSum(c.RawIssuer)+":"+hexSum(issuer.RawSubjectPublicKeyInfo)+":"+c.SerialNumber.Text(16))] = true
 	}
 	want[revoke.Key("uri:spiffe://prod/payments")] = true
 	want[revoke.Key("dns:pay.example.com")] = true
@@ -142,6 +150,54 @@ func TestKeysOfChain(t *testing.T) {
 				t.Errorf("Matches(chain, %q of another cert) = true", k)
 			}
 		}
+	}
+}
+
+// A keyserial key names the issuer's key: a chain's certificate has one when its issuer is
+// in the chain, and it never matches a certificate of another key with the same DN and
+// serial.
+func TestKeySerialKeys(t *testing.T) {
+	ca1, ca2 := testpki.NewCA(t), testpki.NewCA(t) // one DN, two keys
+	one := ca1.MustIssue(t, testpki.Opts{CommonName: "one", Serial: big.NewInt(5)})
+	two := ca2.MustIssue(t, testpki.Opts{CommonName: "two", Serial: big.NewInt(5)})
+	chain1 := []*x509Cert{one.Cert, ca1.Cert}
+	chain2 := []*x509Cert{two.Cert, ca2.Cert}
+	k1 := revoke.KeySerialKey(ca1.Cert.RawSubject, ca1.Cert.RawSubjectPublicKeyInfo, big.NewInt(5))
+	if k, err := revoke.ParseKey(string(k1)); err != nil || k != k1 || k.Kind() != revoke.KindKeySerial {
+		t.Fatalf("ParseKey(%q) = %q, %v; want it unchanged", k1, k, err)
+	}
+	has := func(keys []revoke.Key, k revoke.Key) bool {
+		for _, x := range keys {
+			if x == k {
+				return true
+			}
+		}
+		return false
+	}
+	if !has(revoke.KeysOf(chain1), k1) || !revoke.Matches([][]*x509Cert{chain1}, k1) {
+		t.Errorf("CA1's certificate lacks or does not match its keyserial key %q", k1)
+	}
+	if has(revoke.KeysOf(chain2), k1) || revoke.Matches([][]*x509Cert{chain2}, k1) {
+		t.Errorf("CA2's certificate with the same DN and serial has or matches CA1's keyserial key %q", k1)
+	}
+	if plain := revoke.SerialKey(ca1.Cert.RawSubject, big.NewInt(5)); !has(revoke.KeysOf(chain2), plain) {
+		t.Errorf("the serial key %q, which names the DN only, is not a key of CA2's certificate", plain)
+	}
+	for _, c := range []struct {
+		name  string
+		chain []*x509Cert
+	}{
+		{"the leaf alone", []*x509Cert{one.Cert}},
+		{"a next certificate that is not the issuer", []*x509Cert{one.Cert, testpki.NewCA(t).MustIntermediate(t, "elsewhere").Cert}},
+	} {
+		for _, k := range revoke.KeysOf(c.chain) {
+			if k.Kind() == revoke.KindKeySerial && strings.HasSuffix(string(k), ":5") {
+				t.Errorf("%s: the leaf has keyserial key %q; its issuer's key is unknown", c.name, k)
+			}
+		}
+	}
+	if _, err := revoke.KeyFor(one.Cert, revoke.KindKeySerial); !errors.Is(err, revoke.ErrNoField) {
+		t.Errorf("KeyFor(keyserial) = %v; want ErrNoField (a certificate does not carry its issuer's key)", err)
 	}
 }
 

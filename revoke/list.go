@@ -1,21 +1,25 @@
 package revoke
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"maps"
 	"sort"
 )
 
-// A SerialList is a read-only set of one issuer's revoked serials, as a CRL lists them. The
-// Set consults it for that issuer's serial keys without holding an Entry per serial, so a
+// A SerialList is a read-only set of the serials one CA key revoked, as a CRL that key
+// signed lists them. The Set consults it for the keyserial keys of that DN and key (never
+// for serial keys, which name a DN only) without holding an Entry per serial, so a
 // million-entry CRL costs what the list's own representation costs.
 type SerialList interface {
 	// ID names the list; the Set holds one list per ID.
 	ID() string
-	// Issuer is the SHA-256 (hex) of the issuer's subject DN: the middle of its serial keys.
+	// Issuer is the SHA-256 (hex) of the issuer's subject DN (IssuerHash).
 	Issuer() string
-	// Source is the source its entries report, e.g. CRLSource(Issuer()).
+	// IssuerKey is the SHA-256 (hex) of the public key that signed the list (SPKIHash).
+	IssuerKey() string
+	// Source is the source its entries report, e.g. CRLSource(Issuer(), IssuerKey()).
 	Source() string
 	// Len is the number of serials.
 	Len() int
@@ -40,9 +44,9 @@ var ErrListMoved = errors.New("revoke: the list was replaced meanwhile")
 
 // listIndex is an immutable snapshot of the Set's lists.
 type listIndex struct {
-	byIssuer map[string][]SerialList
-	byID     map[string]SerialList
-	n        int
+	byKey map[string][]SerialList // by IssuerKey
+	byID  map[string]SerialList
+	n     int
 }
 
 func (x *listIndex) lookup(k Key) (Entry, bool) {
@@ -50,12 +54,15 @@ func (x *listIndex) lookup(k Key) (Entry, bool) {
 		return Entry{}, false
 	}
 	s := string(k)
-	// serial:<64 hex>:<serial>
-	if len(s) < 73 || s[:7] != "serial:" || s[71] != ':' {
+	// keyserial:<64 hex>:<64 hex>:<serial>
+	if len(s) < 141 || s[:10] != "keyserial:" || s[74] != ':' || s[139] != ':' {
 		return Entry{}, false
 	}
-	for _, l := range x.byIssuer[s[7:71]] {
-		if e, ok := l.Lookup(s[72:]); ok {
+	for _, l := range x.byKey[s[75:139]] {
+		if l.Issuer() != s[10:74] {
+			continue
+		}
+		if e, ok := l.Lookup(s[140:]); ok {
 			e.Key = k
 			return e, true
 		}
@@ -84,7 +91,7 @@ func (x *listIndex) all() []SerialList {
 
 // with returns a copy of x in which id holds next (or nothing, when next is nil).
 func (x *listIndex) with(id string, next SerialList) *listIndex {
-	y := &listIndex{byIssuer: map[string][]SerialList{}, byID: map[string]SerialList{}}
+	y := &listIndex{byKey: map[string][]SerialList{}, byID: map[string]SerialList{}}
 	if x != nil {
 		y.byID = maps.Clone(x.byID)
 	}
@@ -93,7 +100,7 @@ func (x *listIndex) with(id string, next SerialList) *listIndex {
 		y.byID[id] = next
 	}
 	for _, l := range y.byID {
-		y.byIssuer[l.Issuer()] = append(y.byIssuer[l.Issuer()], l)
+		y.byKey[l.IssuerKey()] = append(y.byKey[l.IssuerKey()], l)
 		y.n += l.Len()
 	}
 	return y
@@ -126,6 +133,9 @@ func (s *Set) SwapList(old, next SerialList, diff ListDiff) (Change, error) {
 		}
 		if len(next.Issuer()) != 64 || !isHex(next.Issuer()) {
 			return Change{}, fmt.Errorf("revoke: list %q: issuer %q is not a SHA-256 in hex", id, next.Issuer())
+		}
+		if len(next.IssuerKey()) != 64 || !isHex(next.IssuerKey()) {
+			return Change{}, fmt.Errorf("revoke: list %q: issuer key %q is not a SHA-256 in hex", id, next.IssuerKey())
 		}
 	case old != nil:
 		id = old.ID()
@@ -178,3 +188,47 @@ func (s *Set) SwapList(old, next SerialList, diff ListDiff) (Change, error) {
 
 // has is Has for a caller holding wmu (which Has does not take).
 func (s *Set) has(k Key) bool { _, ok := s.Lookup(k); return ok }
+
+// A Sweeper checks live conns' chains against the Set, for a subscriber that got a Change
+// with Sweep set: the serial and keyserial keys of each chain's certificates, which is where
+// a serial list can hit them. It remembers the hashes of the issuers it has met, so checking
+// many conns under a few CAs costs a few map lookups a certificate. Not safe for concurrent
+// use; make one per sweep.
+type Sweeper struct {
+	set  *Set
+	dns  map[string]string // issuer DN (DER) → IssuerHash
+	keys map[string]string // SubjectPublicKeyInfo (DER) → SPKIHash
+}
+
+// Sweeper returns a Sweeper over s.
+func (s *Set) Sweeper() *Sweeper {
+	return &Sweeper{set: s, dns: map[string]string{}, keys: map[string]string{}}
+}
+
+// Revoked returns the first serial or keyserial key of chains that the Set revokes.
+func (w *Sweeper) Revoked(chains [][]*x509.Certificate) (Key, bool) {
+	for _, chain := range chains {
+		for i, c := range chain {
+			dn := w.hash(w.dns, c.RawIssuer)
+			serial := serialString(c.SerialNumber)
+			if k := Key("serial:" + dn + ":" + serial); w.set.Has(k) {
+				return k, true
+			}
+			if j, ok := issuerIn(chain, i); ok {
+				if k := Key("keyserial:" + dn + ":" + w.hash(w.keys, chain[j].RawSubjectPublicKeyInfo) + ":" + serial); w.set.Has(k) {
+					return k, true
+				}
+			}
+		}
+	}
+	return "", false
+}
+
+func (w *Sweeper) hash(cache map[string]string, der []byte) string {
+	if h, ok := cache[string(der)]; ok {
+		return h
+	}
+	h := sum(der)
+	cache[string(der)] = h
+	return h
+}

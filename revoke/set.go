@@ -22,6 +22,22 @@ var Reasons = []Reason{
 	"cessationOfOperation", "certificateHold", "removeFromCRL", "privilegeWithdrawn", "aACompromise",
 }
 
+// reasonCodes are the CRLReason codes of RFC 5280 section 5.3.1, which CRL entries and
+// OCSP answers (RFC 6960 section 4.2.1) both carry; 7 is not used.
+var reasonCodes = [...]Reason{
+	0: "unspecified", 1: "keyCompromise", 2: "cACompromise", 3: "affiliationChanged", 4: "superseded",
+	5: "cessationOfOperation", 6: "certificateHold", 8: "removeFromCRL", 9: "privilegeWithdrawn", 10: "aACompromise",
+}
+
+// ReasonFromCode returns the name of an RFC 5280 CRLReason code, as a CRL entry or an OCSP
+// answer carries it; "unspecified" for a code RFC 5280 does not define (7, negative, above 10).
+func ReasonFromCode(code int) Reason {
+	if code < 0 || code >= len(reasonCodes) || reasonCodes[code] == "" {
+		return "unspecified"
+	}
+	return reasonCodes[code]
+}
+
 // ParseReason accepts an RFC 5280 reason name in any case; "" means unspecified.
 func ParseReason(s string) (Reason, error) {
 	if s == "" {
@@ -51,7 +67,7 @@ type Entry struct {
 	Reason    Reason    `json:"reason,omitempty"`
 	RevokedAt time.Time `json:"revoked_at"`
 	// Source is the source that claims the key: "redis", "embedded", "api" (a node's
-	// memory store), "ocsp", or "crl:<issuer hash>". Set.Apply fills it in.
+	// memory store), "ocsp", or "crl:<issuer hash>:<issuer key hash>". Set.Apply fills it in.
 	Source string `json:"source,omitempty"`
 	// Expires, when set, is the time after which the entry may be dropped (the
 	// certificates it denies have all expired).
@@ -65,10 +81,10 @@ type Change struct {
 	Version uint64
 	Added   []Entry
 	Removed []Key
-	// Sweep is set when the change revoked more than MaxListed serial keys (a CRL's first
-	// load can revoke a million), which Added then leaves out: a subscriber that closes
-	// conns must re-check the serial keys of every live conn against the Set. Removed lists
-	// at most MaxListed keys.
+	// Sweep is set when the change revoked more than MaxListed keys of a serial list (a
+	// CRL's first load can revoke a million), which Added then leaves out: a subscriber that
+	// closes conns must re-check every live conn's chains against the Set (Set.Sweeper).
+	// Removed lists at most MaxListed keys.
 	Sweep bool
 }
 
@@ -84,9 +100,10 @@ const (
 	SourceOCSP     = "ocsp"
 )
 
-// CRLSource is the source name of the CRL of the issuer whose subject DN hashes (SHA-256,
-// hex) to issuerHash: "crl:<issuerHash>".
-func CRLSource(issuerHash string) string { return "crl:" + issuerHash }
+// CRLSource is the source name of the CRLs that the CA key whose SubjectPublicKeyInfo
+// hashes to keyHash (SPKIHash) signed as the issuer whose subject DN hashes to issuerHash
+// (IssuerHash): "crl:<issuerHash>:<keyHash>". Two keys of one DN are two sources.
+func CRLSource(issuerHash, keyHash string) string { return "crl:" + issuerHash + ":" + keyHash }
 
 const setShards = 64
 

@@ -59,10 +59,13 @@ type Applier struct {
 	applied map[string]*Applied
 }
 
-// Applied describes the CRL in force for one list ID.
+// Applied describes the CRL in force for one list ID: one CA key's (and scope's) latest.
 type Applied struct {
-	ID         string
-	Issuer     string // SHA-256 of the issuer DN, hex
+	ID     string
+	Issuer string // SHA-256 of the issuer DN, hex
+	// IssuerKey is the SHA-256 (hex) of the SubjectPublicKeyInfo of the key that verified
+	// the CRL: two CAs of one DN (or one CA's old and new keys) each have their own CRL.
+	IssuerKey  string
 	Subject    string // the issuer's DN, for people
 	Number     *big.Int
 	ThisUpdate time.Time
@@ -185,7 +188,7 @@ func (a *Applier) apply(b []byte, origin string) (Result, error) {
 	if !c.NextUpdate.IsZero() && c.NextUpdate.Before(c.ThisUpdate) {
 		return Result{}, fmt.Errorf("%w: nextUpdate %s is before thisUpdate %s", ErrMalformed, c.NextUpdate.Format(time.RFC3339), c.ThisUpdate.Format(time.RFC3339))
 	}
-	_, _, id := names(c)
+	_, id := names(c, revoke.SPKIHash(signer.RawSubjectPublicKeyInfo))
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -202,7 +205,7 @@ func (a *Applier) apply(b []byte, origin string) (Result, error) {
 			return Result{}, err
 		}
 	}
-	t, err := NewTable(c)
+	t, err := newTable(c, signer)
 	if err != nil {
 		return Result{}, err
 	}
@@ -216,7 +219,7 @@ func (a *Applier) apply(b []byte, origin string) (Result, error) {
 	if _, err := a.set.SwapList(oldList, t, d); err != nil {
 		return Result{}, err
 	}
-	ap := &Applied{ID: id, Issuer: t.Issuer(), Subject: dnString(c.RawIssuer), Number: c.Number,
+	ap := &Applied{ID: id, Issuer: t.Issuer(), IssuerKey: t.IssuerKey(), Subject: dnString(c.RawIssuer), Number: c.Number,
 		ThisUpdate: c.ThisUpdate, NextUpdate: c.NextUpdate, Entries: t.Len(), Origin: origin, AppliedAt: now, Signer: signer, raw: c.Raw}
 	a.applied[id] = ap
 	return Result{Applied: *ap, Added: len(d.Added), Removed: len(d.Removed), Sweep: d.Sweep}, nil
@@ -257,16 +260,30 @@ func (a *Applier) Applied() []Applied {
 }
 
 // Stale returns the applied CRLs whose nextUpdate has passed: the issuer has published a
-// newer one that this node does not have.
+// newer one that this node does not have. A CRL whose key no configured issuer holds any
+// more is left out (it stays in force): once a key rollover is done and the old CA
+// certificate is removed, the old key publishes no more CRLs, and its last one going past
+// its nextUpdate is no reason to be stale.
 func (a *Applier) Stale() []Applied {
 	now := a.now()
+	issuers := *a.issuers.Load()
 	var out []Applied
 	for _, ap := range a.Applied() {
-		if !ap.NextUpdate.IsZero() && now.After(ap.NextUpdate) {
+		if !ap.NextUpdate.IsZero() && now.After(ap.NextUpdate) && holds(issuers, ap) {
 			out = append(out, ap)
 		}
 	}
 	return out
+}
+
+// holds reports whether a configured issuer has the DN and key that verified ap.
+func holds(issuers map[string][]*x509.Certificate, ap Applied) bool {
+	for _, c := range issuers[string(ap.Signer.RawSubject)] {
+		if revoke.SPKIHash(c.RawSubjectPublicKeyInfo) == ap.IssuerKey {
+			return true
+		}
+	}
+	return false
 }
 
 func numberString(n *big.Int) string {

@@ -188,8 +188,9 @@ func BenchmarkApplyUpdate(b *testing.B) {
 	}
 }
 
-// BenchmarkLookup is a handshake's serial-key lookup through the Set with a
-// million-entry CRL in it: a miss (the common case) and a hit.
+// BenchmarkLookup is a handshake's lookup through the Set with a million-entry CRL in it: a
+// keyserial key of the CRL's CA key, missed (the common case) and hit, and a serial key,
+// which the CRL's list is not asked about.
 func BenchmarkLookup(b *testing.B) {
 	ca := testpki.NewCA(b)
 	der := bigCRL(b, ca, 1_000_000, 1)
@@ -202,19 +203,20 @@ func BenchmarkLookup(b *testing.B) {
 	var hits []revoke.Key
 	c.Each(func(e *crl.Entry) error {
 		if len(hits) < 1024 {
-			hits = append(hits, revoke.SerialKey(ca.Cert.RawSubject, new(big.Int).SetBytes(e.Serial)))
+			hits = append(hits, revoke.KeySerialKey(ca.Cert.RawSubject, ca.Cert.RawSubjectPublicKeyInfo, new(big.Int).SetBytes(e.Serial)))
 		}
 		return nil
 	})
-	misses := make([]revoke.Key, 1024)
+	misses, serialMisses := make([]revoke.Key, 1024), make([]revoke.Key, 1024)
 	for i := range misses {
-		misses[i] = revoke.SerialKey(ca.Cert.RawSubject, big.NewInt(int64(i)*7919+3))
+		misses[i] = revoke.KeySerialKey(ca.Cert.RawSubject, ca.Cert.RawSubjectPublicKeyInfo, big.NewInt(int64(i)*7919+3))
+		serialMisses[i] = revoke.SerialKey(ca.Cert.RawSubject, big.NewInt(int64(i)*7919+3))
 	}
 	for _, c := range []struct {
 		name  string
 		keys  []revoke.Key
 		found bool
-	}{{"miss", misses, false}, {"hit", hits, true}} {
+	}{{"miss", misses, false}, {"hit", hits, true}, {"serial-key-miss", serialMisses, false}} {
 		b.Run(c.name, func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				if set.Has(c.keys[i&1023]) != c.found {

@@ -37,8 +37,9 @@ func newApplier(t testing.TB, set *revoke.Set, reg prometheus.Registerer, issuer
 	return a
 }
 
+// serialKey is the key a CRL of ca revokes serial by: its keyserial key under ca's key.
 func serialKey(ca *testpki.CA, serial int64) revoke.Key {
-	return revoke.SerialKey(ca.Cert.RawSubject, big.NewInt(serial))
+	return revoke.KeySerialKey(ca.Cert.RawSubject, ca.Cert.RawSubjectPublicKeyInfo, big.NewInt(serial))
 }
 
 // The streaming parser reads what crypto/x509 reads: serials, times and reasons, in order.
@@ -110,7 +111,7 @@ func TestApplyLooksUpEverySerialThroughTheSet(t *testing.T) {
 	}
 	for i := int64(1); i <= 300; i++ {
 		e, ok := set.Lookup(serialKey(ca, i*1000))
-		if !ok || e.Reason != "keyCompromise" || e.Source != revoke.CRLSource(res.Issuer) || e.Key != serialKey(ca, i*1000) {
+		if !ok || e.Reason != "keyCompromise" || e.Source != revoke.CRLSource(res.Issuer, res.IssuerKey) || e.Key != serialKey(ca, i*1000) {
 			t.Fatalf("serial %d: %+v %v; want a keyCompromise entry from the CRL", i*1000, e, ok)
 		}
 	}
@@ -119,10 +120,14 @@ func TestApplyLooksUpEverySerialThroughTheSet(t *testing.T) {
 			t.Errorf("serial %d is not in the CRL but the Set says revoked", s)
 		}
 	}
-	// The same serial of another issuer is not revoked.
+	// The same serial of another issuer is not revoked, nor the serial key, which names the
+	// DN only (it is for operators; a CRL speaks for its key).
 	other, _ := testpki.New("another root")
 	if set.Has(serialKey(other, 1000)) {
 		t.Error("another issuer's serial 1000 is revoked")
+	}
+	if k := revoke.SerialKey(ca.Cert.RawSubject, big.NewInt(1000)); set.Has(k) {
+		t.Errorf("the CRL revokes %q; want only keyserial keys", k)
 	}
 	if set.Len() != 300 || len(set.Lists()) != 1 {
 		t.Errorf("Len %d, Lists %d; want 300 and 1", set.Len(), len(set.Lists()))

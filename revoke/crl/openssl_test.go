@@ -107,7 +107,7 @@ func (o *opensslCA) key(serialHex string) revoke.Key {
 	if !ok {
 		o.t.Fatalf("bad serial %q", serialHex)
 	}
-	return revoke.SerialKey(o.cert.RawSubject, n)
+	return revoke.KeySerialKey(o.cert.RawSubject, o.cert.RawSubjectPublicKeyInfo, n)
 }
 
 // CRLs that `openssl ca -gencrl` makes — v2, a CRL number, reason codes, 20-byte serials,

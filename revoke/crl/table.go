@@ -3,6 +3,7 @@ package crl
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"hash/maphash"
@@ -14,16 +15,18 @@ import (
 	"github.com/guardian-mtls/guardian/revoke"
 )
 
-// Table is a CRL's revoked serials as a revoke.SerialList. It keeps the CRL's DER and an
-// open-addressed index of its entries' offsets — 8 bytes a slot, at most 75% full — so an
-// entry costs its DER (about 40 bytes with a reason code) plus 11 to 21 bytes of index,
-// and nothing is copied out of the CRL.
+// Table is a CRL's revoked serials as a revoke.SerialList: the list of the CA key that
+// signed the CRL. It keeps the CRL's DER and an open-addressed index of its entries'
+// offsets — 8 bytes a slot, at most 75% full — so an entry costs its DER (about 40 bytes
+// with a reason code) plus 11 to 21 bytes of index, and nothing is copied out of the CRL.
 type Table struct {
-	crl    *CRL
-	issuer string // SHA-256 of the issuer DN, hex
-	id     string
-	source string
-	seed   maphash.Seed
+	crl       *CRL
+	issuer    string // SHA-256 of the issuer DN, hex
+	issuerKey string // SHA-256 of the signer's SubjectPublicKeyInfo, hex; "" when unbound
+	id        string
+	source    string
+	keyPrefix string // what an entry's key is before its serial
+	seed      maphash.Seed
 	// slots hold tag<<32 | offset+1 (0: empty); the tag is the high half of the serial's
 	// hash, so a probe rarely parses an entry that is not the one it looks for.
 	slots []uint64
@@ -32,7 +35,13 @@ type Table struct {
 }
 
 // NewTable indexes c's entries. It fails on a malformed entry and on a serial listed twice.
-func NewTable(c *CRL) (*Table, error) {
+// The table is no CA key's list: its IssuerKey and ID are empty, so the Set refuses it, and
+// its entries name serial keys (issuer DN and serial). The Applier, having checked c's
+// signature, makes the table of the key that verified it.
+func NewTable(c *CRL) (*Table, error) { return newTable(c, nil) }
+
+// newTable is NewTable for the list of signer's key, or of none when signer is nil.
+func newTable(c *CRL, signer *x509.Certificate) (*Table, error) {
 	count, err := c.Count()
 	if err != nil {
 		return nil, err
@@ -41,7 +50,13 @@ func NewTable(c *CRL) (*Table, error) {
 		return nil, fmt.Errorf("crl: %d bytes is more than a table can index", len(c.Raw))
 	}
 	t := &Table{crl: c, seed: maphash.MakeSeed()}
-	t.issuer, t.source, t.id = names(c)
+	t.issuer = revoke.IssuerHash(c.RawIssuer)
+	t.keyPrefix = "serial:" + t.issuer + ":"
+	if signer != nil {
+		t.issuerKey = revoke.SPKIHash(signer.RawSubjectPublicKeyInfo)
+		t.source, t.id = names(c, t.issuerKey)
+		t.keyPrefix = "keyserial:" + t.issuer + ":" + t.issuerKey + ":"
+	}
 	size := uint64(1) << bits.Len64(uint64(count+count/3))
 	t.slots = make([]uint64, max(size, 8))
 	t.mask = uint64(len(t.slots) - 1)
@@ -70,17 +85,17 @@ func NewTable(c *CRL) (*Table, error) {
 	return t, nil
 }
 
-// names are the issuer hash, source and list ID of the list c becomes: one list per
-// issuer and scope.
-func names(c *CRL) (issuer, source, id string) {
-	issuer = revoke.IssuerHash(c.RawIssuer)
-	source = revoke.CRLSource(issuer)
+// names are the source and list ID of the list c becomes when the key whose SPKIHash is
+// issuerKey verified it: one list per issuer DN, key and scope, so that the CRLs of two keys
+// of one DN (a look-alike CA, a key rollover) never replace or roll back each other.
+func names(c *CRL, issuerKey string) (source, id string) {
+	source = revoke.CRLSource(revoke.IssuerHash(c.RawIssuer), issuerKey)
 	id = source
 	if c.Scope != nil {
 		sh := sha256.Sum256(c.Scope)
 		id += "/" + hex.EncodeToString(sh[:8])
 	}
-	return issuer, source, id
+	return source, id
 }
 
 func (t *Table) hash(mag []byte, neg bool) uint64 {
@@ -117,7 +132,11 @@ func (t *Table) ID() string { return t.id }
 // Issuer is the SHA-256 (hex) of the CRL issuer's DN.
 func (t *Table) Issuer() string { return t.issuer }
 
-// Source is "crl:<issuer>".
+// IssuerKey is the SHA-256 (hex) of the SubjectPublicKeyInfo of the CA key that verified the
+// CRL; "" for a table NewTable made.
+func (t *Table) IssuerKey() string { return t.issuerKey }
+
+// Source is "crl:<issuer>:<issuer key>".
 func (t *Table) Source() string { return t.source }
 
 // Len is the number of revoked serials.
@@ -144,7 +163,7 @@ func (t *Table) Lookup(serial string) (revoke.Entry, bool) {
 
 func (t *Table) entry(e *Entry) revoke.Entry {
 	return revoke.Entry{
-		Key:       revoke.Key("serial:" + t.issuer + ":" + serialHex(e.Serial, e.Negative)),
+		Key:       revoke.Key(t.keyPrefix + serialHex(e.Serial, e.Negative)),
 		Reason:    e.Reason(),
 		RevokedAt: e.RevokedAt,
 		Source:    t.source,
