@@ -56,18 +56,7 @@ type Entry struct {
 }
 
 // Reason returns the entry's reason name; "unspecified" when it has none.
-func (e *Entry) Reason() revoke.Reason {
-	if e.ReasonCode < 0 || e.ReasonCode >= len(reasonNames) || reasonNames[e.ReasonCode] == "" {
-		return "unspecified"
-	}
-	return reasonNames[e.ReasonCode]
-}
-
-// RFC 5280 section 5.3.1; code 7 is not used.
-var reasonNames = []revoke.Reason{
-	0: "unspecified", 1: "keyCompromise", 2: "cACompromise", 3: "affiliationChanged", 4: "superseded",
-	5: "cessationOfOperation", 6: "certificateHold", 8: "removeFromCRL", 9: "privilegeWithdrawn", 10: "aACompromise",
-}
+func (e *Entry) Reason() revoke.Reason { return revoke.ReasonFromCode(e.ReasonCode) }
 
 // reasonRemoveFromCRL marks an entry that no longer revokes its certificate (a released
 // hold).

@@ -319,7 +319,7 @@ func verify(der []byte, leaf, issuer *x509.Certificate, now time.Time) (Result, 
 	case xocsp.Good:
 		res.Status = Good
 	case xocsp.Revoked:
-		res.Status, res.RevokedAt, res.Reason = Revoked, r.RevokedAt, reasonName(r.RevocationReason)
+		res.Status, res.RevokedAt, res.Reason = Revoked, r.RevokedAt, revoke.ReasonFromCode(r.RevocationReason)
 	default:
 		res.Status = Unknown
 	}
@@ -333,17 +333,6 @@ func hasEKU(c *x509.Certificate, eku x509.ExtKeyUsage) bool {
 		}
 	}
 	return false
-}
-
-func reasonName(code int) revoke.Reason {
-	if code >= 0 && code < len(revoke.Reasons) && code != 7 {
-		// RFC 5280 codes 0-6 and 8-10; revoke.Reasons skips the unused 7.
-		if code > 7 {
-			code--
-		}
-		return revoke.Reasons[code]
-	}
-	return "unspecified"
 }
 
 // The parts of a response that x/crypto/ocsp does not expose: the CertID of each
