@@ -4,15 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/guardian-mtls/guardian/internal/ratelog"
 	"github.com/guardian-mtls/guardian/revoke"
 )
 
@@ -42,6 +46,12 @@ type Status struct {
 	// kept its entries. Cleared by a reseed.
 	Regressed bool
 	Reason    string // why it regressed
+	// Stuck says why the feed cannot follow Redis although Redis answers: resyncs that keep
+	// failing, or keep being needed again before any record is read (Redis answering errors
+	// about what it holds, a record the node cannot apply). Empty while the feed makes
+	// progress, and while Redis is merely unreachable, which Staleness reports. /readyz
+	// fails while it is set.
+	Stuck string
 }
 
 // Feed keeps a Set in step with a Store's Redis.
@@ -50,7 +60,10 @@ type Feed struct {
 	set   *revoke.Set
 	opts  FeedOptions
 	log   *slog.Logger
-	m     *feedMetrics
+	// outside logs what anyone with write access to Redis can cause (a foreign or malformed
+	// record): a line a minute per message, the rest counted in its "suppressed" attribute.
+	outside *slog.Logger
+	m       *feedMetrics
 
 	mu        sync.Mutex // guards the status fields below
 	applied   uint64
@@ -58,8 +71,17 @@ type Feed struct {
 	resyncs   uint64
 	regressed bool
 	reason    string
+	stuck     string
 
-	crlSeen map[string]uint64 // issuer → the push version delivered to OnCRL; feed goroutine only
+	// Feed goroutine only:
+	crlSeen map[string]uint64 // issuer → the push version delivered to OnCRL
+	// cursor is the ID of the last stream entry read: entries others add to the stream are
+	// read once and skipped, so a record's ID need not name its version.
+	cursor string
+	// seen is the version Redis reported at the last verify, and seenApplied what the node
+	// had applied then: a node still short of seen a verify later, having applied nothing in
+	// between, is reading a stream that no longer carries the records (see verify).
+	seen, seenApplied uint64
 
 	lastHeard atomic.Int64 // unix nanos
 	synced    chan struct{}
@@ -74,10 +96,12 @@ func NewFeed(store *Store, set *revoke.Set, opts FeedOptions) (*Feed, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	f := &Feed{store: store, set: set, opts: opts, log: opts.Logger, synced: make(chan struct{}), crlSeen: map[string]uint64{}}
+	f := &Feed{store: store, set: set, opts: opts, log: opts.Logger, synced: make(chan struct{}), crlSeen: map[string]uint64{},
+		cursor: "0-0"}
 	if f.log == nil {
 		f.log = slog.New(slog.DiscardHandler)
 	}
+	f.outside = ratelog.Logger(f.log, 1, outsideLogEvery)
 	m, err := newFeedMetrics(opts.Metrics, f)
 	if err != nil {
 		return nil, err
@@ -97,7 +121,7 @@ func (f *Feed) Status() Status {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return Status{Applied: f.applied, Epoch: f.epoch, LastHeard: f.heard(), Resyncs: f.resyncs,
-		Regressed: f.regressed, Reason: f.reason}
+		Regressed: f.regressed, Reason: f.reason, Stuck: f.stuck}
 }
 
 // Staleness is how long ago the feed last heard from Redis; a feed that never has is
@@ -126,34 +150,60 @@ func (f *Feed) heard() time.Time {
 
 func (f *Feed) markHeard() { f.lastHeard.Store(f.opts.Now().UnixNano()) }
 
+// Resync pacing: the first resync after progress runs at once; each further one before the
+// feed reads the stream cleanly waits twice as long as the last, from resyncBackoffMin up to
+// resyncBackoffMax. After stuckAfter such resyncs, the feed reports itself stuck.
+const (
+	resyncBackoffMin = 50 * time.Millisecond
+	resyncBackoffMax = 5 * time.Second
+	stuckAfter       = 3
+	outsideLogEvery  = time.Minute
+)
+
+func resyncDelay(tries int) time.Duration {
+	if tries <= 0 {
+		return 0
+	}
+	d := resyncBackoffMin
+	for i := 1; i < tries && d < resyncBackoffMax; i++ {
+		d *= 2
+	}
+	return min(d, resyncBackoffMax)
+}
+
 // Run follows Redis until ctx ends. Errors from Redis are retried with backoff, never
 // returned; Run returns ctx's error.
 func (f *Feed) Run(ctx context.Context) error {
 	needSync, why := true, "start"
-	var backoff time.Duration
 	var lastVerify time.Time
-	wait := func() bool {
-		backoff = min(max(2*backoff, 50*time.Millisecond), 2*time.Second)
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(backoff):
-			return true
-		}
-	}
+	// tries counts the resyncs begun since the feed last made progress (read the stream up
+	// to its end, or applied what it read, without needing another resync). A resync that
+	// succeeds is no progress by itself: a stream the node cannot follow would otherwise
+	// have it resync in a loop.
+	tries := 0
+	trouble := func(what string, err error) { f.trouble(tries, what, err) }
 	for ctx.Err() == nil {
 		if needSync {
+			if d := resyncDelay(tries); d > 0 {
+				t := time.NewTimer(d)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return ctx.Err()
+				case <-t.C:
+				}
+			}
+			tries++
 			if err := f.resync(ctx, why); err != nil {
 				if ctx.Err() != nil {
 					break
 				}
-				f.log.Warn("redis resync failed; retrying", "err", err)
-				if !wait() {
-					break
-				}
+				f.m.resyncFailures.Inc()
+				f.log.Warn("redis resync failed; retrying", "reason", why, "attempt", tries, "retry_in", resyncDelay(tries), "err", err)
+				trouble("resync failed", err)
 				continue
 			}
-			needSync, backoff = false, 0
+			needSync = false
 		}
 		f.mu.Lock()
 		from := f.applied
@@ -163,17 +213,19 @@ func (f *Feed) Run(ctx context.Context) error {
 		// Block interval (an idle XREAD returns that often), never once per batch.
 		if now := time.Now(); now.Sub(lastVerify) >= f.opts.Block {
 			lastVerify = now
-			if reason := f.verify(ctx); reason != "" {
+			if reason := f.verify(ctx, from); reason != "" {
 				needSync, why = true, reason
+				trouble(reason, nil)
 				continue
 			}
 		}
 		res, err := f.store.rdb.XRead(ctx, &redis.XReadArgs{
-			Streams: []string{f.store.keys.Log, fmt.Sprintf("%d-0", from)},
+			Streams: []string{f.store.keys.Log, f.cursor},
 			Block:   f.opts.Block, Count: 1000,
 		}).Result()
 		if errors.Is(err, redis.Nil) {
 			f.markHeard()
+			tries = f.progress(tries)
 			continue
 		}
 		if err != nil {
@@ -183,9 +235,7 @@ func (f *Feed) Run(ctx context.Context) error {
 			// A reconnect may land on another Redis (a restart, a failover): resync.
 			f.log.Warn("redis read failed; will resync", "err", err)
 			needSync, why = true, "reconnect"
-			if !wait() {
-				break
-			}
+			trouble("read "+f.store.keys.Log, err)
 			continue
 		}
 		f.markHeard()
@@ -195,15 +245,75 @@ func (f *Feed) Run(ctx context.Context) error {
 				break
 			}
 		}
+		if needSync {
+			trouble(why, nil)
+		} else {
+			tries = f.progress(tries)
+		}
 	}
 	return ctx.Err()
 }
 
+// progress records that the feed is following Redis again: the resync backoff starts over
+// and the feed is no longer stuck. It returns the new count of resyncs without progress.
+func (f *Feed) progress(tries int) int {
+	if tries == 0 {
+		return 0
+	}
+	f.mu.Lock()
+	was := f.stuck
+	f.stuck = ""
+	f.mu.Unlock()
+	if was != "" {
+		f.log.Info("the revocation feed follows redis again", "was", was)
+	}
+	return 0
+}
+
+// trouble records why the feed resyncs again (what, and err if an error caused it) after
+// tries resyncs without progress. From stuckAfter on, the feed is stuck, unless Redis is
+// merely unavailable: staleness reports that, and tolerates it for max_staleness.
+func (f *Feed) trouble(tries int, what string, err error) {
+	if tries < stuckAfter || (err != nil && unavailable(err)) {
+		return
+	}
+	if err != nil {
+		what += ": " + err.Error()
+	}
+	stuck := fmt.Sprintf("%d resyncs in a row without progress; last: %s", tries, truncate(what, 300))
+	f.mu.Lock()
+	was := f.stuck
+	f.stuck = stuck
+	f.mu.Unlock()
+	if was == "" {
+		f.log.Error("the revocation feed cannot follow redis; resyncing with backoff", "reason", stuck)
+	}
+}
+
+// unavailable reports whether err means Redis could not be reached or was not serving yet
+// (a network error, a timeout, a server loading its data or failing over), as opposed to
+// Redis answering an error about what it holds, or holding what the node cannot read, which
+// recurs until someone fixes it.
+func unavailable(err error) bool {
+	var re redis.Error
+	if errors.As(err, &re) {
+		return redis.IsLoadingError(err) || redis.IsClusterDownError(err) || redis.IsTryAgainError(err) ||
+			redis.IsMasterDownError(err) || redis.IsReadOnlyError(err) || redis.IsMaxClientsError(err)
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, redis.ErrClosed) || errors.Is(err, redis.ErrPoolTimeout) || errors.Is(err, redis.ErrPoolExhausted) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET)
+}
+
 // verify reports a resync reason if Redis is no longer the one the node synced from: its
 // epoch changed (a restart without data, another instance) or its version went below what
-// the node applied (a failover to a lagging replica). A failed read says nothing here; the
-// XREAD that follows fails too and triggers the resync.
-func (f *Feed) verify(ctx context.Context) string {
+// the node applied (a failover to a lagging replica). It also reports a node that has not
+// reached the version Redis showed at the previous verify, a Block or more ago, and applied
+// nothing since: the records are not where it reads (the stream was deleted or replaced
+// and begins again below the node's position). applied is what the node has applied. A
+// failed read says nothing here; the XREAD that follows fails too and triggers the resync.
+func (f *Feed) verify(ctx context.Context, applied uint64) string {
 	k := f.store.keys
 	var epochCmd, versionCmd *redis.StringCmd
 	_, err := f.store.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -215,7 +325,7 @@ func (f *Feed) verify(ctx context.Context) string {
 		return ""
 	}
 	f.mu.Lock()
-	epoch, applied := f.epoch, f.applied
+	epoch := f.epoch
 	f.mu.Unlock()
 	if epochCmd.Val() != epoch {
 		return "epoch changed"
@@ -224,6 +334,11 @@ func (f *Feed) verify(ctx context.Context) string {
 	fmt.Sscan(versionCmd.Val(), &v)
 	if v < applied {
 		return "version regressed"
+	}
+	behind := applied < f.seen && applied == f.seenApplied
+	f.seen, f.seenApplied = v, applied
+	if behind {
+		return "stream behind version"
 	}
 	return ""
 }
@@ -264,15 +379,26 @@ func (f *Feed) applyMessages(ctx context.Context, msgs []redis.XMessage) string 
 		f.m.applied.Set(float64(applied))
 	}()
 	for _, msg := range msgs {
-		v, err := parseVersion(msg.ID)
-		if err != nil {
-			f.malformed("stream", msg.ID, err)
-			return "bad stream ID"
+		f.cursor = msg.ID
+		v, fromID, err := messageVersion(msg.ID, msg.Values)
+		op, _ := msg.Values["op"].(string)
+		if err == nil && fromID && v != applied+1 && !isOp(op) {
+			// XADD * gives "<milliseconds>-0": a version only if it is the next one, or the
+			// entry is one of guardian's records.
+			err = fmt.Errorf("%w: no version field, op %q", errForeign, truncate(op, 32))
 		}
-		if v <= applied {
+		if err != nil {
+			f.foreign(msg.ID, err)
 			continue
 		}
-		if op, _ := msg.Values["op"].(string); op == OpReseed {
+		if v <= applied {
+			// Records after the node's position were all written after its snapshot, so each
+			// has a version above it. One at or below it is forged or replayed, and the real
+			// record of that version may be the one the node would skip: resync.
+			f.foreign(msg.ID, fmt.Errorf("version %d, when this node has applied %d", v, applied))
+			return "version repeated"
+		}
+		if op == OpReseed {
 			return "reseed"
 		}
 		if v != applied+1 {
@@ -301,9 +427,17 @@ func (f *Feed) applyMessages(ctx context.Context, msgs []redis.XMessage) string 
 	return ""
 }
 
+// foreign counts a stream entry that is not one of guardian's records, or names a version
+// that does not fit; the log gets a line a minute, not one per entry.
+func (f *Feed) foreign(id string, err error) {
+	f.m.foreign.Inc()
+	f.outside.Warn("skipped a foreign stream entry: guardian did not write it",
+		"stream", f.store.keys.Log, "id", truncate(id, 64), "err", err)
+}
+
 func (f *Feed) malformed(where, what string, err error) {
 	f.m.malformed.WithLabelValues(where).Inc()
-	f.log.Error("skipped a malformed revocation record", "where", where, "record", truncate(what, 200), "err", err)
+	f.outside.Error("skipped a malformed revocation record", "where", where, "record", truncate(what, 200), "err", err)
 }
 
 // deliverCRL reads the CRL pushed for issuer and hands it to OnCRL.
@@ -313,7 +447,7 @@ func (f *Feed) deliverCRL(ctx context.Context, issuer string, version uint64) er
 	}
 	der, err := f.store.rdb.Get(ctx, f.store.keys.CRL(issuer)).Bytes()
 	if errors.Is(err, redis.Nil) {
-		f.log.Warn("a pushed CRL is gone from redis", "issuer", issuer, "key", f.store.keys.CRL(issuer))
+		f.outside.Warn("a pushed CRL is gone from redis", "issuer", issuer, "key", f.store.keys.CRL(issuer))
 		return nil
 	}
 	if err != nil {
@@ -355,15 +489,30 @@ func (f *Feed) resync(ctx context.Context, why string) error {
 	k := f.store.keys
 	var epochCmd, versionCmd *redis.StringCmd
 	var hashCmd *redis.MapStringStringCmd
+	var topCmd *redis.XMessageSliceCmd
 	_, err := f.store.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.SetNX(ctx, k.Epoch, newEpoch(), 0)
 		epochCmd = p.Get(ctx, k.Epoch)
 		versionCmd = p.Get(ctx, k.Version)
 		hashCmd = p.HGetAll(ctx, k.Revoked)
+		// The stream's last entry, in the same transaction: the node reads on from there, so
+		// every record it reads was written after this snapshot.
+		topCmd = p.XRevRangeN(ctx, k.Log, "+", "-", 1)
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return fmt.Errorf("redisfeed: snapshot: %w", err)
+	}
+	// The transaction's error is its first command's; a GET of a missing key is redis.Nil.
+	if err := hashCmd.Err(); err != nil {
+		return fmt.Errorf("redisfeed: snapshot: read %s: %w", k.Revoked, err)
+	}
+	if err := topCmd.Err(); err != nil {
+		return fmt.Errorf("redisfeed: snapshot: read %s: %w", k.Log, err)
+	}
+	cursor := "0-0"
+	if top := topCmd.Val(); len(top) > 0 {
+		cursor = top[0].ID
 	}
 	epoch := epochCmd.Val()
 	var version uint64
@@ -425,6 +574,7 @@ func (f *Feed) resync(ctx context.Context, why string) error {
 			}
 		}
 	}
+	f.cursor, f.seen, f.seenApplied = cursor, 0, 0
 	f.mu.Lock()
 	f.applied, f.epoch = version, epoch
 	f.resyncs++
@@ -469,10 +619,12 @@ func (f *Feed) Missing(ctx context.Context) ([]revoke.Entry, error) {
 }
 
 type feedMetrics struct {
-	applied     prometheus.Gauge
-	resyncs     *prometheus.CounterVec
-	malformed   *prometheus.CounterVec
-	regressions prometheus.Counter
+	applied        prometheus.Gauge
+	resyncs        *prometheus.CounterVec
+	resyncFailures prometheus.Counter
+	malformed      *prometheus.CounterVec
+	foreign        prometheus.Counter
+	regressions    prometheus.Counter
 }
 
 func newFeedMetrics(reg prometheus.Registerer, f *Feed) (*feedMetrics, error) {
@@ -483,9 +635,15 @@ func newFeedMetrics(reg prometheus.Registerer, f *Feed) (*feedMetrics, error) {
 		resyncs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "guardian_feed_resyncs_total", Help: "Full resyncs from Redis, by reason.",
 		}, []string{"reason"}),
+		resyncFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "guardian_feed_resync_failures_total", Help: "Resyncs from Redis that failed (each is retried, with backoff).",
+		}),
 		malformed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "guardian_feed_malformed_records_total", Help: "Records skipped because they did not parse, by where (hash, stream).",
 		}, []string{"where"}),
+		foreign: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "guardian_feed_foreign_entries_total", Help: "Stream entries skipped because guardian did not write them: no version, or one that does not fit.",
+		}),
 		regressions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "guardian_feed_regressions_total", Help: "Times Redis came back with less than this node had seen.",
 		}),
@@ -510,7 +668,15 @@ func newFeedMetrics(reg prometheus.Registerer, f *Feed) (*feedMetrics, error) {
 		}
 		return 0
 	})
-	for _, c := range []prometheus.Collector{m.applied, m.resyncs, m.malformed, m.regressions, staleness, regressed} {
+	stuck := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "guardian_feed_stuck", Help: "1 while the feed cannot follow Redis although Redis answers (see the feed's Status().Stuck).",
+	}, func() float64 {
+		if f.Status().Stuck != "" {
+			return 1
+		}
+		return 0
+	})
+	for _, c := range []prometheus.Collector{m.applied, m.resyncs, m.resyncFailures, m.malformed, m.foreign, m.regressions, staleness, regressed, stuck} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("redisfeed: register metrics: %w", err)
 		}

@@ -52,6 +52,30 @@ func KeysFor(prefix string) Keys {
 // CRL is the key holding the DER CRL pushed for the issuer whose DN hashes to issuerHash.
 func (k Keys) CRL(issuerHash string) string { return k.pfx + "crl:" + issuerHash }
 
+// appendLua defines append(log, maxlen, v, field, value, …), which every script uses to add a
+// record of version v to the stream. The record carries its version in its v field, and its
+// ID is "<v>-0" whenever that is above the stream's last ID, as records were before v
+// existed, so nodes of the previous release read them unchanged. An entry someone else added
+// above "<v>-0" (XADD * …, an ID far in the future) would make that XADD fail and so stop
+// every revocation; the record then takes the next auto ID instead. A stream that can take no
+// further ID, or a key that is not a stream, is replaced: nodes see the records they missed
+// as a version gap, or their read fall behind the version, and resync.
+const appendLua = `
+local function append(log, maxlen, v, ...)
+  local r = redis.pcall('XADD', log, 'MAXLEN', '~', maxlen, v .. '-0', 'v', v, ...)
+  if type(r) == 'table' and r.err then
+    if redis.call('TYPE', log).ok == 'stream' then
+      r = redis.pcall('XADD', log, 'MAXLEN', '~', maxlen, '*', 'v', v, ...)
+    end
+    if type(r) == 'table' and r.err then
+      redis.call('DEL', log)
+      r = redis.call('XADD', log, 'MAXLEN', '~', maxlen, v .. '-0', 'v', v, ...)
+    end
+  end
+  return r
+end
+`
+
 // changeScript applies one change. It refuses an unrevoke of an absent key without
 // touching anything, bumps the version and appends the record before changing the hash,
 // so that a failure leaves at worst a version gap (which makes every node resync), never a
@@ -59,7 +83,7 @@ func (k Keys) CRL(issuerHash string) string { return k.pfx + "crl:" + issuerHash
 // ARGV: op, key, entry JSON, maxlen, a fresh epoch token for an empty Redis.
 var changeScript = redis.NewScript(changeScriptSrc)
 
-const changeScriptSrc = `
+const changeScriptSrc = appendLua + `
 local epoch = redis.call('GET', KEYS[4])
 if not epoch then
   epoch = ARGV[5]
@@ -69,7 +93,7 @@ if ARGV[1] == 'unrevoke' and redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then
   return {tonumber(redis.call('GET', KEYS[2]) or '0'), 0, epoch}
 end
 local v = redis.call('INCR', KEYS[2])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], v .. '-0', 'op', ARGV[1], 'key', ARGV[2], 'entry', ARGV[3])
+append(KEYS[3], ARGV[4], v, 'op', ARGV[1], 'key', ARGV[2], 'entry', ARGV[3])
 if ARGV[1] == 'revoke' then
   redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 else
@@ -210,6 +234,8 @@ type record struct {
 
 var errBadID = errors.New("stream ID is not <version>-0")
 
+// parseVersion reads the version from the ID of a record written before records carried a
+// v field: "<version>-0".
 func parseVersion(id string) (uint64, error) {
 	ms, seq, ok := strings.Cut(id, "-")
 	if !ok || seq != "0" {
@@ -222,7 +248,38 @@ func parseVersion(id string) (uint64, error) {
 	return v, nil
 }
 
-// parseRecord parses a stream message's fields (its version comes from the ID).
+// errForeign marks a stream entry that is not a record guardian wrote: it names no version.
+var errForeign = errors.New("not a record guardian wrote")
+
+// messageVersion returns the version of a stream message: its v field or, for a record
+// written before the field existed, its ID "<version>-0" (fromID). A message with neither is
+// foreign (errForeign): it has no place in the sequence of changes.
+func messageVersion(id string, values map[string]any) (v uint64, fromID bool, err error) {
+	if raw, ok := values["v"]; ok {
+		s, _ := raw.(string)
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil || v == 0 || strconv.FormatUint(v, 10) != s {
+			return 0, false, fmt.Errorf("%w: version %q is not a positive integer", errForeign, truncate(s, 32))
+		}
+		return v, false, nil
+	}
+	v, err = parseVersion(id)
+	if err != nil {
+		return 0, false, fmt.Errorf("%w: no version field, and the %w", errForeign, err)
+	}
+	return v, true, nil
+}
+
+// isOp reports whether op is one that guardian writes.
+func isOp(op string) bool {
+	switch op {
+	case OpRevoke, OpUnrevoke, OpCRL, OpReseed:
+		return true
+	}
+	return false
+}
+
+// parseRecord parses a stream message's fields; v is its version (messageVersion).
 func parseRecord(v uint64, values map[string]any) (record, error) {
 	str := func(k string) string { s, _ := values[k].(string); return s }
 	r := record{version: v, op: str("op")}
@@ -264,7 +321,7 @@ func truncate(s string, n int) string {
 // reseedScript writes entries that Redis lacks (never overwriting one it has), lifts the
 // version past minVersion and appends a "reseed" record, which makes every node resync.
 // KEYS: revoked, version, log. ARGV: minVersion, maxlen, then field, value pairs.
-var reseedScript = redis.NewScript(`
+var reseedScript = redis.NewScript(appendLua + `
 local n = 0
 for i = 3, #ARGV, 2 do
   n = n + redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i+1])
@@ -272,7 +329,7 @@ end
 local v = tonumber(redis.call('GET', KEYS[2]) or '0')
 local target = math.max(v, tonumber(ARGV[1])) + 1
 redis.call('SET', KEYS[2], target)
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], target .. '-0', 'op', 'reseed')
+append(KEYS[3], ARGV[2], target, 'op', 'reseed')
 return {n, target}
 `)
 
@@ -304,7 +361,7 @@ func (s *Store) Reseed(ctx context.Context, entries []revoke.Entry, minVersion u
 // fields that one change script per entry would (one version and one stream record per
 // entry, in order), but Redis parses one command and enters Lua once. ARGV: the stream
 // cap, a new epoch (used only if none is set), then key and entry pairs.
-var revokeManyScript = redis.NewScript(`
+var revokeManyScript = redis.NewScript(appendLua + `
 local epoch = redis.call('GET', KEYS[4])
 if not epoch then
   epoch = ARGV[2]
@@ -314,7 +371,7 @@ local n = (#ARGV - 2) / 2
 local v = redis.call('INCRBY', KEYS[2], n) - n
 for i = 3, #ARGV, 2 do
   v = v + 1
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], v .. '-0', 'op', 'revoke', 'key', ARGV[i], 'entry', ARGV[i + 1])
+  append(KEYS[3], ARGV[1], v, 'op', 'revoke', 'key', ARGV[i], 'entry', ARGV[i + 1])
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 return {v, epoch}
@@ -355,14 +412,14 @@ func (s *Store) RevokeMany(ctx context.Context, entries []revoke.Entry) (uint64,
 
 // pushCRLScript stores a CRL and records its push as a change. KEYS: the CRL's key, crls,
 // version, log, epoch. ARGV: issuer hash, DER, the stream cap, a new epoch.
-var pushCRLScript = redis.NewScript(`
+var pushCRLScript = redis.NewScript(appendLua + `
 local epoch = redis.call('GET', KEYS[5])
 if not epoch then
   epoch = ARGV[4]
   redis.call('SET', KEYS[5], epoch)
 end
 local v = redis.call('INCR', KEYS[3])
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], v .. '-0', 'op', 'crl', 'key', ARGV[1])
+append(KEYS[4], ARGV[3], v, 'op', 'crl', 'key', ARGV[1])
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], v)
 return {v, epoch}
