@@ -15,6 +15,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/guardian-mtls/guardian/binding"
 	"github.com/guardian-mtls/guardian/listener"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/ocsp"
@@ -27,7 +28,11 @@ type Config struct {
 	// ShutdownTimeout is how long in-flight requests may run after SIGTERM (default 10s).
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
 	// MaxHandshakes bounds handshakes in progress; past it the oldest is shed (default 1024).
-	MaxHandshakes int              `yaml:"max_handshakes"`
+	MaxHandshakes int `yaml:"max_handshakes"`
+	// MaxConns bounds the conns held, in their handshake or served (0: no bound). Unset,
+	// it is the process's file descriptor limit less a reserve for upstreams, Redis and
+	// files. At the bound, conns without a client certificate are shed first.
+	MaxConns      *int             `yaml:"max_conns"`
 	Admin         AdminConfig      `yaml:"admin"`
 	Revocation    RevocationConfig `yaml:"revocation"`
 	Audiences     []AudienceConfig `yaml:"audiences"`
@@ -138,6 +143,17 @@ type AudienceConfig struct {
 	SessionBinding   *SessionBindingConfig `yaml:"session_binding"`
 	TokenBinding     *TokenBindingConfig   `yaml:"token_binding"`
 	OCSP             AudienceOCSP          `yaml:"ocsp"`
+	// IdleTimeout closes a conn with no request in flight for this long, from its
+	// handshake on (default 30s where client_auth is none or optional, else 5m).
+	IdleTimeout Duration `yaml:"idle_timeout"`
+	// MaxConns bounds the audience's conns (unset or 0: no bound of its own).
+	MaxConns int `yaml:"max_conns"`
+	// MaxConnsPerClient bounds one client address's conns (default 256 where client_auth
+	// is none or optional, else none; 0: no bound).
+	MaxConnsPerClient *int `yaml:"max_conns_per_client"`
+	// UnderscoreHeaders is what happens to request headers with '_' in their names:
+	// drop (the default, as nginx), allow, or reject (400).
+	UnderscoreHeaders string `yaml:"underscore_headers"`
 }
 
 // UpstreamTimeouts are an audience's proxy timeouts.
@@ -151,8 +167,18 @@ type UpstreamTimeouts struct {
 // the client certificate of the conn they were set on.
 type SessionBindingConfig struct {
 	Cookies []string `yaml:"cookies"`
-	// Key is a file holding the HMAC key (at least 32 bytes); nodes of a fleet share it.
-	Key string `yaml:"key"`
+	// Key is a file holding the sealing key (at least 32 bytes); nodes of a fleet share
+	// it. Keys lists several, for rotation: the first seals, every one opens.
+	Key  string   `yaml:"key"`
+	Keys []string `yaml:"keys"`
+}
+
+// keyFiles are the session binding's key files, the sealing one first.
+func (sb *SessionBindingConfig) keyFiles() []string {
+	if sb.Key != "" {
+		return append([]string{sb.Key}, sb.Keys...)
+	}
+	return sb.Keys
 }
 
 // TokenBindingConfig requires an RFC 8705 certificate-bound JWT on every request.
@@ -231,6 +257,9 @@ func (c *Config) validate() error {
 	}
 	if c.MaxHandshakes < 0 {
 		return configError(f, "max_handshakes", "negative")
+	}
+	if c.MaxConns != nil && *c.MaxConns < 0 {
+		return configError(f, "max_conns", "negative")
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = Duration(10 * time.Second)
@@ -384,9 +413,33 @@ func (c *Config) validate() error {
 			if len(sb.Cookies) == 0 {
 				return configError(f, field+".session_binding.cookies", "name the session cookies to bind")
 			}
-			if sb.Key == "" {
-				return configError(f, field+".session_binding.key", "required: a file with an HMAC key of at least 32 bytes")
+			if len(sb.keyFiles()) == 0 {
+				return configError(f, field+".session_binding.key", "required: a file with a key of at least 32 bytes (or keys: a list, the sealing one first)")
 			}
+			if a.ClientAuth != "require" {
+				return configError(f, field+".session_binding", "binds sessions to client certificates, but client_auth is %s: a session set without a certificate would be bound to none; use client_auth: require", a.ClientAuth)
+			}
+		}
+		if a.IdleTimeout == 0 {
+			a.IdleTimeout = Duration(5 * time.Minute)
+			if a.ClientAuth != "require" {
+				a.IdleTimeout = Duration(30 * time.Second)
+			}
+		}
+		if a.MaxConns < 0 {
+			return configError(f, field+".max_conns", "negative")
+		}
+		if a.MaxConnsPerClient == nil {
+			n := 0
+			if a.ClientAuth != "require" {
+				n = 256
+			}
+			a.MaxConnsPerClient = &n
+		} else if *a.MaxConnsPerClient < 0 {
+			return configError(f, field+".max_conns_per_client", "negative")
+		}
+		if _, err := binding.ParseUnderscores(a.UnderscoreHeaders); err != nil {
+			return configError(f, field+".underscore_headers", "%q; want drop, allow or reject", a.UnderscoreHeaders)
 		}
 		if tb := a.TokenBinding; tb != nil {
 			switch {
@@ -492,6 +545,7 @@ func (c *Config) audiences(checker *ocsp.Checker) ([]listener.Audience, error) {
 		if a.OnStale == "closed" {
 			la.OnStale = listener.StaleClosed
 		}
+		la.IdleTimeout, la.MaxConns, la.MaxConnsPerClient = time.Duration(a.IdleTimeout), a.MaxConns, *a.MaxConnsPerClient
 		if m, _ := ocsp.ParseMode(a.OCSP.Mode); m != ocsp.Off && checker != nil {
 			la.TLS = &tls.Config{VerifyConnection: checker.VerifyConnection(m)}
 		}
@@ -510,4 +564,75 @@ func (c *Config) pool(files []string, field string) (*x509.CertPool, error) {
 		return nil, configError(c.file, field, "%v", err)
 	}
 	return pool, nil
+}
+
+// vet reads what validate cannot (the files) and refuses configurations that open an
+// audience or the admin API without saying so; what is risky but can be meant comes back
+// as warnings, each naming its field, for serve to log once.
+func (c *Config) vet() (warnings []string, err error) {
+	f := c.file
+	if c.Admin.Listen != "" && len(c.Admin.Allow) == 0 {
+		admin, err := c.certs(c.Admin.ClientCA, "admin.client_ca")
+		if err != nil {
+			return nil, err
+		}
+		for i, a := range c.Audiences {
+			for j, file := range a.ClientCA {
+				cas, err := c.certs([]string{file}, fmt.Sprintf("audiences[%d].client_ca[%d]", i, j))
+				if err != nil {
+					return nil, err
+				}
+				for _, ca := range cas {
+					for _, ad := range admin {
+						if bytes.Equal(ca.RawSubjectPublicKeyInfo, ad.RawSubjectPublicKeyInfo) {
+							return nil, configError(f, "admin.allow", "empty, and admin.client_ca trusts %q, a client CA of audience %q: every client of that audience could use the admin API (revoke anyone). List the admin identities in admin.allow, or give the admin API a CA of its own", ca.Subject.String(), a.Name)
+						}
+					}
+				}
+			}
+		}
+		warnings = append(warnings, configError(f, "admin.allow", "empty: every certificate admin.client_ca verifies may revoke, unrevoke and reseed; list the admin identities (e.g. uri:spiffe://ops/admin)").Error())
+	}
+	for i, a := range c.Audiences {
+		field := fmt.Sprintf("audiences[%d]", i)
+		if a.ClientAuth == "optional" && a.Upstream != "" {
+			warnings = append(warnings, configError(f, field+".client_auth", "optional with an upstream: requests without a client certificate reach %s; it must tell them apart by X-Forwarded-Client-Cert", a.Upstream).Error())
+		}
+		if a.ClientAuth == "require" && a.OnStale == "open" && time.Duration(c.Revocation.MaxStaleness) > time.Hour {
+			warnings = append(warnings, configError(f, field+".on_stale", "open, with revocation.max_staleness %s: a revocation may go unenforced on this audience for that long while the source is unreachable", time.Duration(c.Revocation.MaxStaleness)).Error())
+		}
+		if tb := a.TokenBinding; tb != nil {
+			for j, file := range tb.Keys {
+				b, err := os.ReadFile(c.path(file))
+				if err != nil {
+					return nil, configError(f, fmt.Sprintf("%s.token_binding.keys[%d]", field, j), "%v", err)
+				}
+				k, err := binding.ParseKey(b)
+				if err != nil {
+					return nil, configError(f, fmt.Sprintf("%s.token_binding.keys[%d]", field, j), "%v", err)
+				}
+				fits := false
+				for _, alg := range tb.Algorithms {
+					fits = fits || binding.KeyVerifies(alg, k)
+				}
+				if !fits {
+					warnings = append(warnings, configError(f, fmt.Sprintf("%s.token_binding.keys[%d]", field, j), "a %T verifies none of the algorithms %v: no token will pass with it", k, tb.Algorithms).Error())
+				}
+			}
+		}
+	}
+	return warnings, nil
+}
+
+// certs loads the certificates of files.
+func (c *Config) certs(files []string, field string) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for _, file := range files {
+		cs, err := loadCerts(c.path(file))
+		if err != nil {
+			return nil, configError(c.file, field, "%v", err)
+		}
+		out = append(out, cs...)
+	}
+	return out, nil
 }

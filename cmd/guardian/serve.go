@@ -27,6 +27,7 @@ import (
 
 	"github.com/guardian-mtls/guardian/binding"
 	"github.com/guardian-mtls/guardian/conntrack"
+	"github.com/guardian-mtls/guardian/internal/ratelog"
 	"github.com/guardian-mtls/guardian/listener"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/boltstore"
@@ -250,8 +251,12 @@ func (n *node) openCRLs(ctx context.Context, cfg *Config, metrics *prometheus.Re
 // audiences still trust; the others are closed with reason policy. Anything that fails
 // leaves the running configuration as it was. The listen addresses, the admin listener and
 // the revocation section take a restart: a change there is reported, not applied.
-func (n *node) reload(cfg *Config, l *listener.Listener, handler *atomic.Pointer[http.Handler], modes *atomic.Pointer[map[string]ocsp.Mode], bm *binding.Metrics, log *slog.Logger) error {
+func (n *node) reload(cfg *Config, l *listener.Listener, handler *atomic.Pointer[http.Handler], modes *atomic.Pointer[map[string]ocsp.Mode], hm *handlerMetrics, log, clog *slog.Logger) error {
 	next, err := loadConfig(cfg.file)
+	if err != nil {
+		return err
+	}
+	warnings, err := next.vet()
 	if err != nil {
 		return err
 	}
@@ -262,7 +267,7 @@ func (n *node) reload(cfg *Config, l *listener.Listener, handler *atomic.Pointer
 	if err != nil {
 		return err
 	}
-	h, err := audienceHandler(next, bm, log)
+	h, err := audienceHandler(next, hm, clog)
 	if err != nil {
 		return err
 	}
@@ -289,6 +294,9 @@ func (n *node) reload(cfg *Config, l *listener.Listener, handler *atomic.Pointer
 			go src.Retry(context.Background())
 		}
 	}
+	for _, w := range warnings {
+		log.Warn("configuration: " + w)
+	}
 	for _, f := range restartOnly(cfg, next) {
 		log.Warn("configuration changed where a reload does not apply it; restart guardian for it", "field", f)
 	}
@@ -310,6 +318,9 @@ func restartOnly(a, b *Config) []string {
 	}
 	if a.HandshakeTimeout != b.HandshakeTimeout {
 		out = append(out, "handshake_timeout")
+	}
+	if !reflect.DeepEqual(a.MaxConns, b.MaxConns) || a.MaxHandshakes != b.MaxHandshakes {
+		out = append(out, "max_conns/max_handshakes")
 	}
 	return out
 }
@@ -439,11 +450,20 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger,
 	if _, err := cfg.audiences(nil); err != nil {
 		return err
 	}
-	bm, err := binding.NewMetrics(metrics)
+	warnings, err := cfg.vet()
 	if err != nil {
 		return err
 	}
-	handler, err := audienceHandler(cfg, bm, log)
+	for _, w := range warnings {
+		log.Warn("configuration: " + w)
+	}
+	hm, err := newHandlerMetrics(metrics)
+	if err != nil {
+		return err
+	}
+	// Lines that clients can cause, one per request or conn, go through a rate limit.
+	clog := ratelog.Logger(log, 10, time.Second)
+	handler, err := audienceHandler(cfg, hm, clog)
 	if err != nil {
 		return err
 	}
@@ -475,8 +495,12 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger,
 	for i := range auds {
 		auds[i].Stale = n.stale(maxStale, auds[i].ClientCAs)
 	}
+	maxConns := fdBound()
+	if cfg.MaxConns != nil {
+		maxConns = *cfg.MaxConns
+	}
 	lcfg := listener.Config{Audiences: auds, Set: n.set, HandshakeTimeout: time.Duration(cfg.HandshakeTimeout), MaxHandshakes: cfg.MaxHandshakes,
-		KeepExpired: cfg.Revocation.Expired == "keep", Metrics: metrics, Logger: log, OnRevocation: n.onRevocation}
+		MaxConns: maxConns, KeepExpired: cfg.Revocation.Expired == "keep", Metrics: metrics, Logger: log, OnRevocation: n.onRevocation}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return configError(cfg.file, "listen", "%v", err)
@@ -514,7 +538,8 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger,
 	var current atomic.Pointer[http.Handler]
 	current.Store(&handler)
 	swappable := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*current.Load()).ServeHTTP(w, r) })
-	servers := []*http.Server{{Handler: swappable, ConnContext: l.ConnContext, ReadHeaderTimeout: 30 * time.Second}}
+	servers := []*http.Server{{Handler: swappable, ConnContext: l.ConnContext, ConnState: l.ConnState, ReadHeaderTimeout: 30 * time.Second,
+		ErrorLog: slog.NewLogLogger(ratelog.Shared(log.Handler(), 10, time.Second), slog.LevelWarn)}}
 	listeners := []net.Listener{l}
 
 	if cfg.Admin.Listen != "" {
@@ -565,7 +590,7 @@ wait:
 		case err = <-errc:
 			break wait
 		case <-reload:
-			if rerr := n.reload(cfg, l, &current, &modes, bm, log); rerr != nil {
+			if rerr := n.reload(cfg, l, &current, &modes, hm, log, clog); rerr != nil {
 				reloads.WithLabelValues("error").Inc()
 				log.Error("configuration reload refused; the running configuration stays", "file", cfg.file, "err", rerr)
 				continue
@@ -598,10 +623,46 @@ wait:
 	return err
 }
 
+// handlerMetrics are what the audience handlers count; registered once, shared by every
+// handler a reload builds.
+type handlerMetrics struct {
+	binding     *binding.Metrics
+	proxyErrors *prometheus.CounterVec
+}
+
+func newHandlerMetrics(reg prometheus.Registerer) (*handlerMetrics, error) {
+	bm, err := binding.NewMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	pe := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "guardian_proxy_errors_total",
+		Help: "Requests the proxy could not complete, by audience and kind (client_canceled, timeout, upstream).",
+	}, []string{"audience", "kind"})
+	if err := reg.Register(pe); err != nil {
+		return nil, err
+	}
+	return &handlerMetrics{binding: bm, proxyErrors: pe}, nil
+}
+
+// fdBound is the default max_conns: the file descriptor limit (which Go raises to the
+// hard limit at start) less a reserve for upstream conns, Redis, CRL fetches and files.
+func fdBound() int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur == 0 || rl.Cur > 1<<30 {
+		return 0
+	}
+	n := int(rl.Cur)
+	return n - max(64, n/8)
+}
+
 // audienceHandler sends each request to its audience's upstream, or to the identity echo
-// for an audience without one, through the audience's binding checks; every request first
-// passes the SNI/Host guard. Upstreams get X-Forwarded-Client-Cert from guardian alone.
-func audienceHandler(cfg *Config, m *binding.Metrics, log *slog.Logger) (http.Handler, error) {
+// for an audience without one, through the audience's checks: every request passes the
+// SNI/Host guard, then the identity-header guard, then session and token binding. The
+// identity headers are set in the proxy's Rewrite, after hop-by-hop processing, so nothing
+// the client sends can strip or replace them. log is for lines clients can cause:
+// rate-limit it.
+func audienceHandler(cfg *Config, m *handlerMetrics, log *slog.Logger) (http.Handler, error) {
 	echo := demoHandler()
 	byName := map[string]http.Handler{}
 	for i, a := range cfg.Audiences {
@@ -613,10 +674,11 @@ func audienceHandler(cfg *Config, m *binding.Metrics, log *slog.Logger) (http.Ha
 				return nil, err
 			}
 			ut := a.UpstreamTimeouts
-			h = binding.ClientCertHeader(&httputil.ReverseProxy{
+			name := a.Name
+			h = &httputil.ReverseProxy{
 				Rewrite: func(pr *httputil.ProxyRequest) {
 					pr.SetURL(u)
-					pr.SetXForwarded()
+					binding.SetIdentity(pr)
 				},
 				Transport: &http.Transport{
 					Proxy:                 nil, // an upstream is dialled directly, never through HTTP_PROXY
@@ -629,8 +691,9 @@ func audienceHandler(cfg *Config, m *binding.Metrics, log *slog.Logger) (http.Ha
 				// Streaming responses go through as they come; a WebSocket upgrade is
 				// spliced (the request's conn is hijacked through the binding wrappers).
 				FlushInterval: -1,
-				ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-			})
+				ErrorLog:      slog.NewLogLogger(ratelog.Shared(log.Handler(), 10, time.Second), slog.LevelWarn),
+				ErrorHandler:  proxyError(name, m.proxyErrors, log),
+			}
 		}
 		if tb := a.TokenBinding; tb != nil {
 			var keys []any
@@ -647,22 +710,34 @@ func audienceHandler(cfg *Config, m *binding.Metrics, log *slog.Logger) (http.Ha
 				}
 			}
 			t := &binding.Tokens{Issuer: tb.Issuer, Audience: tb.Audience, Algorithms: tb.Algorithms, Keys: keys,
-				Leeway: time.Duration(tb.Leeway), Metrics: m, Logger: log}
+				Leeway: time.Duration(tb.Leeway), Metrics: m.binding, Logger: log}
 			var err error
 			if h, err = t.Wrap(h); err != nil {
 				return nil, configError(cfg.file, field+".token_binding", "%v", err)
 			}
 		}
+		protected := []string{}
 		if sb := a.SessionBinding; sb != nil {
-			key, err := os.ReadFile(cfg.path(sb.Key))
-			if err != nil {
-				return nil, configError(cfg.file, field+".session_binding.key", "%v", err)
+			var keys [][]byte
+			for j, file := range sb.keyFiles() {
+				key, err := os.ReadFile(cfg.path(file))
+				if err != nil {
+					return nil, configError(cfg.file, fmt.Sprintf("%s.session_binding.keys[%d]", field, j), "%v", err)
+				}
+				keys = append(keys, bytes.TrimSpace(key))
 			}
-			s := &binding.Sessions{Cookies: sb.Cookies, Key: bytes.TrimSpace(key), Audience: a.Name, Metrics: m, Logger: log}
+			s := &binding.Sessions{Cookies: sb.Cookies, Keys: keys, Audience: a.Name, Metrics: m.binding, Logger: log}
+			var err error
 			if h, err = s.Wrap(h); err != nil {
-				return nil, configError(cfg.file, field+".session_binding.key", "%v", err)
+				return nil, configError(cfg.file, field+".session_binding", "%v", err)
 			}
+			protected = append(protected, "Cookie")
 		}
+		if a.TokenBinding != nil {
+			protected = append(protected, "Authorization")
+		}
+		us, _ := binding.ParseUnderscores(a.UnderscoreHeaders) // validated with the config
+		h = (&binding.Headers{Underscores: us, Protected: protected, Metrics: m.binding, Logger: log}).Wrap(h)
 		byName[a.Name] = h
 	}
 	return binding.SNIHostGuard(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -677,5 +752,25 @@ func audienceHandler(cfg *Config, m *binding.Metrics, log *slog.Logger) (http.Ha
 			return
 		}
 		h.ServeHTTP(w, r)
-	}), m, log), nil
+	}), m.binding, log), nil
+}
+
+// proxyError answers a request the proxy could not complete. A client that went away is
+// counted only: an HTTP/2 rapid-reset flood cancels thousands of requests a second.
+func proxyError(audience string, errs *prometheus.CounterVec, log *slog.Logger) func(http.ResponseWriter, *http.Request, error) {
+	return func(w http.ResponseWriter, r *http.Request, err error) {
+		kind := "upstream"
+		var ne net.Error
+		switch {
+		case r.Context().Err() != nil && errors.Is(err, context.Canceled):
+			kind = "client_canceled"
+		case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()):
+			kind = "timeout"
+		}
+		errs.WithLabelValues(audience, kind).Inc()
+		if kind != "client_canceled" {
+			log.Warn("upstream request failed", "audience", audience, "kind", kind, "err", err)
+		}
+		w.WriteHeader(http.StatusBadGateway)
+	}
 }

@@ -24,6 +24,7 @@ import (
 type runningServe struct {
 	dir, addr, admin, file string
 	out                    *syncBuffer
+	log                    *syncBuffer // what serve logged
 	stop                   func()
 	reload                 chan struct{} // what SIGHUP sends
 }
@@ -42,7 +43,8 @@ func startServe(t *testing.T, dir, cfg string) *runningServe {
 	s := &runningServe{dir: dir, file: file, out: &syncBuffer{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	log := slog.New(slog.NewTextHandler(&syncBuffer{}, nil))
+	s.log = &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(s.log, nil))
 	s.reload = make(chan struct{})
 	go func() { done <- serve(ctx, c, s.out, log, s.reload) }()
 	var once bool

@@ -18,9 +18,10 @@ type Handler struct {
 }
 
 type state struct {
-	burst int
-	every time.Duration
-	now   func() time.Time
+	burst  int
+	every  time.Duration
+	now    func() time.Time
+	shared bool // one rate for every message
 
 	mu   sync.Mutex
 	msgs map[string]*bucket
@@ -46,6 +47,14 @@ func New(next slog.Handler, burst int, every time.Duration) *Handler {
 		every = time.Second
 	}
 	return &Handler{next: next, state: &state{burst: burst, every: every, now: time.Now, msgs: map[string]*bucket{}}}
+}
+
+// Shared is New with one rate for all messages together: for a log.Logger bridge, whose
+// every line is a message of its own.
+func Shared(next slog.Handler, burst int, every time.Duration) *Handler {
+	h := New(next, burst, every)
+	h.state.shared = true
+	return h
 }
 
 // Logger is New over l's handler, as a *slog.Logger; nil l means a discarding logger.
@@ -87,6 +96,9 @@ func (h *Handler) WithGroup(name string) slog.Handler {
 // allow takes a token for msg; it returns how many records were dropped since the last
 // one let through.
 func (s *state) allow(msg string) (int, bool) {
+	if s.shared {
+		msg = ""
+	}
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()

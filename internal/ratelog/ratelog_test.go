@@ -35,3 +35,15 @@ func TestBurstThenRate(t *testing.T) {
 		t.Fatalf("after 1.5 s: %d let through in all; want 4 (one token regained, half of another)", got)
 	}
 }
+
+func TestShared(t *testing.T) {
+	var buf bytes.Buffer
+	h := Shared(slog.NewTextHandler(&buf, nil), 2, time.Hour)
+	log := slog.New(h)
+	for i := range 10 {
+		log.Warn("line " + string(rune('a'+i)))
+	}
+	if got := strings.Count(buf.String(), "msg="); got != 2 {
+		t.Fatalf("10 distinct lines through a shared rate of 2: %d let through", got)
+	}
+}
