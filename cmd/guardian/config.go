@@ -32,10 +32,10 @@ type Config struct {
 	// MaxConns bounds the conns held, in their handshake or served (0: no bound). Unset,
 	// it is the process's file descriptor limit less a reserve for upstreams, Redis and
 	// files. At the bound, conns without a client certificate are shed first.
-	MaxConns      *int             `yaml:"max_conns"`
-	Admin         AdminConfig      `yaml:"admin"`
-	Revocation    RevocationConfig `yaml:"revocation"`
-	Audiences     []AudienceConfig `yaml:"audiences"`
+	MaxConns   *int             `yaml:"max_conns"`
+	Admin      AdminConfig      `yaml:"admin"`
+	Revocation RevocationConfig `yaml:"revocation"`
+	Audiences  []AudienceConfig `yaml:"audiences"`
 
 	file string // where it was read from; relative paths are relative to its directory
 }
