@@ -356,3 +356,77 @@ func TestStuckFeedReported(t *testing.T) {
 		}
 	})
 }
+
+// previousChangeScript is the change script of the release before records carried a v
+// field (its ID alone named the version), as a node of that release still runs it during a
+// rolling upgrade.
+const previousChangeScript = `
+local epoch = redis.call('GET', KEYS[4])
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('SET', KEYS[4], epoch)
+end
+if ARGV[1] == 'unrevoke' and redis.call('HEXISTS', KEYS[1], ARGV[2]) == 0 then
+  return {tonumber(redis.call('GET', KEYS[2]) or '0'), 0, epoch}
+end
+local v = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], v .. '-0', 'op', ARGV[1], 'key', ARGV[2], 'entry', ARGV[3])
+if ARGV[1] == 'revoke' then
+  redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+else
+  redis.call('HDEL', KEYS[1], ARGV[2])
+end
+return {v, 1, epoch}
+`
+
+// A rolling upgrade: writers of both releases take turns. Every write succeeds, a node of
+// this release applies them all, and every record keeps the ID "<version>-0" that nodes of
+// the previous release read their version from.
+func TestRollingUpgradeMixesReleases(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	rdb := client(t, srv)
+	st := redisfeed.NewStore(rdb, "", 0)
+	n := startNode(t, srv, "")
+	ctx := context.Background()
+	k := st.Keys()
+	var last uint64
+	for i := 0; i < 10; i++ {
+		if i%2 == 0 {
+			last = revokeN(t, st, key(i))
+			continue
+		}
+		e, _ := json.Marshal(revoke.Entry{Key: key(i)})
+		res, err := rdb.Eval(ctx, previousChangeScript, []string{k.Revoked, k.Version, k.Log, k.Epoch},
+			"revoke", string(key(i)), string(e), 1000, "x").Slice()
+		if err != nil {
+			t.Fatalf("the previous release's change script after this one's: %v", err)
+		}
+		last = uint64(res[0].(int64))
+	}
+	eventually(t, "every write of either release applied", func() bool {
+		for i := 0; i < 10; i++ {
+			if !n.set.Has(key(i)) {
+				return false
+			}
+		}
+		return n.feed.Status().Applied == last
+	})
+	msgs, err := rdb.XRange(ctx, k.Log, "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, m := range msgs {
+		if want := fmt.Sprintf("%d-0", i+1); m.ID != want {
+			t.Errorf("record %d has ID %s; want %s, which the previous release reads", i+1, m.ID, want)
+		}
+		if v, ok := m.Values["v"]; ok && v != fmt.Sprint(i+1) {
+			t.Errorf("record %s has v=%v", m.ID, v)
+		}
+	}
+	if len(msgs) != 10 {
+		t.Fatalf("%d records; want 10", len(msgs))
+	}
+	if got := metrictest.Value(t, n.metrics, "guardian_feed_foreign_entries_total"); got != 0 {
+		t.Errorf("%v records of the previous release counted as foreign", got)
+	}
+}

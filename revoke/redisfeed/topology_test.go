@@ -108,6 +108,17 @@ func TestClusterThreeMasters(t *testing.T) {
 	eventually(t, "streamed from the cluster", func() bool {
 		return n.set.Has(key(2)) && n.set.Has(key(3)) && !n.set.Has(key(1))
 	})
+	// Entries guardian did not write, in the fleet's slot: the scripts still write, the node
+	// still follows.
+	for i, id := range []string{"*", "9999999999999-0", "18446744073709551615-18446744073709551615"} {
+		if err := rdb.XAdd(context.Background(), &redis.XAddArgs{Stream: st.Keys().Log, ID: id, Values: []any{"x", "y"}}).Err(); err != nil {
+			t.Fatal(err)
+		}
+		v := revokeN(t, st, key(10+i))
+		eventually(t, "streamed from the cluster after a foreign entry at "+id, func() bool {
+			return n.set.Has(key(10+i)) && n.feed.Status().Applied == v
+		})
+	}
 	if err := st.Heartbeat(context.Background(), redisfeed.NodeStatus{ID: "n1", Applied: 4, At: time.Now()}, time.Minute); err != nil {
 		t.Fatal(err)
 	}
