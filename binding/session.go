@@ -134,7 +134,11 @@ func (s *Sessions) Wrap(next http.Handler) (http.Handler, error) {
 			}
 			r.Header["Cookie"] = []string{strings.Join(parts, "; ")}
 		}
-		next.ServeHTTP(&cookieWriter{ResponseWriter: w, s: ss, id: id, r: r}, r)
+		cw := &cookieWriter{ResponseWriter: w, s: ss, id: id, r: r}
+		next.ServeHTTP(cw, r)
+		// A handler that wrote nothing leaves the headers to the server, which writes them
+		// after this returns: they are rewritten here first.
+		cw.rewrite()
 	}), nil
 }
 
