@@ -323,6 +323,11 @@ audiences:
 		{"bad audience ocsp mode", "audiences: [ { name: a, sni: [x], cert: s.pem, key: s.key, client_ca: [ca.pem], ocsp: { mode: maybe } } ]\n", "audiences[0].ocsp.mode"},
 		{"ocsp without client certs", "audiences: [ { name: a, sni: [x], cert: s.pem, key: s.key, client_auth: none, ocsp: { mode: hard } } ]\n", "audiences[0].ocsp.mode"},
 		{"bad ocsp responder", "revocation: { ocsp: { responder: 'ldap://x' } }\n" + good, "revocation.ocsp.responder"},
+		{"session binding on client_auth optional", "audiences: [ { name: a, sni: [x], cert: s.pem, key: s.key, client_auth: optional, client_ca: [ca.pem], session_binding: { cookies: [sid], key: k } } ]\n", "audiences[0].session_binding"},
+		{"session binding on client_auth none", "audiences: [ { name: a, sni: [x], cert: s.pem, key: s.key, client_auth: none, session_binding: { cookies: [sid], key: k } } ]\n", "client_auth is none"},
+		{"bad underscore_headers", "audiences: [ { name: a, sni: [x], cert: s.pem, key: s.key, client_ca: [ca.pem], underscore_headers: keep } ]\n", "audiences[0].underscore_headers"},
+		{"negative max_conns_per_client", "audiences: [ { name: a, sni: [x], cert: s.pem, key: s.key, client_ca: [ca.pem], max_conns_per_client: -1 } ]\n", "audiences[0].max_conns_per_client"},
+		{"negative max_conns", "max_conns: -1\n" + good, "max_conns"},
 		{"crl without a trusted CA", "revocation: { crl: [ { file: x.crl } ] }\naudiences: [ { name: a, sni: [x], cert: s.pem, key: s.key, client_auth: none } ]\n", "crl_issuers"},
 	}
 	for _, tt := range tests {
@@ -435,4 +440,78 @@ func TestExampleConfigParses(t *testing.T) {
 	if len(c.Audiences) != 2 || c.Revocation.Store != "embedded" || c.Admin.Listen == "" {
 		t.Fatalf("example config parsed as %+v", c)
 	}
+}
+
+// Configurations that would open an audience or the admin API are refused at start-up,
+// naming the field; risky ones that can be meant start with one warning each, naming it.
+func TestConfigVetRefusesAndWarns(t *testing.T) {
+	dir := t.TempDir()
+	if err := writePKI(dir); err != nil {
+		t.Fatal(err)
+	}
+	other := t.TempDir()
+	if err := writePKI(other); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "other-ca.pem"), must(os.ReadFile(filepath.Join(other, "ca.pem"))), 0o644)
+	os.WriteFile(filepath.Join(dir, "hmac.key"), []byte("0123456789abcdef0123456789abcdef"), 0o600)
+	aud := "audiences:\n  - { name: api, sni: [localhost], cert: server.pem, key: server.key, client_ca: [ca.pem] }\n"
+	for _, c := range []struct {
+		name, yaml string
+		refused    string   // the field named in the refusal, or ""
+		warns      []string // fields named in warnings
+	}{
+		{"admin shares the service CA, allow empty",
+			"admin: { listen: '127.0.0.1:0', cert: server.pem, key: server.key, client_ca: [ca.pem] }\n" + aud, "admin.allow", nil},
+		{"admin shares the service CA, allow set",
+			"admin: { listen: '127.0.0.1:0', cert: server.pem, key: server.key, client_ca: [ca.pem], allow: ['uri:spiffe://guardian.demo/admin'] }\n" + aud, "", nil},
+		{"admin with its own CA, allow empty",
+			"admin: { listen: '127.0.0.1:0', cert: server.pem, key: server.key, client_ca: [other-ca.pem] }\n" + aud, "", []string{"admin.allow"}},
+		{"optional with an upstream",
+			"audiences:\n  - { name: api, sni: [localhost], cert: server.pem, key: server.key, client_auth: optional, client_ca: [ca.pem], upstream: 'http://127.0.0.1:1' }\n", "", []string{"audiences[0].client_auth"}},
+		{"on_stale open past an hour",
+			"revocation: { max_staleness: 2h }\n" + aud, "", []string{"audiences[0].on_stale"}},
+		{"on_stale closed past an hour",
+			"revocation: { max_staleness: 2h }\naudiences:\n  - { name: api, sni: [localhost], cert: server.pem, key: server.key, client_ca: [ca.pem], on_stale: closed }\n", "", nil},
+		{"a token key that verifies no allowed algorithm",
+			"audiences:\n  - { name: api, sni: [localhost], cert: server.pem, key: server.key, client_ca: [ca.pem], token_binding: { issuer: i, audience: a, keys: [hmac.key, server.pem], algorithms: [ES256] } }\n", "",
+			[]string{"audiences[0].token_binding.keys[0]"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			file := filepath.Join(dir, "vet.yaml")
+			cfg, err := parseConfig(file, []byte(c.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			warnings, err := cfg.vet()
+			if c.refused != "" {
+				if err == nil || !strings.Contains(err.Error(), file) || !strings.Contains(err.Error(), c.refused) {
+					t.Fatalf("vet: %v; want a refusal naming %s", err, c.refused)
+				}
+				// serve refuses it too, before listening.
+				if err := serve(context.Background(), cfg, &syncBuffer{}, slog.New(slog.DiscardHandler), nil); err == nil || !strings.Contains(err.Error(), c.refused) {
+					t.Fatalf("serve: %v; want the refusal", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(warnings) != len(c.warns) {
+				t.Fatalf("warnings %q; want %d, naming %v", warnings, len(c.warns), c.warns)
+			}
+			for i, w := range c.warns {
+				if !strings.Contains(warnings[i], w) {
+					t.Errorf("warning %q does not name %s", warnings[i], w)
+				}
+			}
+		})
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }
