@@ -14,6 +14,7 @@ FUZZ_TARGETS = \
 	./cmd/guardian:FuzzParseConfig \
 	./binding:FuzzTokens \
 	./binding:FuzzSessionCookie \
+	./binding:FuzzSplitCookies \
 	./binding:FuzzParseKey \
 	./listener:FuzzHandshakeBytes
 
