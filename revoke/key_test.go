@@ -263,6 +263,7 @@ func FuzzParseKey(f *testing.F) {
 	for _, s := range []string{
 		"sha256:" + h64, "serial:" + h64 + ":00ff", "uri:spiffe://a/b", "dns:a.b", "email:a@b",
 		"subject:CN=a+OU=b,O=c", `subject:CN=\41\,b`, "subject:2.5.4.3=#0c0161", "spki:0x" + h64,
+		"keyserial:" + h64 + ":" + h64 + ":0a:0b",
 	} {
 		f.Add(s)
 	}

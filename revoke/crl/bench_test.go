@@ -226,3 +226,36 @@ func BenchmarkLookup(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkHandshakeCheck is the listener's revocation check of a handshake whose client
+// (not revoked) is under a CA with a million-entry CRL in force: its chain's keys derived
+// (KeysOfChains) and looked up (AnyOf), and the lookups alone.
+func BenchmarkHandshakeCheck(b *testing.B) {
+	root := testpki.NewCA(b)
+	inter := root.MustIntermediate(b, "bench intermediate")
+	set, _ := revoke.NewSet(revoke.SetOptions{})
+	a, _ := crl.NewApplier(crl.Options{Set: set, Issuers: []*x509.Certificate{root.Cert, inter.Cert}})
+	if _, err := a.Apply(bigCRL(b, inter, 1_000_000, 1), "bench"); err != nil {
+		b.Fatal(err)
+	}
+	leaf := inter.MustIssue(b, testpki.Opts{CommonName: "client", URIs: []string{"spiffe://bench/client"}})
+	chains := [][]*x509.Certificate{append(leaf.Chain, root.Cert)}
+	keys := revoke.KeysOfChains(chains)
+	b.Run("keys+lookups", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, hit := set.AnyOf(revoke.KeysOfChains(chains)); hit {
+				b.Fatal("revoked")
+			}
+		}
+	})
+	b.Run("lookups", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, hit := set.AnyOf(keys); hit {
+				b.Fatal("revoked")
+			}
+		}
+		b.ReportMetric(float64(len(keys)), "keys")
+	})
+}
