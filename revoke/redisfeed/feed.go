@@ -49,8 +49,8 @@ type Status struct {
 	// Stuck says why the feed cannot follow Redis although Redis answers: resyncs that keep
 	// failing, or keep being needed again before any record is read (Redis answering errors
 	// about what it holds, a record the node cannot apply). Empty while the feed makes
-	// progress, and while Redis is merely unreachable, which Staleness reports. /readyz
-	// fails while it is set.
+	// progress, and while Redis is merely unreachable, which Staleness reports. A node is
+	// not ready while it is set.
 	Stuck string
 }
 

@@ -206,10 +206,10 @@ func TestForeignEntriesCountedAndSkipped(t *testing.T) {
 	// version matches what the node applied). The real revocation is not lost.
 	k := st.Keys()
 	forged, _ := json.Marshal(revoke.Entry{Key: key(4)})
-	real, _ := json.Marshal(revoke.Entry{Key: key(5)})
+	genuine, _ := json.Marshal(revoke.Entry{Key: key(5)})
 	if _, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.XAdd(ctx, &redis.XAddArgs{Stream: k.Log, Values: []any{"v", fmt.Sprint(v + 1), "op", "revoke", "key", string(key(4)), "entry", string(forged)}})
-		p.Eval(ctx, redisfeed.ChangeScriptSource(), []string{k.Revoked, k.Version, k.Log, k.Epoch}, "revoke", string(key(5)), string(real), 1000, "x")
+		p.Eval(ctx, redisfeed.ChangeScriptSource(), []string{k.Revoked, k.Version, k.Log, k.Epoch}, "revoke", string(key(5)), string(genuine), 1000, "x")
 		return nil
 	}); err != nil {
 		t.Fatal(err)
