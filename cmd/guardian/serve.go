@@ -434,8 +434,12 @@ func (n *node) ready(max time.Duration) string {
 	if s := n.feed.Staleness(); s > max {
 		return fmt.Sprintf("revocation feed stale: Redis unheard for %s (max_staleness %s)", s.Round(time.Second), max)
 	}
-	if st := n.feed.Status(); st.Regressed {
+	st := n.feed.Status()
+	if st.Regressed {
 		return "redis regressed: " + st.Reason + "; check it, then run guardian reseed"
+	}
+	if st.Stuck != "" {
+		return "revocation feed stuck: " + st.Stuck
 	}
 	return ""
 }

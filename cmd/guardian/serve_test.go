@@ -515,3 +515,54 @@ func must[T any](v T, err error) T {
 	}
 	return v
 }
+
+// A foreign entry in the change stream (issue 13, item 5): revocations through the node
+// keep working and closing conns; a feed that cannot follow a Redis that answers fails
+// /readyz with the reason, and is ready again once the cause is gone.
+func TestServeForeignStreamEntryAndStuckFeed(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	dir := t.TempDir()
+	if err := writePKI(dir); err != nil {
+		t.Fatal(err)
+	}
+	s := startServe(t, dir, fmt.Sprintf(serveConfig, fmt.Sprintf("store: redis\n  redis: { url: %q }", srv.URL()), ""))
+	d := s.demoView()
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rdb.Close()
+	ctx := context.Background()
+	if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: "{guardian}:log", Values: []string{"op", "revoke", "key", "uri:spiffe://guardian.demo/client2"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	lines := openStream(t, d.client(t, "client"), s.addr)
+	out, code := d.cli(t, append([]string{"revoke"}, append(d.adminArgs("admin"), "--cert", filepath.Join(dir, "client.pem"), "--wait", "5s")...)...)
+	if code != 0 {
+		t.Fatalf("revoke after a foreign stream entry: %s", out)
+	}
+	if !streamEnds(lines, 10*time.Second) {
+		t.Fatal("the revoked client's stream went on")
+	}
+	if _, err := d.client(t, "client2").Get("https://" + local(s.addr) + "/"); err != nil {
+		t.Fatalf("client2, named by the foreign entry only: %v", err)
+	}
+	readyz := func() (int, string) {
+		resp, err := d.client(t, "admin").Get("https://" + s.admin + "/readyz")
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	v, err := rdb.Get(ctx, "{guardian}:version").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb.Set(ctx, "{guardian}:version", "banana", 0)
+	rdb.XAdd(ctx, &redis.XAddArgs{Stream: "{guardian}:log", ID: "*", Values: []string{"v", "999", "op", "revoke", "key", "dns:x"}})
+	eventuallyT(t, "/readyz reports the stuck feed", func() bool {
+		code, body := readyz()
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "revocation feed stuck")
+	})
+	rdb.Set(ctx, "{guardian}:version", v, 0)
+	eventuallyT(t, "/readyz ready again", func() bool { code, _ := readyz(); return code == http.StatusOK })
+}
