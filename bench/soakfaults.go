@@ -517,7 +517,9 @@ func runFaults(ctx context.Context, r *soakRig, start time.Time, d time.Duration
 	fs.OCSPSoftAllows = r.counter("guardian_ocsp_handshakes_total", "outcome", "soft_allowed") - softAllowed
 	for _, t := range append(slices.Clone(firstCRL), firstOCSP...) {
 		fs.KeptWanted++
-		if k, _ := revoke.KeyFor(leaves[t-1].Cert, revoke.KindSerial); r.set.Has(k) {
+		// CRL and OCSP entries are keyed by the issuer's key as well as its DN.
+		leaf := leaves[t-1].Cert
+		if r.set.Has(revoke.KeySerialKey(leaf.RawIssuer, r.srcs.ca.Cert.RawSubjectPublicKeyInfo, leaf.SerialNumber)) {
 			fs.KeptRevoked++
 		}
 	}

@@ -174,7 +174,7 @@ func TestOCSPWithOpensslResponder(t *testing.T) {
 	if _, err := e.client(a, false).try("/"); err == nil {
 		t.Fatal("a's new handshake was served after the responder revoked it")
 	}
-	if !e.set.Has(revoke.SerialKey(inter.Cert.RawSubject, a.Cert.SerialNumber)) {
+	if !e.set.Has(revoke.KeySerialKey(inter.Cert.RawSubject, inter.Cert.RawSubjectPublicKeyInfo, a.Cert.SerialNumber)) {
 		t.Fatal("the revoked answer is not in the Set")
 	}
 

@@ -166,7 +166,9 @@ func New(o Options) (*Checker, error) {
 // Check returns leaf's status: the cached answer while it is fresh, else the responder's,
 // waiting at most Timeout (concurrent checks of one certificate share one request).
 func (c *Checker) Check(ctx context.Context, leaf, issuer *x509.Certificate) Result {
-	k := revoke.SerialKey(leaf.RawIssuer, leaf.SerialNumber)
+	// Keyed by the issuer's key too: two CAs may share a DN, and an answer speaks only for
+	// the certificates of the key that issued them.
+	k := revoke.KeySerialKey(leaf.RawIssuer, issuer.RawSubjectPublicKeyInfo, leaf.SerialNumber)
 	now := c.o.Now()
 	c.mu.Lock()
 	if e := c.cache[k]; e != nil && now.Before(e.expires) {
@@ -519,7 +521,7 @@ func (c *Checker) Run(ctx context.Context, every time.Duration, live func(yield 
 		now := c.o.Now()
 		seen := map[revoke.Key]bool{}
 		live(func(leaf, issuer *x509.Certificate) {
-			k := revoke.SerialKey(leaf.RawIssuer, leaf.SerialNumber)
+			k := revoke.KeySerialKey(leaf.RawIssuer, issuer.RawSubjectPublicKeyInfo, leaf.SerialNumber)
 			if seen[k] {
 				return
 			}

@@ -145,7 +145,7 @@ func TestRevokedBecomesASetEntry(t *testing.T) {
 	if res.Status != ocsp.Revoked || res.Reason != "keyCompromise" {
 		t.Fatalf("status %v reason %q; want revoked for keyCompromise", res.Status, res.Reason)
 	}
-	e, ok := set.Lookup(revoke.SerialKey(ca.Cert.RawSubject, leaf.Cert.SerialNumber))
+	e, ok := set.Lookup(revoke.KeySerialKey(ca.Cert.RawSubject, ca.Cert.RawSubjectPublicKeyInfo, leaf.Cert.SerialNumber))
 	if !ok || e.Source != revoke.SourceOCSP || !e.Expires.Equal(leaf.Cert.NotAfter) {
 		t.Fatalf("Set entry %+v, %v; want an ocsp entry that expires with the certificate", e, ok)
 	}
@@ -300,7 +300,7 @@ func TestRevalidation(t *testing.T) {
 		t.Fatal("a responder outage revoked a certificate")
 	}
 	r.set(func(r *responder) { r.status = 200; r.revoked[a.Cert.SerialNumber.String()] = true })
-	ka, kb := revoke.SerialKey(ca.Cert.RawSubject, a.Cert.SerialNumber), revoke.SerialKey(ca.Cert.RawSubject, b.Cert.SerialNumber)
+	ka, kb := revoke.KeySerialKey(ca.Cert.RawSubject, ca.Cert.RawSubjectPublicKeyInfo, a.Cert.SerialNumber), revoke.KeySerialKey(ca.Cert.RawSubject, ca.Cert.RawSubjectPublicKeyInfo, b.Cert.SerialNumber)
 	deadline := time.Now().Add(10 * time.Second)
 	for !set.Has(ka) {
 		if time.Now().After(deadline) {

@@ -49,7 +49,7 @@ func TestRevokedReasonNames(t *testing.T) {
 			if res.Status != ocsp.Revoked || res.Reason != rc.name {
 				t.Fatalf("code %d: status %v reason %q (%v); want revoked for %q", rc.code, res.Status, res.Reason, res.Err, rc.name)
 			}
-			e, ok := set.Lookup(revoke.SerialKey(ca.Cert.RawSubject, leaf.Cert.SerialNumber))
+			e, ok := set.Lookup(revoke.KeySerialKey(ca.Cert.RawSubject, ca.Cert.RawSubjectPublicKeyInfo, leaf.Cert.SerialNumber))
 			if !ok || e.Reason != rc.name {
 				t.Fatalf("code %d: Set entry %+v, %v; want reason %q", rc.code, e, ok, rc.name)
 			}

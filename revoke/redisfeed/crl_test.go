@@ -45,7 +45,8 @@ func TestPushedCRLReachesEveryNode(t *testing.T) {
 	ca := testpki.NewCA(t)
 	store := redisfeed.NewStore(client(t, srv), "", 0)
 	issuer := revoke.IssuerHash(ca.Cert.RawSubject)
-	k1, k2 := revoke.SerialKey(ca.Cert.RawSubject, big.NewInt(11)), revoke.SerialKey(ca.Cert.RawSubject, big.NewInt(22))
+	k1 := revoke.KeySerialKey(ca.Cert.RawSubject, ca.Cert.RawSubjectPublicKeyInfo, big.NewInt(11))
+	k2 := revoke.KeySerialKey(ca.Cert.RawSubject, ca.Cert.RawSubjectPublicKeyInfo, big.NewInt(22))
 	ctx := context.Background()
 
 	a := startCRLNode(t, srv, ca)
