@@ -88,6 +88,7 @@ type revokeResponse struct {
 type crlView struct {
 	ID         string    `json:"id"`
 	Issuer     string    `json:"issuer"`
+	IssuerKey  string    `json:"issuer_key"` // SHA-256 of the verifying CA key: two CAs may share a DN
 	Subject    string    `json:"subject"`
 	Number     string    `json:"number"`
 	ThisUpdate time.Time `json:"this_update"`

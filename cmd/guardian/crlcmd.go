@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -77,9 +79,10 @@ func runCRL(args []string, stdout, stderr io.Writer) error {
 	rt := tgt.(*redisTarget)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	issuer := revoke.IssuerHash(c.RawIssuer)
-	// Pushed as DER: nodes read it as they read any CRL.
-	v, err := rt.s.PushCRL(ctx, issuer, c.Raw)
+	// Pushed as DER: nodes read it as they read any CRL. Its slot in Redis is its CA key's
+	// where the CRL names the key (authorityKeyIdentifier), so the CRL of a CA that shares
+	// another's DN — a look-alike, or the same CA's next key — never overwrites the other's.
+	v, err := rt.s.PushCRL(ctx, crlSlot(c), c.Raw)
 	if err != nil {
 		return err
 	}
@@ -90,6 +93,19 @@ func runCRL(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "pushed the CRL of %s (number %s, %d entries, next update %s) as change %d; every node checks and applies it\n",
 		crlIssuerName(c), number, n, c.NextUpdate.Format(time.RFC3339), v)
 	return nil
+}
+
+// crlSlot names a CRL's place in Redis: the issuer DN's hash, with its key identifier when
+// the CRL has one.
+func crlSlot(c *crl.CRL) string {
+	if len(c.AuthorityKeyID) == 0 {
+		return revoke.IssuerHash(c.RawIssuer)
+	}
+	h := sha256.New()
+	h.Write(c.RawIssuer)
+	h.Write([]byte{0})
+	h.Write(c.AuthorityKeyID)
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 func crlIssuerName(c *crl.CRL) string {
@@ -115,13 +131,13 @@ func runCRLList(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ISSUER\tNUMBER\tENTRIES\tTHIS UPDATE\tNEXT UPDATE\tORIGIN\tSTALE")
+	fmt.Fprintln(tw, "ISSUER\tKEY\tNUMBER\tENTRIES\tTHIS UPDATE\tNEXT UPDATE\tORIGIN\tSTALE")
 	for _, v := range views {
 		next := "-"
 		if !v.NextUpdate.IsZero() {
 			next = v.NextUpdate.Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%v\n", v.Subject, v.Number, v.Entries, v.ThisUpdate.Format(time.RFC3339), next, v.Origin, v.Stale)
+		fmt.Fprintf(tw, "%s\t%.16s\t%s\t%d\t%s\t%s\t%s\t%v\n", v.Subject, v.IssuerKey, v.Number, v.Entries, v.ThisUpdate.Format(time.RFC3339), next, v.Origin, v.Stale)
 	}
 	return tw.Flush()
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto"
 	"crypto/x509"
 	"encoding/pem"
@@ -18,6 +19,8 @@ import (
 	"time"
 
 	xocsp "golang.org/x/crypto/ocsp"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/guardian-mtls/guardian/internal/redistest"
 	"github.com/guardian-mtls/guardian/internal/testpki"
@@ -291,4 +294,47 @@ func TestServeRedisRestartEnforcesFromTheFirstConn(t *testing.T) {
 		t.Fatalf("an unrevoked client refused after the restart: %v", err)
 	}
 	resp.Body.Close()
+}
+
+// Two CAs with one DN and different keys (a key rollover) each push a CRL through Redis:
+// each keeps its own slot there, so a node that starts afterwards loads both, and
+// `guardian crl list` tells them apart by key (issue 13, item 4).
+func TestCRLPushSameDNKeepsBothCRLs(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	dir := t.TempDir()
+	if err := writePKI(dir); err != nil {
+		t.Fatal(err)
+	}
+	var pems []string
+	for i, name := range []string{"old", "new"} {
+		ca, err := testpki.New("rolling CA")
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, name+"-ca.pem"), ca.CertPEM(), 0o644)
+		pems = append(pems, name+"-ca.pem")
+		file := filepath.Join(dir, name+".crl")
+		os.WriteFile(file, ca.MustCRL(t, testpki.CRLOpts{Number: int64(10 - 9*i), Entries: []x509.RevocationListEntry{testpki.Revoked(big.NewInt(int64(5+i)), 1)}}), 0o644)
+		d := &runningDemo{dir: dir}
+		if out, code := d.cli(t, "crl", "push", file, "--redis", srv.URL(), "--issuer-cert", filepath.Join(dir, name+"-ca.pem")); code != 0 {
+			t.Fatalf("crl push %s: %s", name, out)
+		}
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer rdb.Close()
+	if n, _ := rdb.HLen(context.Background(), "{guardian}:crls").Result(); n != 2 {
+		t.Fatalf("Redis holds %d CRL slots after two same-DN CAs pushed; want 2", n)
+	}
+	s := startServe(t, dir, fmt.Sprintf(serveConfig, fmt.Sprintf("store: redis\n  redis: { url: %q }", srv.URL()), "")+
+		fmt.Sprintf("  - { name: rolling, sni: [public.localhost], cert: server.pem, key: server.key, client_ca: [%s, %s] }\n", pems[0], pems[1]))
+	d := s.demoView()
+	var out string
+	eventuallyT(t, "both CRLs in force on a node started after the pushes", func() bool {
+		out, _ = d.cli(t, append([]string{"crl", "list"}, d.adminArgs("admin")...)...)
+		return strings.Count(out, "CN=rolling CA") == 2
+	})
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 || strings.Fields(lines[1])[3] == strings.Fields(lines[2])[3] {
+		t.Fatalf("crl list:\n%s\nwant two rows with different keys", out)
+	}
 }

@@ -350,7 +350,7 @@ func (n *node) crlViews() []crlView {
 		if ap.Number != nil {
 			number = ap.Number.String()
 		}
-		out = append(out, crlView{ID: ap.ID, Issuer: ap.Issuer, Subject: ap.Subject, Number: number, ThisUpdate: ap.ThisUpdate,
+		out = append(out, crlView{ID: ap.ID, Issuer: ap.Issuer, IssuerKey: ap.IssuerKey, Subject: ap.Subject, Number: number, ThisUpdate: ap.ThisUpdate,
 			NextUpdate: ap.NextUpdate, Entries: ap.Entries, Origin: ap.Origin, AppliedAt: ap.AppliedAt,
 			Stale: !ap.NextUpdate.IsZero() && now.After(ap.NextUpdate)})
 	}

@@ -425,9 +425,10 @@ redis.call('HSET', KEYS[2], ARGV[1], v)
 return {v, epoch}
 `)
 
-// PushCRL stores der as the CRL of the issuer whose DN hashes to issuerHash
-// (revoke.IssuerHash) and records the push, so that every node loads it. Nodes check it
-// as they check any CRL; the caller should have too.
+// PushCRL stores der in the CRL slot issuerHash, a SHA-256 in hex naming the CRL's issuer
+// (guardian crl push hashes its DN and key identifier, so CAs sharing a DN keep a slot
+// each), and records the push, so that every node loads it. Nodes check it as they check
+// any CRL; the caller should have too.
 func (s *Store) PushCRL(ctx context.Context, issuerHash string, der []byte) (uint64, error) {
 	if !isIssuerHash(issuerHash) {
 		return 0, fmt.Errorf("redisfeed: push CRL: issuer %q is not a SHA-256 in lower-case hex", truncate(issuerHash, 80))
