@@ -22,6 +22,7 @@ type Server struct {
 	port int
 	opts Options
 	cmd  *exec.Cmd
+	done chan struct{} // closed once cmd has exited and been waited for
 }
 
 // Options configures a Server.
@@ -98,16 +99,32 @@ func (s *Server) start() {
 		args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(s.dir, "nodes.conf"),
 			"--cluster-node-timeout", "2000")
 	}
+	deadline := time.Now().Add(10 * time.Second)
+again:
 	s.cmd = exec.Command("redis-server", args...)
 	if err := s.cmd.Start(); err != nil {
 		s.tb.Fatalf("start redis-server: %v", err)
 	}
+	done := make(chan struct{})
+	s.done = done
+	go func(cmd *exec.Cmd) { cmd.Wait(); close(done) }(s.cmd)
 	if s.opts.TLS != nil || len(s.opts.Users) > 0 {
 		waitPort(s.tb, s.Addr())
 		return
 	}
-	deadline := time.Now().Add(10 * time.Second)
 	for {
+		select {
+		case <-done:
+			// It could not bind its port. On a restart the port was free a moment ago, but a
+			// client redialling it can have been given it as its own source port (a TCP
+			// self-connect, which Linux allows on loopback): that socket is gone once the
+			// client reads its own bytes back, so start again until the deadline.
+			if time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+				goto again
+			}
+		default:
+		}
 		c, err := net.DialTimeout("tcp", s.Addr(), 100*time.Millisecond)
 		if err == nil {
 			fmt.Fprintf(c, "PING\r\n")
@@ -133,7 +150,7 @@ func (s *Server) Kill() {
 		return
 	}
 	s.cmd.Process.Signal(syscall.SIGKILL)
-	s.cmd.Wait()
+	<-s.done
 	s.cmd = nil
 }
 
