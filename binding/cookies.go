@@ -66,29 +66,63 @@ func trimSpace(s string) string {
 	return strings.Trim(s, " \t\r\n")
 }
 
-// nameCandidates yields every name some upstream parser could read in one pair: the name
-// itself, and the name of each word its value holds after white space or a comma (Python's
-// http.cookies also splits pairs on white space; RFC 2965 parsers split on commas).
+// nameCandidates yields every name some upstream parser could read in one pair: the pair's
+// own name when it is one word, and the name of every word the pair holds after a separator —
+// in its value or in its name (Python's http.cookies ends a pair at white space and drops a
+// leading "$x" or "secure" word; RFC 2965 parsers split on commas). hidden is true for all but
+// the pair's own name.
 func nameCandidates(p cookiePair, yield func(name string, hidden bool) bool) {
-	if !yield(p.name, false) {
-		return
+	seg := p.name
+	if p.eq {
+		seg += "=" + p.value
 	}
-	rest := p.value
-	for {
-		i := strings.IndexAny(rest, " \t,")
-		if i < 0 {
-			return
-		}
-		rest = strings.TrimLeft(rest[i:], " \t,")
-		word := rest
-		if j := strings.IndexAny(word, " \t,"); j >= 0 {
-			word = word[:j]
+	first := true
+	for seg != "" {
+		i := indexSeparator(seg)
+		word := seg
+		if i >= 0 {
+			word, seg = seg[:i], trimSeparators(seg[i:])
+		} else {
+			seg = ""
 		}
 		name, _, _ := strings.Cut(word, "=")
-		if name != "" && !yield(name, true) {
+		own := first && name == p.name
+		first = false
+		if name != "" && !yield(name, !own) {
 			return
 		}
 	}
+}
+
+// isSeparator: what ends a cookie pair for some common parser — white space as Python's
+// str.strip and regular expressions read it in a header decoded as Latin-1 (\x1c-\x1f,
+// \x85 and \xa0 among it), and the comma. Bytes, not runes: a header need not be UTF-8, and a
+// 0x85 or 0xa0 inside a UTF-8 sequence is white space to a Latin-1 reader.
+func isSeparator(c byte) bool {
+	switch c {
+	case ' ', '\t', '\n', '\r', '\v', '\f', 0x1c, 0x1d, 0x1e, 0x1f, 0x85, 0xa0, ',':
+		return true
+	}
+	return false
+}
+
+func indexSeparator(s string) int {
+	for i := 0; i < len(s); i++ {
+		if isSeparator(s[i]) {
+			return i
+		}
+	}
+	return -1
+}
+
+func trimSeparators(s string) string {
+	for len(s) > 0 && isSeparator(s[0]) {
+		s = s[1:]
+	}
+	for len(s) > 0 && isSeparator(s[len(s)-1]) {
+		s = s[:len(s)-1]
+	}
+	return s
 }
 
 // canonicalName is a cookie name as the most permissive common parser would read it:
@@ -96,7 +130,7 @@ func nameCandidates(p cookiePair, yield func(name string, hidden bool) bool) {
 // read as '_' and a "[…]" suffix dropped (PHP), case-folded. Two names with one canonical
 // form may both reach an upstream as the same cookie.
 func canonicalName(s string) string {
-	s = trimSpace(s)
+	s = trimSeparators(s)
 	if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
 		s = s[1 : len(s)-1]
 	}
@@ -111,7 +145,7 @@ func canonicalName(s string) string {
 	if i := strings.IndexByte(s, '['); i >= 0 {
 		s = s[:i]
 	}
-	s = strings.NewReplacer(".", "_", " ", "_").Replace(trimSpace(s))
+	s = strings.NewReplacer(".", "_", " ", "_").Replace(trimSeparators(s))
 	return strings.ToLower(s)
 }
 

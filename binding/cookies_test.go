@@ -61,6 +61,28 @@ func TestNameCandidates(t *testing.T) {
 	if got := strings.Join(names, " "); got != `theme +sid +x +z` {
 		t.Errorf("candidates: %s; want theme +sid +x +z", got)
 	}
+	for _, c := range []struct {
+		pair cookiePair
+		want string
+	}{
+		{cookiePair{name: "$x sid", value: "1", eq: true}, "+$x +sid"},
+		{cookiePair{name: "secure\tsid", value: "1", eq: true}, "+secure +sid"},
+		{cookiePair{name: "\xa0sid", value: "1", eq: true}, "+sid"},
+		{cookiePair{name: "sid", value: "1", eq: true}, "sid"},
+		{cookiePair{name: "flag"}, "flag"},
+	} {
+		names = nil
+		nameCandidates(c.pair, func(n string, hidden bool) bool {
+			if hidden {
+				n = "+" + n
+			}
+			names = append(names, n)
+			return true
+		})
+		if got := strings.Join(names, " "); got != c.want {
+			t.Errorf("candidates of %q: %s; want %s", c.pair, got, c.want)
+		}
+	}
 }
 
 // FuzzSplitCookies: guardian's tokeniser sees every cookie net/http's parser returns, with
