@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -51,7 +52,15 @@ func SNIHostGuard(next http.Handler, m *Metrics, log *slog.Logger) http.Handler 
 			misdirected(w, m, "no_tls")
 			return
 		}
-		host := canonicalHost(r.Host)
+		host, ok := canonicalHost(r.Host)
+		if !ok {
+			// A port that is not a number, brackets around a name: the upstream or a framework
+			// behind it (X-Forwarded-Host) may read another host out of it.
+			m.refuse("sni_host", "bad_host")
+			log.Warn("request with a malformed Host", "host", truncate(r.Host, 100), "remote", r.RemoteAddr)
+			http.Error(w, "bad request: malformed Host", http.StatusBadRequest)
+			return
+		}
 		sni := strings.ToLower(strings.TrimSuffix(r.TLS.ServerName, "."))
 		if sni == "" {
 			if net.ParseIP(host) != nil {
@@ -73,13 +82,51 @@ func misdirected(w http.ResponseWriter, m *Metrics, reason string) {
 	http.Error(w, "misdirected request: this connection does not serve that host", http.StatusMisdirectedRequest)
 }
 
-// canonicalHost strips the port and brackets and folds case.
-func canonicalHost(h string) string {
-	if host, _, err := net.SplitHostPort(h); err == nil {
-		h = host
+// canonicalHost parses a Host strictly — a name of letters, digits, '-', '_' and '.', an
+// IPv4 address, or an IPv6 address in brackets, then optionally ':' and a port number — and
+// returns it without the port and brackets, case-folded; ok is false for anything else.
+func canonicalHost(h string) (string, bool) {
+	host, port := h, ""
+	if strings.HasPrefix(h, "[") {
+		end := strings.IndexByte(h, ']')
+		if end < 0 {
+			return "", false
+		}
+		host, port = h[1:end], h[end+1:]
+		if ip := net.ParseIP(host); ip == nil || ip.To4() != nil {
+			return "", false
+		}
+	} else if i := strings.LastIndexByte(h, ':'); i >= 0 {
+		host, port = h[:i], h[i:]
+		if !isHostName(host) {
+			return "", false
+		}
+	} else if !isHostName(host) {
+		return "", false
 	}
-	h = strings.TrimSuffix(strings.TrimPrefix(h, "["), "]")
-	return strings.ToLower(strings.TrimSuffix(h, "."))
+	if port != "" {
+		p := strings.TrimPrefix(port, ":")
+		if p == port || len(p) > 5 || strings.Trim(p, "0123456789") != "" {
+			return "", false
+		}
+		if n, _ := strconv.Atoi(p); n > 65535 {
+			return "", false
+		}
+	}
+	return strings.ToLower(strings.TrimSuffix(host, ".")), true
+}
+
+func isHostName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 func truncate(s string, n int) string {

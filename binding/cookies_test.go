@@ -190,3 +190,29 @@ func tlsState(t *testing.T) *tls.ConnectionState {
 	}
 	return &tls.ConnectionState{PeerCertificates: []*x509.Certificate{l.Cert}}
 }
+
+func TestCanonicalHost(t *testing.T) {
+	for _, c := range []struct {
+		in, want string
+		ok       bool
+	}{
+		{"api.example", "api.example", true},
+		{"API.example.:8443", "api.example", true},
+		{"127.0.0.1:443", "127.0.0.1", true},
+		{"[::1]:443", "::1", true},
+		{"[::1]", "::1", true},
+		{"public.localhost:80,localhost", "", false},
+		{"[public.localhost]", "", false},
+		{"[127.0.0.1]", "", false},
+		{"host:99999", "", false},
+		{"host:8a", "", false},
+		{"::1", "", false},
+		{"a b", "", false},
+		{"", "", false},
+	} {
+		got, ok := canonicalHost(c.in)
+		if got != c.want || ok != c.ok {
+			t.Errorf("canonicalHost(%q) = %q, %v; want %q, %v", c.in, got, ok, c.want, c.ok)
+		}
+	}
+}

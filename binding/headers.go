@@ -18,9 +18,31 @@ var OwnedHeaders = []string{
 	"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded", "X-Real-Ip",
 }
 
+// StrippedHeaders are request headers that guardian does not set but removes, in any
+// spelling, because upstreams and frameworks behind other proxies trust them as the
+// client's address or certificate (nginx's and Apache's client-certificate headers, Rails'
+// Client-IP, Akamai's True-Client-IP). Behind guardian only guardian speaks for the client.
+var StrippedHeaders = []string{
+	"X-Client-Cert", "X-Ssl-Client-Cert", "X-Ssl-Cert", "Ssl-Client-Cert", "X-Client-Verify",
+	"X-Ssl-Client-Verify", "X-Ssl-Client-S-Dn", "X-Ssl-Client-I-Dn", "X-Ssl-Client-Dn", "X-Client-Dn",
+	"X-Forwarded-Client-Cert-Chain", "X-Forwarded-Tls-Client-Cert", "X-Forwarded-Tls-Client-Cert-Info",
+	"Client-Ip", "True-Client-Ip", "X-Client-Ip", "X-Cluster-Client-Ip", "X-Original-Forwarded-For",
+	"X-Forwarded", "Forwarded-For", "X-Forwarded-Port", "X-Forwarded-Prefix", "X-Forwarded-Ssl",
+	"X-Forwarded-Server", "X-Forwarded-Scheme", "X-Url-Scheme", "Front-End-Https",
+}
+
 var ownedKeys = func() map[string]bool {
 	m := map[string]bool{}
 	for _, n := range OwnedHeaders {
+		m[headerKey(n)] = true
+	}
+	return m
+}()
+
+// strippedKeys are OwnedHeaders and StrippedHeaders, as headerKey spells them.
+var strippedKeys = func() map[string]bool {
+	m := map[string]bool{}
+	for _, n := range append(append([]string(nil), OwnedHeaders...), StrippedHeaders...) {
 		m[headerKey(n)] = true
 	}
 	return m
@@ -52,7 +74,7 @@ func ParseUnderscores(s string) (Underscores, error) {
 }
 
 // Headers is the inbound half of the identity headers: it removes every client header
-// that an upstream could read as one guardian owns, and refuses (400) a request whose
+// that an upstream could read as one guardian owns (or as one in StrippedHeaders), and refuses (400) a request whose
 // Connection header names one — httputil.ReverseProxy deletes the headers Connection names
 // after its Director, which would strip guardian's own. The outbound half, SetIdentity,
 // runs in the proxy's Rewrite, after hop-by-hop processing.
@@ -109,7 +131,7 @@ func (h *Headers) Wrap(next http.Handler) http.Handler {
 					continue
 				}
 			}
-			if ownedKeys[headerKey(name)] {
+			if strippedKeys[headerKey(name)] {
 				delete(r.Header, name)
 			}
 		}

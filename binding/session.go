@@ -287,6 +287,25 @@ func (w *cookieWriter) rewrite() {
 func (w *cookieWriter) WriteHeader(code int) {
 	if code >= 200 || code == http.StatusSwitchingProtocols {
 		w.rewrite()
+		w.ResponseWriter.WriteHeader(code)
+		return
+	}
+	// An informational response (103 Early Hints) goes out with the header map as it is now,
+	// which stays for the final response: the bound cookies are held back from it, never
+	// sent unsealed, and sealed with the final response.
+	h := w.ResponseWriter.Header()
+	all := h["Set-Cookie"]
+	var kept []string
+	for _, line := range all {
+		name, _, _ := strings.Cut(line, "=")
+		name, _, _ = strings.Cut(name, ";")
+		if _, bound := w.s.boundName(name); !bound {
+			kept = append(kept, line)
+		}
+	}
+	if len(kept) != len(all) {
+		h["Set-Cookie"] = kept
+		defer func() { h["Set-Cookie"] = all }()
 	}
 	w.ResponseWriter.WriteHeader(code)
 }

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"strings"
 	"testing"
 
@@ -135,5 +137,54 @@ func TestSessionBinding(t *testing.T) {
 	}
 	if _, err := (&binding.Sessions{Cookies: []string{"s"}, Keys: [][]byte{[]byte("short")}}).Wrap(app()); err == nil {
 		t.Error("a short key was accepted")
+	}
+}
+
+// A handler's 103 Early Hints goes out with the header map as it is then: a bound cookie
+// set before it is held back from the 1xx (never sent unsealed) and sealed in the final
+// response.
+func TestSessionCookieNotInInformationalResponse(t *testing.T) {
+	ca := testpki.NewCA(t)
+	h, err := (&binding.Sessions{Cookies: []string{"sid"}, Keys: [][]byte{sessionKey}, Audience: "a"}).Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Add("Set-Cookie", "sid=SESS-early; Path=/")
+		w.Header().Add("Set-Cookie", "theme=dark")
+		w.Header().Add("Link", "</style.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		io.WriteString(w, "ok")
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := tlsServer(t, ca, h)
+	c := clientFor(t, ca, srv, ca.MustIssue(t, testpki.Opts{CommonName: "a"}))
+	var early []string
+	req, _ := http.NewRequest("GET", "https://app.test/", nil)
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+		Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+			early = append(early, h.Values("Set-Cookie")...)
+			return nil
+		},
+	}))
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	for _, line := range early {
+		if strings.HasPrefix(line, "sid=") {
+			t.Errorf("103 carried %q", line)
+		}
+	}
+	if len(early) != 1 || early[0] != "theme=dark" {
+		t.Errorf("103's Set-Cookie %q; want theme=dark alone", early)
+	}
+	var sid string
+	for _, ck := range resp.Cookies() {
+		if ck.Name == "sid" {
+			sid = ck.Value
+		}
+	}
+	if !strings.HasPrefix(sid, "g2.") {
+		t.Errorf("final response's sid %q; want it sealed", sid)
 	}
 }

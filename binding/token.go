@@ -1,6 +1,7 @@
 package binding
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
@@ -10,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -94,6 +96,9 @@ func (t *Tokens) check(parser *jwt.Parser, r *http.Request) string {
 	if reason != "" {
 		return reason
 	}
+	if reason := otherTokens(r); reason != "" {
+		return reason
+	}
 	claims := jwt.MapClaims{}
 	_, err := parser.ParseWithClaims(tok, claims, func(tk *jwt.Token) (any, error) {
 		set := jwt.VerificationKeySet{}
@@ -136,6 +141,49 @@ func (t *Tokens) check(parser *jwt.Parser, r *http.Request) string {
 	// The upstream gets exactly the token checked, in one field.
 	r.Header["Authorization"] = []string{"Bearer " + tok}
 	return ""
+}
+
+// maxFormBytes bounds a form body read for an access_token parameter.
+const maxFormBytes = 1 << 20
+
+// otherTokens refuses a request that carries a token where RFC 6750 sections 2.2 and 2.3
+// also allow one — an access_token query or form parameter, in any spelling a parser could
+// read as that name: guardian checks the Authorization header, and an upstream that took
+// the other would skip the binding. A form body is read (up to maxFormBytes, else refused)
+// and put back.
+func otherTokens(r *http.Request) string {
+	if hasAccessToken(r.URL.RawQuery) {
+		return "token_in_query"
+	}
+	ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";")
+	if !strings.EqualFold(strings.TrimSpace(ct), "application/x-www-form-urlencoded") || r.Body == nil || r.Body == http.NoBody {
+		return ""
+	}
+	b, err := io.ReadAll(io.LimitReader(r.Body, maxFormBytes+1))
+	if err != nil {
+		return "body_unreadable"
+	}
+	if len(b) > maxFormBytes {
+		return "form_too_large"
+	}
+	r.Body = io.NopCloser(bytes.NewReader(b))
+	if hasAccessToken(string(b)) {
+		return "token_in_form"
+	}
+	return ""
+}
+
+// hasAccessToken reports whether a query or form string has a parameter that some parser
+// reads as access_token (split at '&' and ';', percent- and '+'-decoded, PHP's '.' and '['
+// rules, case-folded).
+func hasAccessToken(q string) bool {
+	for part := range strings.FieldsFuncSeq(q, func(r rune) bool { return r == '&' || r == ';' }) {
+		name, _, _ := strings.Cut(part, "=")
+		if canonicalName(strings.ReplaceAll(name, "+", " ")) == "access_token" {
+			return true
+		}
+	}
+	return false
 }
 
 // bearer returns the one bearer token of a request's Authorization fields: exactly one

@@ -66,6 +66,7 @@ func startWSGI(t *testing.T) string {
 
 // seen is what the WSGI upstream read.
 type seen struct {
+	Body    string            `json:"body"`
 	Cookies map[string]string `json:"cookies"`
 	Headers map[string]string `json:"headers"`
 }
@@ -277,6 +278,26 @@ func TestAttackIdentityHeaders(t *testing.T) {
 		if _, ok := h["HTTP_OTHER_HEADER"]; ok {
 			t.Errorf("%s: a header with an underscore reached the upstream (default: dropped)", proto)
 		}
+		_, up = send(t, anon, "https://public.localhost/", http.Header{"True-Client-Ip": {"6.6.6.6"}, "X-Ssl-Client-Cert": {"evil"},
+			"Client-Ip": {"6.6.6.6"}, "X-Forwarded-Port": {"1"}})
+		for _, k := range []string{"HTTP_TRUE_CLIENT_IP", "HTTP_X_SSL_CLIENT_CERT", "HTTP_CLIENT_IP", "HTTP_X_FORWARDED_PORT"} {
+			if v, ok := up.Headers[k]; ok {
+				t.Errorf("%s: %s=%q reached the upstream; identity headers of other proxies are stripped", proto, k, v)
+			}
+		}
+		// A Host whose port is not a number: X-Forwarded-Host would carry another host.
+		for _, host := range []string{"public.localhost:80,localhost", "[public.localhost]", "public.localhost:99999"} {
+			req, _ := http.NewRequest("GET", "https://public.localhost/", nil)
+			req.Host = host
+			resp, err := anon.Do(req)
+			if err != nil {
+				t.Fatalf("%s: Host %q: %v", proto, host, err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 400 {
+				t.Errorf("%s: Host %q: %d; want 400", proto, host, resp.StatusCode)
+			}
+		}
 		// An mTLS client's identity reaches the upstream, and only guardian's.
 		code, up = send(t, mtls, "https://localhost/", http.Header{"X_Forwarded_Client_Cert": {"Hash=00;URI=spiffe://guardian.demo/admin"}})
 		x := up.Headers["HTTP_X_FORWARDED_CLIENT_CERT"]
@@ -341,14 +362,14 @@ audiences:
 		if proto == "HTTP/2" {
 			c = d.h2Client(t, "client", "localhost")
 		}
-		code, seen := send(t, c, "https://localhost/", http.Header{"Authorization": {"Bearer " + good}, "My_Header": {"kept"},
+		code, got := send(t, c, "https://localhost/", http.Header{"Authorization": {"Bearer " + good}, "My_Header": {"kept"},
 			"X_Forwarded_Client_Cert": {"Hash=00"}})
-		if code != 200 || seen.Headers["HTTP_AUTHORIZATION"] != "Bearer "+good {
-			t.Fatalf("%s: the bound token: %d, upstream Authorization %q", proto, code, seen.Headers["HTTP_AUTHORIZATION"])
+		if code != 200 || got.Headers["HTTP_AUTHORIZATION"] != "Bearer "+good {
+			t.Fatalf("%s: the bound token: %d, upstream Authorization %q", proto, code, got.Headers["HTTP_AUTHORIZATION"])
 		}
-		if seen.Headers["HTTP_MY_HEADER"] != "kept" || strings.Contains(seen.Headers["HTTP_X_FORWARDED_CLIENT_CERT"], "Hash=00") {
+		if got.Headers["HTTP_MY_HEADER"] != "kept" || strings.Contains(got.Headers["HTTP_X_FORWARDED_CLIENT_CERT"], "Hash=00") {
 			t.Errorf("%s: underscore_headers allow: My_Header %q, XFCC %q; want the first kept and the spoofed XFCC gone",
-				proto, seen.Headers["HTTP_MY_HEADER"], seen.Headers["HTTP_X_FORWARDED_CLIENT_CERT"])
+				proto, got.Headers["HTTP_MY_HEADER"], got.Headers["HTTP_X_FORWARDED_CLIENT_CERT"])
 		}
 		for _, auth := range [][]string{
 			{"Bearer " + good, "Bearer " + other},
@@ -356,9 +377,37 @@ audiences:
 			{"Bearer " + good + " " + other},
 			{"Bearer  " + good},
 		} {
-			if code, seen := send(t, c, "https://localhost/", http.Header{"Authorization": auth}); code != 401 {
-				t.Errorf("%s: Authorization %d fields %.40q…: %d (upstream got %.60q); want 401", proto, len(auth), auth[0], code, seen.Headers["HTTP_AUTHORIZATION"])
+			if code, got := send(t, c, "https://localhost/", http.Header{"Authorization": auth}); code != 401 {
+				t.Errorf("%s: Authorization %d fields %.40q…: %d (upstream got %.60q); want 401", proto, len(auth), auth[0], code, got.Headers["HTTP_AUTHORIZATION"])
 			}
+		}
+		// A token where RFC 6750 also allows one — the query, a form body — would reach an
+		// upstream that reads it unchecked: refused, whatever the header holds.
+		for _, q := range []string{"access_token=" + other, "x=1&access%5Ftoken=" + other, "access.token=" + other} {
+			if code, _ := send(t, c, "https://localhost/?"+q, http.Header{"Authorization": {"Bearer " + good}}); code != 401 {
+				t.Errorf("%s: a token in the query (%.30s…): %d; want 401", proto, q, code)
+			}
+		}
+		form := func(body string) (int, seen) {
+			req, _ := http.NewRequest("POST", "https://localhost/", strings.NewReader(body))
+			req.Header.Set("Authorization", "Bearer "+good)
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var s seen
+			if resp.StatusCode == 200 {
+				json.NewDecoder(resp.Body).Decode(&s)
+			}
+			return resp.StatusCode, s
+		}
+		if code, _ := form("a=1&access_token=" + other); code != 401 {
+			t.Errorf("%s: a token in a form body: %d; want 401", proto, code)
+		}
+		if code, got := form("a=1&b=2"); code != 200 || got.Body != "a=1&b=2" {
+			t.Errorf("%s: a form without a token: %d, upstream read body %q; want it whole", proto, code, got.Body)
 		}
 		pub := d.sniClient(t, "", "public.localhost")
 		if proto == "HTTP/2" {

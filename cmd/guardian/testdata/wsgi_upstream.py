@@ -3,7 +3,8 @@ http.cookies, which read cookies and headers the way many upstreams do (quoted a
 escaped cookie values, pairs split on white space, X_Foo read as X-Foo).
 
 GET /login?NAME sets sid=SESS-NAME; /slow sleeps a second; anything else answers JSON:
-{"cookies": {name: value} as http.cookies reads them, "headers": every HTTP_* variable}.
+{"cookies": {name: value} as http.cookies reads them, "headers": every HTTP_* variable,
+"body": the request body}.
 Prints its port on the first line of stdout.
 """
 import json
@@ -36,7 +37,9 @@ def app(environ, start):
         jar.load(environ.get("HTTP_COOKIE", ""))
     except Exception:
         pass
+    length = int(environ.get("CONTENT_LENGTH") or 0)
     body = json.dumps({
+        "body": environ["wsgi.input"].read(length).decode("latin-1"),
         "cookies": {k: m.value for k, m in jar.items()},
         "headers": {k: v for k, v in environ.items() if k.startswith("HTTP_")},
     })
