@@ -121,11 +121,19 @@ func (a *admission) closed(info *ConnInfo) {
 	}
 }
 
+// clientIP is the address a per-client bound counts by: an IPv4 address, or the /64 of an
+// IPv6 one (a host is given a /64 and can use every address in it).
 func clientIP(addr net.Addr) netip.Addr {
-	if ap, err := netip.ParseAddrPort(addr.String()); err == nil {
-		return ap.Addr().Unmap()
+	ap, err := netip.ParseAddrPort(addr.String())
+	if err != nil {
+		return netip.Addr{}
 	}
-	return netip.Addr{}
+	ip := ap.Addr().Unmap()
+	if ip.Is6() {
+		p, _ := ip.Prefix(64)
+		return p.Addr()
+	}
+	return ip
 }
 
 // ConnState is for http.Server.ConnState: it closes a conn that has had no request in

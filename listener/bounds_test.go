@@ -209,3 +209,53 @@ func TestIdleTimeout(t *testing.T) {
 		t.Errorf("idle closes in api = %v; want 1 (the keep-alive conn, not the stream)", v)
 	}
 }
+
+// Progress cuts what stalls, not what is quiet: a response silent for longer than the
+// idle timeout between two writes, and a request body that pauses, both go through, over
+// HTTP/1.1 and HTTP/2.
+func TestProgressSparesQuietStreams(t *testing.T) {
+	e := newEnv(t, envOpts{audiences: twoAudiences(func(_, api *listener.Audience) { api.IdleTimeout = 300 * time.Millisecond })})
+	for _, h2 := range []bool{false, true} {
+		cl := e.client(e.root.MustIssue(t, testpki.Opts{CommonName: "svc"}), h2)
+		if got := cl.get(t, "/quiet"); got != "first\nsecond\n" {
+			t.Errorf("h2=%v: a quiet stream: %q; want both lines", h2, got)
+		}
+		pr, pw := io.Pipe()
+		go func() {
+			pw.Write([]byte("abc"))
+			time.Sleep(150 * time.Millisecond) // a pause shorter than the timeout
+			pw.Write([]byte("def"))
+			pw.Close()
+		}()
+		resp, err := cl.Post("https://localhost/upload", "application/octet-stream", pr)
+		if err != nil {
+			t.Fatalf("h2=%v: upload: %v", h2, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "6 <nil>" {
+			t.Errorf("h2=%v: an upload with a pause: %q; want 6 bytes read", h2, b)
+		}
+	}
+}
+
+// A request body that stops for longer than the idle timeout is cut: the handler's read
+// fails, the request ends.
+func TestProgressCutsStalledBody(t *testing.T) {
+	e := newEnv(t, envOpts{audiences: twoAudiences(func(_, api *listener.Audience) { api.IdleTimeout = 300 * time.Millisecond })})
+	for _, h2 := range []bool{false, true} {
+		cl := e.client(e.root.MustIssue(t, testpki.Opts{CommonName: "svc"}), h2)
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		go pw.Write([]byte("abc")) // then nothing
+		resp, err := cl.Post("https://localhost/upload", "application/octet-stream", pr)
+		if err != nil {
+			t.Fatalf("h2=%v: %v", h2, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.HasPrefix(string(b), "3 ") || !strings.Contains(string(b), "timeout") {
+			t.Errorf("h2=%v: a stalled upload: %q; want the handler's read to time out", h2, b)
+		}
+	}
+}

@@ -107,7 +107,18 @@ func newEnv(t testing.TB, o envOpts) *env {
 		}
 		e.streamEnded <- r.Context().Err()
 	})
-	e.srv = &http.Server{Handler: mux, ConnContext: e.l.ConnContext, ConnState: e.l.ConnState, ErrorLog: quietLog()}
+	mux.HandleFunc("/quiet", func(w http.ResponseWriter, r *http.Request) {
+		// A line, a second of silence, a line: a quiet stream, not a stalled one.
+		io.WriteString(w, "first\n")
+		w.(http.Flusher).Flush()
+		time.Sleep(time.Second)
+		io.WriteString(w, "second\n")
+	})
+	mux.HandleFunc("/upload", func(w http.ResponseWriter, r *http.Request) {
+		b, err := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%d %v", len(b), err)
+	})
+	e.srv = &http.Server{Handler: e.l.Progress(mux), ConnContext: e.l.ConnContext, ConnState: e.l.ConnState, ErrorLog: quietLog()}
 	go e.srv.Serve(e.l)
 	t.Cleanup(func() {
 		e.srv.Close()

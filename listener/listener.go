@@ -75,8 +75,8 @@ type Audience struct {
 	// MaxConns bounds this audience's conns, from their ClientHello on; 0 means no bound.
 	// A conn past it is refused in its handshake (reason audience_full).
 	MaxConns int
-	// MaxConnsPerClient bounds the conns one client IP address holds in this audience;
-	// 0 means no bound. Past it: refused (reason client_full).
+	// MaxConnsPerClient bounds the conns one client holds in this audience — one IPv4
+	// address, or one IPv6 /64; 0 means no bound. Past it: refused (reason client_full).
 	MaxConnsPerClient int
 }
 

@@ -580,3 +580,64 @@ audiences:
 		t.Fatalf("with %d anonymous conns held under a 400-descriptor limit, %d of 10 mTLS clients served; want 10", held, served)
 	}
 }
+
+// Item 6, found by attacking it from outside: a request a client keeps "in flight" — a POST
+// that never sends the body it announced, a chunked body that never ends, an HTTP/2 client
+// that opens no flow-control window for the response — is cut at the audience's
+// idle_timeout too, and then the idle conn (before: open at 200 s, 39 KB per HTTP/2 stream
+// pinned).
+func TestAttackStalledRequestsAreCut(t *testing.T) {
+	dir := t.TempDir()
+	if err := writePKI(dir); err != nil {
+		t.Fatal(err)
+	}
+	up := startWSGI(t)
+	s := startServe(t, dir, fmt.Sprintf(`
+listen: "127.0.0.1:0"
+revocation: { store: memory }
+audiences:
+  - { name: api, sni: [localhost], cert: server.pem, key: server.key, client_ca: [ca.pem] }
+  - { name: public, sni: [public.localhost], cert: server.pem, key: server.key, client_auth: none, idle_timeout: 500ms, upstream: %q }
+`, up))
+	pool, _ := loadPool(filepath.Join(dir, "ca.pem"))
+	dial := func(proto string) *tls.Conn {
+		c, err := tls.Dial("tcp", s.addr, &tls.Config{RootCAs: pool, ServerName: "public.localhost", NextProtos: []string{proto}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	for _, c := range []struct{ name, req string }{
+		{"a POST whose body never comes", "POST / HTTP/1.1\r\nHost: public.localhost\r\nContent-Length: 100\r\n\r\n"},
+		{"a chunked body that never ends", "POST / HTTP/1.1\r\nHost: public.localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"},
+	} {
+		conn := dial("http/1.1")
+		io.WriteString(conn, c.req)
+		conn.SetReadDeadline(time.Now().Add(15 * time.Second))
+		if _, err := io.ReadAll(conn); err != nil && strings.Contains(err.Error(), "timeout") {
+			t.Errorf("%s: conn still open 15 s past a 500 ms idle_timeout", c.name)
+		}
+	}
+	// HTTP/2: SETTINGS_INITIAL_WINDOW_SIZE 0, then a GET whose response can never be sent.
+	conn := dial("h2")
+	authority := "public.localhost"
+	block := append([]byte{0x82, 0x87, 0x84, 0x41, byte(len(authority))}, authority...) // :method GET, :scheme https, :path /, :authority
+	frame := func(typ, flags byte, stream uint32, payload []byte) []byte {
+		n := len(payload)
+		return append([]byte{byte(n >> 16), byte(n >> 8), byte(n), typ, flags, byte(stream >> 24), byte(stream >> 16), byte(stream >> 8), byte(stream)}, payload...)
+	}
+	msg := []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+	msg = append(msg, frame(0x4, 0, 0, []byte{0, 4, 0, 0, 0, 0})...) // SETTINGS: INITIAL_WINDOW_SIZE = 0
+	msg = append(msg, frame(0x4, 0x1, 0, nil)...)                   // ACK the server's SETTINGS (sent or not yet)
+	for id := uint32(1); id <= 19; id += 2 {
+		msg = append(msg, frame(0x1, 0x5, id, block)...) // HEADERS, END_STREAM|END_HEADERS
+	}
+	if _, err := conn.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(15 * time.Second))
+	if _, err := io.Copy(io.Discard, conn); err != nil && strings.Contains(err.Error(), "timeout") {
+		t.Error("an HTTP/2 conn with a zero window and 10 requests still open 15 s past a 500 ms idle_timeout")
+	}
+}

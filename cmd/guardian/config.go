@@ -595,6 +595,17 @@ func (c *Config) vet() (warnings []string, err error) {
 	}
 	for i, a := range c.Audiences {
 		field := fmt.Sprintf("audiences[%d]", i)
+		for j, o := range c.Audiences {
+			if j == i || a.Upstream == "" || !sameUpstream(a.Upstream, o.Upstream) {
+				continue
+			}
+			if a.SessionBinding != nil && o.SessionBinding == nil {
+				warnings = append(warnings, configError(f, fmt.Sprintf("audiences[%d].upstream", j), "the upstream of audience %q, which binds sessions, without session_binding: a session ID sent to %q reaches %s unchecked", a.Name, o.Name, o.Upstream).Error())
+			}
+			if a.TokenBinding != nil && o.TokenBinding == nil {
+				warnings = append(warnings, configError(f, fmt.Sprintf("audiences[%d].upstream", j), "the upstream of audience %q, which binds tokens, without token_binding: a token sent to %q reaches %s unchecked", a.Name, o.Name, o.Upstream).Error())
+			}
+		}
 		if a.ClientAuth == "optional" && a.Upstream != "" {
 			warnings = append(warnings, configError(f, field+".client_auth", "optional with an upstream: requests without a client certificate reach %s; it must tell them apart by X-Forwarded-Client-Cert", a.Upstream).Error())
 		}
@@ -622,6 +633,13 @@ func (c *Config) vet() (warnings []string, err error) {
 		}
 	}
 	return warnings, nil
+}
+
+// sameUpstream reports whether two upstream URLs reach the same server (scheme and host).
+func sameUpstream(a, b string) bool {
+	ua, err1 := url.Parse(a)
+	ub, err2 := url.Parse(b)
+	return err1 == nil && err2 == nil && b != "" && strings.EqualFold(ua.Scheme, ub.Scheme) && strings.EqualFold(ua.Host, ub.Host)
 }
 
 // certs loads the certificates of files.

@@ -542,7 +542,7 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger,
 	var current atomic.Pointer[http.Handler]
 	current.Store(&handler)
 	swappable := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*current.Load()).ServeHTTP(w, r) })
-	servers := []*http.Server{{Handler: swappable, ConnContext: l.ConnContext, ConnState: l.ConnState, ReadHeaderTimeout: 30 * time.Second,
+	servers := []*http.Server{{Handler: l.Progress(swappable), ConnContext: l.ConnContext, ConnState: l.ConnState, ReadHeaderTimeout: 30 * time.Second,
 		ErrorLog: slog.NewLogLogger(ratelog.Shared(log.Handler(), 10, time.Second), slog.LevelWarn)}}
 	listeners := []net.Listener{l}
 
@@ -573,7 +573,8 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger,
 			}
 			return []redisfeed.NodeStatus{n.status(nodeID, l.Registry().Len())}, nil
 		}
-		servers = append(servers, &http.Server{Handler: api.handler(), ReadHeaderTimeout: 10 * time.Second})
+		servers = append(servers, &http.Server{Handler: api.handler(), ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog: slog.NewLogLogger(ratelog.Shared(log.Handler(), 10, time.Second), slog.LevelWarn)})
 		listeners = append(listeners, al)
 		fmt.Fprintf(stdout, "admin API on %s\n", aln.Addr())
 	}

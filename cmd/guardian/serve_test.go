@@ -473,6 +473,10 @@ func TestConfigVetRefusesAndWarns(t *testing.T) {
 			"revocation: { max_staleness: 2h }\n" + aud, "", []string{"audiences[0].on_stale"}},
 		{"on_stale closed past an hour",
 			"revocation: { max_staleness: 2h }\naudiences:\n  - { name: api, sni: [localhost], cert: server.pem, key: server.key, client_ca: [ca.pem], on_stale: closed }\n", "", nil},
+		{"a public audience on the upstream of one that binds sessions",
+			"audiences:\n  - { name: app, sni: [localhost], cert: server.pem, key: server.key, client_ca: [ca.pem], upstream: 'http://127.0.0.1:9', session_binding: { cookies: [sid], keys: [hmac.key] } }\n" +
+				"  - { name: pub, sni: [public.localhost], cert: server.pem, key: server.key, client_auth: none, upstream: 'http://127.0.0.1:9/other' }\n", "",
+			[]string{"audiences[1].upstream"}},
 		{"a token key that verifies no allowed algorithm",
 			"audiences:\n  - { name: api, sni: [localhost], cert: server.pem, key: server.key, client_ca: [ca.pem], token_binding: { issuer: i, audience: a, keys: [hmac.key, server.pem], algorithms: [ES256] } }\n", "",
 			[]string{"audiences[0].token_binding.keys[0]"}},

@@ -1,0 +1,97 @@
+package listener
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"time"
+)
+
+// Progress wraps an HTTP handler so that a request in flight on a conn of this listener
+// must keep moving, within its audience's IdleTimeout: a read of its body that waits
+// longer (a POST that never sends the body it announced), or a write of its response that
+// waits longer (an HTTP/2 client that opens no flow-control window, an HTTP/1.1 client
+// that stops reading), fails, and the request ends. IdleTimeout through ConnState sees only
+// conns with no request in flight; this covers the ones a client keeps "in flight". A
+// stream that is merely quiet — no byte to read or write for a while — is not cut: the
+// deadline runs only while a read or write waits. WebSockets, once hijacked, are the
+// handler's.
+func (l *Listener) Progress(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		info, ok := FromContext(r.Context())
+		if !ok || info.aud == nil || info.aud.IdleTimeout <= 0 {
+			next.ServeHTTP(w, r)
+			return
+		}
+		d := info.aud.IdleTimeout
+		rc := http.NewResponseController(w)
+		var body *progressBody
+		if r.Body != nil && r.Body != http.NoBody {
+			body = &progressBody{ReadCloser: r.Body, rc: rc, d: d}
+			r.Body = body
+		}
+		pw := &progressWriter{ResponseWriter: w, rc: rc, d: d}
+		next.ServeHTTP(pw, r)
+		if !pw.hijacked {
+			// What the server still writes after the handler returns (its buffer, an HTTP/2
+			// stream's last frames), and the rest of a body it reads to reuse the conn, must
+			// go within d as well.
+			rc.SetWriteDeadline(time.Now().Add(d))
+			if body != nil && !body.eof {
+				rc.SetReadDeadline(time.Now().Add(d))
+			}
+		}
+	})
+}
+
+type progressBody struct {
+	io.ReadCloser
+	rc  *http.ResponseController
+	d   time.Duration
+	eof bool
+}
+
+func (b *progressBody) Read(p []byte) (int, error) {
+	b.rc.SetReadDeadline(time.Now().Add(b.d))
+	n, err := b.ReadCloser.Read(p)
+	b.eof = b.eof || err == io.EOF
+	// No deadline between reads: net/http's HTTP/1.1 background read, which starts at the
+	// body's end, would take one for the client going away.
+	b.rc.SetReadDeadline(time.Time{})
+	return n, err
+}
+
+type progressWriter struct {
+	http.ResponseWriter
+	rc       *http.ResponseController
+	d        time.Duration
+	hijacked bool
+}
+
+func (w *progressWriter) Write(p []byte) (int, error) {
+	w.rc.SetWriteDeadline(time.Now().Add(w.d))
+	n, err := w.ResponseWriter.Write(p)
+	w.rc.SetWriteDeadline(time.Time{}) // an HTTP/2 stream's deadline is a timer: not while quiet
+	return n, err
+}
+
+// Flush is for streaming responses (httputil.ReverseProxy flushes each chunk).
+func (w *progressWriter) Flush() {
+	w.rc.SetWriteDeadline(time.Now().Add(w.d))
+	w.rc.Flush()
+	w.rc.SetWriteDeadline(time.Time{})
+}
+
+// Hijack hands the conn over with no deadline left on it.
+func (w *progressWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, rw, err := w.rc.Hijack()
+	if err == nil {
+		w.hijacked = true
+		c.SetDeadline(time.Time{})
+	}
+	return c, rw, err
+}
+
+// Unwrap is for http.ResponseController.
+func (w *progressWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
