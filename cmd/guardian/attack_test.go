@@ -629,7 +629,7 @@ audiences:
 	}
 	msg := []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 	msg = append(msg, frame(0x4, 0, 0, []byte{0, 4, 0, 0, 0, 0})...) // SETTINGS: INITIAL_WINDOW_SIZE = 0
-	msg = append(msg, frame(0x4, 0x1, 0, nil)...)                   // ACK the server's SETTINGS (sent or not yet)
+	msg = append(msg, frame(0x4, 0x1, 0, nil)...)                    // ACK the server's SETTINGS (sent or not yet)
 	for id := uint32(1); id <= 19; id += 2 {
 		msg = append(msg, frame(0x1, 0x5, id, block)...) // HEADERS, END_STREAM|END_HEADERS
 	}
