@@ -242,7 +242,8 @@ func parseVersion(id string) (uint64, error) {
 		return 0, errBadID
 	}
 	v, err := strconv.ParseUint(ms, 10, 64)
-	if err != nil || v == 0 {
+	// Redis writes IDs in canonical form; "01-0" is none it wrote.
+	if err != nil || v == 0 || strconv.FormatUint(v, 10) != ms {
 		return 0, errBadID
 	}
 	return v, nil
