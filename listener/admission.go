@@ -42,6 +42,11 @@ type clientKey struct {
 	ip  netip.Addr
 }
 
+// admittedMark is ConnInfo.adm for a conn counted at its ClientHello and not in the
+// shedding order; nil means not counted, any other element its place in that order. One
+// field for both keeps ConnInfo in a smaller size class (BENCHMARKS.md, memory).
+var admittedMark = new(list.Element)
+
 func newAdmission(max int) *admission {
 	return &admission{max: max, byAud: map[string]int{}, byClient: map[clientKey]int{}}
 }
@@ -55,7 +60,7 @@ func (a *admission) accept() (victim *conntrack.Conn, full bool) {
 	if a.max > 0 && a.open >= a.max {
 		if e := a.anon.Front(); e != nil {
 			victim = a.anon.Remove(e).(*conntrack.Conn)
-			victim.Owner().(*ConnInfo).anon = nil
+			victim.Owner().(*ConnInfo).adm = admittedMark
 		} else {
 			full = true
 		}
@@ -69,7 +74,7 @@ func (a *admission) admit(c *conntrack.Conn, info *ConnInfo, au *audience) error
 	ip := clientIP(c.RemoteAddr())
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if info.admitted != "" {
+	if info.adm != nil {
 		return nil // counted already (a second ClientHello)
 	}
 	k := clientKey{au.Name, ip}
@@ -83,7 +88,7 @@ func (a *admission) admit(c *conntrack.Conn, info *ConnInfo, au *audience) error
 	}
 	a.byAud[au.Name]++
 	a.byClient[k]++
-	info.admitted, info.client = au.Name, ip
+	info.adm = admittedMark
 	return nil
 }
 
@@ -95,40 +100,48 @@ func (a *admission) served(c *conntrack.Conn, info *ConnInfo) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if !c.Closed() { // else onClose ran, or will find nothing to remove
-		info.anon = a.anon.PushBack(c)
+	if !c.Closed() && info.adm == admittedMark { // else onClose ran, or will find nothing to remove
+		info.adm = a.anon.PushBack(c)
 	}
 }
 
 // closed uncounts a conn, once, when it closes.
-func (a *admission) closed(info *ConnInfo) {
+func (a *admission) closed(c *conntrack.Conn, info *ConnInfo) {
+	var ip netip.Addr
+	if info.adm != nil {
+		ip = clientIP(c.RemoteAddr())
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.open--
-	if info.anon != nil {
-		a.anon.Remove(info.anon)
-		info.anon = nil
+	if info.adm == nil {
+		return
 	}
-	if info.admitted != "" {
-		k := clientKey{info.admitted, info.client}
-		if a.byAud[info.admitted]--; a.byAud[info.admitted] <= 0 {
-			delete(a.byAud, info.admitted)
-		}
-		if a.byClient[k]--; a.byClient[k] <= 0 {
-			delete(a.byClient, k)
-		}
-		info.admitted = ""
+	if info.adm != admittedMark {
+		a.anon.Remove(info.adm)
+	}
+	info.adm = nil
+	name := info.aud.Name // set at the ClientHello that counted it, never changed
+	k := clientKey{name, ip}
+	if a.byAud[name]--; a.byAud[name] <= 0 {
+		delete(a.byAud, name)
+	}
+	if a.byClient[k]--; a.byClient[k] <= 0 {
+		delete(a.byClient, k)
 	}
 }
 
 // clientIP is the address a per-client bound counts by: an IPv4 address, or the /64 of an
 // IPv6 one (a host is given a /64 and can use every address in it).
 func clientIP(addr net.Addr) netip.Addr {
-	ap, err := netip.ParseAddrPort(addr.String())
-	if err != nil {
+	var ip netip.Addr
+	if ta, ok := addr.(*net.TCPAddr); ok {
+		ip = ta.AddrPort().Addr().Unmap()
+	} else if ap, err := netip.ParseAddrPort(addr.String()); err == nil {
+		ip = ap.Addr().Unmap()
+	} else {
 		return netip.Addr{}
 	}
-	ip := ap.Addr().Unmap()
 	if ip.Is6() {
 		p, _ := ip.Prefix(64)
 		return p.Addr()
@@ -152,24 +165,48 @@ func (l *Listener) ConnState(nc net.Conn, s http.ConnState) {
 	if !ok || info.aud == nil || info.aud.IdleTimeout <= 0 {
 		return
 	}
-	info.idleMu.Lock()
-	defer info.idleMu.Unlock()
+	it := info.idle.Load()
+	if it == nil {
+		it = &idleTimer{}
+		if !info.idle.CompareAndSwap(nil, it) {
+			it = info.idle.Load()
+		}
+	}
+	it.mu.Lock()
+	defer it.mu.Unlock()
 	switch s {
 	case http.StateNew, http.StateIdle:
-		if info.idle == nil {
+		if it.t == nil {
 			aud := info.aud.Name
-			info.idle = time.AfterFunc(info.aud.IdleTimeout, func() {
+			it.t = time.AfterFunc(info.aud.IdleTimeout, func() {
 				if !raw.Closed() {
 					l.m.idleClosed.WithLabelValues(aud).Inc()
 					raw.Close()
 				}
 			})
 		} else {
-			info.idle.Reset(info.aud.IdleTimeout)
+			it.t.Reset(info.aud.IdleTimeout)
 		}
 	default: // active, hijacked, closed
-		if info.idle != nil {
-			info.idle.Stop()
+		if it.t != nil {
+			it.t.Stop()
 		}
 	}
+}
+
+// idleTimer is a conn's idle timer, made at its first ConnState.
+type idleTimer struct {
+	mu sync.Mutex
+	t  *time.Timer
+}
+
+func (it *idleTimer) stop() {
+	if it == nil {
+		return
+	}
+	it.mu.Lock()
+	if it.t != nil {
+		it.t.Stop()
+	}
+	it.mu.Unlock()
 }

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -866,13 +865,8 @@ type ConnInfo struct {
 	chains     [][]*x509.Certificate
 	serverName string
 
-	// admission's, under its lock
-	admitted string // the audience name counted, "" if none
-	client   netip.Addr
-	anon     *list.Element
-
-	idleMu sync.Mutex
-	idle   *time.Timer
+	adm  *list.Element // admission's, under its lock: see admittedMark
+	idle atomic.Pointer[idleTimer]
 }
 
 // onClose uncounts a conn and stops its idle timer.
@@ -881,12 +875,8 @@ func (l *Listener) onClose(c *conntrack.Conn) {
 	if !ok {
 		return
 	}
-	l.adm.closed(info)
-	info.idleMu.Lock()
-	if info.idle != nil {
-		info.idle.Stop()
-	}
-	info.idleMu.Unlock()
+	l.adm.closed(c, info)
+	info.idle.Load().stop()
 }
 
 // Audience returns the name of the audience that served the conn.
