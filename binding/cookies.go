@@ -72,6 +72,10 @@ func trimSpace(s string) string {
 // leading "$x" or "secure" word; RFC 2965 parsers split on commas). hidden is true for all but
 // the pair's own name.
 func nameCandidates(p cookiePair, yield func(name string, hidden bool) bool) {
+	// The whole name first: PHP reads "ci session" as ci_session.
+	if !yield(p.name, false) {
+		return
+	}
 	seg := p.name
 	if p.eq {
 		seg += "=" + p.value
@@ -86,9 +90,12 @@ func nameCandidates(p cookiePair, yield func(name string, hidden bool) bool) {
 			seg = ""
 		}
 		name, _, _ := strings.Cut(word, "=")
-		own := first && name == p.name
+		if first && name == p.name {
+			first = false
+			continue // the pair's own name, yielded above
+		}
 		first = false
-		if name != "" && !yield(name, !own) {
+		if name != "" && !yield(name, true) {
 			return
 		}
 	}
@@ -145,6 +152,39 @@ func canonicalName(s string) string {
 	if i := strings.IndexByte(s, '['); i >= 0 {
 		s = s[:i]
 	}
+	return phpName(s)
+}
+
+// canonicalNames are the forms a name takes for the common parsers: canonicalName's, and
+// PHP's other readings of it — an unmatched '[' read as '_' (PHP 8), the name cut at a
+// NUL byte.
+func canonicalNames(s string) []string {
+	out := []string{canonicalName(s)}
+	raw := trimSeparators(s)
+	if len(raw) >= 2 && raw[0] == '"' && raw[len(raw)-1] == '"' {
+		raw = raw[1 : len(raw)-1]
+	}
+	raw = unescape(raw)
+	for range 3 {
+		d, changed := percentDecode(raw)
+		if !changed {
+			break
+		}
+		raw = d
+	}
+	for _, v := range []string{
+		strings.ReplaceAll(raw, "[", "_"),
+		strings.ReplaceAll(raw[:max(0, strings.IndexByte(raw+"\x00", 0))], "[", "_"),
+	} {
+		if c := phpName(v); c != out[0] {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// phpName reads '.' and ' ' as '_' (PHP's rule for request variable names) and folds case.
+func phpName(s string) string {
 	s = strings.NewReplacer(".", "_", " ", "_").Replace(trimSeparators(s))
 	return strings.ToLower(s)
 }

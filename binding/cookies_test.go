@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 
@@ -26,6 +27,22 @@ func TestCanonicalName(t *testing.T) {
 	} {
 		if got := canonicalName(c.in); got != c.want {
 			t.Errorf("canonicalName(%q) = %q; want %q", c.in, got, c.want)
+		}
+	}
+}
+
+// PHP's other readings of a name: an unmatched '[' as '_', a space as '_' (in a name with a
+// space, which the word split alone would miss), the name cut at NUL.
+func TestCanonicalNamesPHP(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"ci[session", "ci_session"},
+		{"ci session", "ci_session"},
+		{"access%5Btoken", "access_token"},
+		{"access_token%00", "access_token"},
+		{"sid[0]", "sid"},
+	} {
+		if got := canonicalNames(c.in); !slices.Contains(got, c.want) {
+			t.Errorf("canonicalNames(%q) = %q; want it to hold %q", c.in, got, c.want)
 		}
 	}
 }
@@ -65,9 +82,9 @@ func TestNameCandidates(t *testing.T) {
 		pair cookiePair
 		want string
 	}{
-		{cookiePair{name: "$x sid", value: "1", eq: true}, "+$x +sid"},
-		{cookiePair{name: "secure\tsid", value: "1", eq: true}, "+secure +sid"},
-		{cookiePair{name: "\xa0sid", value: "1", eq: true}, "+sid"},
+		{cookiePair{name: "$x sid", value: "1", eq: true}, "$x sid +$x +sid"},
+		{cookiePair{name: "secure\tsid", value: "1", eq: true}, "secure\tsid +secure +sid"},
+		{cookiePair{name: "\xa0sid", value: "1", eq: true}, "\xa0sid +sid"},
 		{cookiePair{name: "sid", value: "1", eq: true}, "sid"},
 		{cookiePair{name: "flag"}, "flag"},
 	} {

@@ -29,7 +29,16 @@ var StrippedHeaders = []string{
 	"Client-Ip", "True-Client-Ip", "X-Client-Ip", "X-Cluster-Client-Ip", "X-Original-Forwarded-For",
 	"X-Forwarded", "Forwarded-For", "X-Forwarded-Port", "X-Forwarded-Prefix", "X-Forwarded-Ssl",
 	"X-Forwarded-Server", "X-Forwarded-Scheme", "X-Url-Scheme", "Front-End-Https",
+	"Cf-Connecting-Ip", "Fastly-Client-Ip", "X-Envoy-External-Address", "X-Originating-Ip",
+	"X-Remote-Ip", "X-Remote-Addr", "X-Proxyuser-Ip", "X-Arr-Clientcert",
+	"Remote-User", "X-Remote-User", "X-Forwarded-User", "X-Forwarded-Email", "X-Forwarded-Groups",
+	"X-Forwarded-Preferred-Username", "X-Forwarded-Access-Token", "X-Webauth-User",
+	"X-Original-Url", "X-Rewrite-Url", "X-Original-Host", "X-Host",
 }
+
+// strippedPrefixes are header families removed whole: AWS's, GCP's and Apache's
+// client-certificate headers, oauth2-proxy's identity headers, Envoy's own.
+var strippedPrefixes = []string{"x-amzn-mtls-", "x-client-cert", "x-ssl-client-", "x-auth-request-", "x-envoy-"}
 
 var ownedKeys = func() map[string]bool {
 	m := map[string]bool{}
@@ -131,12 +140,21 @@ func (h *Headers) Wrap(next http.Handler) http.Handler {
 					continue
 				}
 			}
-			if strippedKeys[headerKey(name)] {
+			if k := headerKey(name); strippedKeys[k] || hasAnyPrefix(k, strippedPrefixes) {
 				delete(r.Header, name)
 			}
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+func hasAnyPrefix(s string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // SetIdentity is for an httputil.ReverseProxy's Rewrite, which runs after hop-by-hop

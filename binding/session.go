@@ -159,8 +159,12 @@ func identity(r *http.Request) string {
 
 // boundName returns the configured name that an upstream could read name as, if any.
 func (s *sessions) boundName(name string) (string, bool) {
-	n, ok := s.names[canonicalName(name)]
-	return n, ok
+	for _, c := range canonicalNames(name) {
+		if n, ok := s.names[c]; ok {
+			return n, true
+		}
+	}
+	return "", false
 }
 
 // open checks every pair an upstream could read as a bound cookie and replaces each bound

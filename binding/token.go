@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -179,7 +180,7 @@ func otherTokens(r *http.Request) string {
 func hasAccessToken(q string) bool {
 	for part := range strings.FieldsFuncSeq(q, func(r rune) bool { return r == '&' || r == ';' }) {
 		name, _, _ := strings.Cut(part, "=")
-		if canonicalName(strings.ReplaceAll(name, "+", " ")) == "access_token" {
+		if slices.Contains(canonicalNames(strings.ReplaceAll(name, "+", " ")), "access_token") {
 			return true
 		}
 	}

@@ -112,7 +112,7 @@ audiences:
     key: server.key
     client_ca: [ca.pem]
     upstream: %[1]q
-    session_binding: { cookies: [sid], keys: [session-new.key, session-old.key] }
+    session_binding: { cookies: [sid, ci_session], keys: [session-new.key, session-old.key] }
   - name: public
     sni: [public.localhost]
     cert: server.pem
@@ -187,6 +187,8 @@ func TestAttackSessionCookieParserDifferentials(t *testing.T) {
 		{"the raw ID after a Latin-1 next-line", attacker, []string{"\x85sid=SESS-victim"}, 401},
 		{"the raw ID after a '$x' word in a second field", attacker, []string{"theme=dark", "$x sid=SESS-victim"}, 401},
 		{"a quoted name", attacker, []string{`"sid"=SESS-victim`}, 401},
+		{"a name with a space (PHP reads ci session as ci_session)", attacker, []string{"ci session=SESS-victim"}, 401},
+		{"a name with an unmatched '[' (PHP 8 reads it as '_')", attacker, []string{"ci[session=SESS-victim"}, 401},
 		{"a percent-encoded name (PHP decodes it)", attacker, []string{"s%69d=SESS-victim"}, 401},
 		{"another case", attacker, []string{"SID=SESS-victim"}, 401},
 		{"the stolen cookie beside the attacker's own, in a second field", attacker, []string{"theme=dark", "sid=" + vc.Value}, 401},
@@ -279,8 +281,10 @@ func TestAttackIdentityHeaders(t *testing.T) {
 			t.Errorf("%s: a header with an underscore reached the upstream (default: dropped)", proto)
 		}
 		_, up = send(t, anon, "https://public.localhost/", http.Header{"True-Client-Ip": {"6.6.6.6"}, "X-Ssl-Client-Cert": {"evil"},
-			"Client-Ip": {"6.6.6.6"}, "X-Forwarded-Port": {"1"}})
-		for _, k := range []string{"HTTP_TRUE_CLIENT_IP", "HTTP_X_SSL_CLIENT_CERT", "HTTP_CLIENT_IP", "HTTP_X_FORWARDED_PORT"} {
+			"Client-Ip": {"6.6.6.6"}, "X-Forwarded-Port": {"1"}, "Cf-Connecting-Ip": {"6.6.6.6"}, "X-Remote-User": {"admin"},
+			"X-Amzn-Mtls-Clientcert-Leaf": {"evil"}, "X-Client-Cert-Spiffe": {"spiffe://x/admin"}, "X-Auth-Request-User": {"admin"}})
+		for _, k := range []string{"HTTP_TRUE_CLIENT_IP", "HTTP_X_SSL_CLIENT_CERT", "HTTP_CLIENT_IP", "HTTP_X_FORWARDED_PORT", "HTTP_CF_CONNECTING_IP",
+			"HTTP_X_REMOTE_USER", "HTTP_X_AMZN_MTLS_CLIENTCERT_LEAF", "HTTP_X_CLIENT_CERT_SPIFFE", "HTTP_X_AUTH_REQUEST_USER"} {
 			if v, ok := up.Headers[k]; ok {
 				t.Errorf("%s: %s=%q reached the upstream; identity headers of other proxies are stripped", proto, k, v)
 			}
@@ -383,7 +387,8 @@ audiences:
 		}
 		// A token where RFC 6750 also allows one — the query, a form body — would reach an
 		// upstream that reads it unchecked: refused, whatever the header holds.
-		for _, q := range []string{"access_token=" + other, "x=1&access%5Ftoken=" + other, "access.token=" + other} {
+		for _, q := range []string{"access_token=" + other, "x=1&access%5Ftoken=" + other, "access.token=" + other,
+			"access[token=" + other, "access%5Btoken=" + other, "access_token%00=" + other} {
 			if code, _ := send(t, c, "https://localhost/?"+q, http.Header{"Authorization": {"Bearer " + good}}); code != 401 {
 				t.Errorf("%s: a token in the query (%.30s…): %d; want 401", proto, q, code)
 			}
