@@ -259,3 +259,44 @@ func TestProgressCutsStalledBody(t *testing.T) {
 		}
 	}
 }
+
+// MinBodyRate: a body trickled a byte at a time, each byte well within the idle timeout,
+// is cut once it falls behind the rate; a body that keeps up is read whole.
+func TestProgressMinBodyRate(t *testing.T) {
+	e := newEnv(t, envOpts{audiences: twoAudiences(func(_, api *listener.Audience) {
+		api.IdleTimeout, api.MinBodyRate = 500*time.Millisecond, 100
+	})})
+	for _, h2 := range []bool{false, true} {
+		cl := e.client(e.root.MustIssue(t, testpki.Opts{CommonName: "svc"}), h2)
+		pr, pw := io.Pipe()
+		go func() {
+			defer pw.Close()
+			for range 40 { // 1 byte every 200 ms: 5 B/s against 100 B/s, for up to 8 s
+				if _, err := pw.Write([]byte("x")); err != nil {
+					return
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+		}()
+		resp, err := cl.Post("https://localhost/upload", "application/octet-stream", pr)
+		if err != nil {
+			t.Fatalf("h2=%v: %v", h2, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		// Without the rate all 40 bytes arrive (each within the idle timeout): "40 <nil>".
+		if strings.HasPrefix(string(b), "40 ") || !strings.Contains(string(b), "timeout") {
+			t.Errorf("h2=%v: a trickled body: %q; want it cut for its rate", h2, b)
+		}
+		body := strings.Repeat("y", 64<<10)
+		resp, err = cl.Post("https://localhost/upload", "application/octet-stream", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "65536 <nil>" {
+			t.Errorf("h2=%v: a 64 KiB body at loopback speed: %q", h2, b)
+		}
+	}
+}

@@ -71,6 +71,10 @@ type Audience struct {
 	// from its handshake too; 0 means never. It works through ConnState, which the
 	// http.Server serving the listener must use.
 	IdleTimeout time.Duration
+	// MinBodyRate, in bytes a second, is the average a request body must keep up after its
+	// first IdleTimeout (Progress enforces it; 0: none): a body trickled a byte at a time
+	// makes progress, yet holds its stream and its upstream conn for as long as it likes.
+	MinBodyRate int
 	// MaxConns bounds this audience's conns, from their ClientHello on; 0 means no bound.
 	// A conn past it is refused in its handshake (reason audience_full).
 	MaxConns int

@@ -2,7 +2,9 @@ package listener
 
 import (
 	"bufio"
+	"fmt"
 	"io"
+	"os"
 	"net"
 	"net/http"
 	"time"
@@ -15,8 +17,9 @@ import (
 // that stops reading), fails, and the request ends. IdleTimeout through ConnState sees only
 // conns with no request in flight; this covers the ones a client keeps "in flight". A
 // stream that is merely quiet — no byte to read or write for a while — is not cut: the
-// deadline runs only while a read or write waits. WebSockets, once hijacked, are the
-// handler's.
+// deadline runs only while a read or write waits. With the audience's MinBodyRate a body
+// must also keep up that average once its first IdleTimeout has passed. WebSockets, once
+// hijacked, are the handler's.
 func (l *Listener) Progress(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		info, ok := FromContext(r.Context())
@@ -28,7 +31,7 @@ func (l *Listener) Progress(next http.Handler) http.Handler {
 		rc := http.NewResponseController(w)
 		var body *progressBody
 		if r.Body != nil && r.Body != http.NoBody {
-			body = &progressBody{ReadCloser: r.Body, rc: rc, d: d}
+			body = &progressBody{ReadCloser: r.Body, rc: rc, d: d, rate: info.aud.MinBodyRate, start: time.Now()}
 			r.Body = body
 		}
 		pw := &progressWriter{ResponseWriter: w, rc: rc, d: d}
@@ -47,14 +50,30 @@ func (l *Listener) Progress(next http.Handler) http.Handler {
 
 type progressBody struct {
 	io.ReadCloser
-	rc  *http.ResponseController
-	d   time.Duration
-	eof bool
+	rc    *http.ResponseController
+	d     time.Duration
+	rate  int // bytes a second, after the first d; 0: none
+	start time.Time
+	n     int64
+	eof   bool
 }
 
 func (b *progressBody) Read(p []byte) (int, error) {
-	b.rc.SetReadDeadline(time.Now().Add(b.d))
+	now := time.Now()
+	deadline := now.Add(b.d)
+	if b.rate > 0 {
+		// As Apache's mod_reqtimeout: d, and a second more for every rate bytes received.
+		allowed := b.start.Add(b.d + time.Duration(b.n)*time.Second/time.Duration(b.rate))
+		if !allowed.After(now) {
+			return 0, fmt.Errorf("listener: request body slower than %d bytes a second: %w", b.rate, os.ErrDeadlineExceeded)
+		}
+		if allowed.Before(deadline) {
+			deadline = allowed
+		}
+	}
+	b.rc.SetReadDeadline(deadline)
 	n, err := b.ReadCloser.Read(p)
+	b.n += int64(n)
 	b.eof = b.eof || err == io.EOF
 	// No deadline between reads: net/http's HTTP/1.1 background read, which starts at the
 	// body's end, would take one for the client going away.

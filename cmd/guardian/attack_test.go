@@ -624,6 +624,35 @@ audiences:
 			t.Errorf("%s: conn still open 15 s past a 500 ms idle_timeout", c.name)
 		}
 	}
+	// A body trickled a byte every 200 ms, each byte within the idle timeout: cut once it
+	// falls behind min_body_rate (default 500 B/s here), not held while it trickles.
+	trickle := dial("http/1.1")
+	io.WriteString(trickle, "POST / HTTP/1.1\r\nHost: public.localhost\r\nContent-Length: 1000\r\n\r\n")
+	cut := make(chan struct{})
+	go func() {
+		defer close(cut)
+		trickle.SetReadDeadline(time.Now().Add(30 * time.Second))
+		io.ReadAll(trickle)
+	}()
+	sent := 0
+trickling:
+	for sent < 50 {
+		select {
+		case <-cut:
+			break trickling
+		case <-time.After(200 * time.Millisecond):
+			if _, err := trickle.Write([]byte("x")); err != nil {
+				break trickling
+			}
+			sent++
+		}
+	}
+	if sent >= 50 {
+		t.Error("a body trickled at 5 B/s still read after 10 s: min_body_rate did not cut it")
+	}
+	trickle.Close()
+	<-cut
+
 	// HTTP/2: SETTINGS_INITIAL_WINDOW_SIZE 0, then a GET whose response can never be sent.
 	conn := dial("h2")
 	authority := "public.localhost"

@@ -146,6 +146,13 @@ type AudienceConfig struct {
 	// IdleTimeout closes a conn with no request in flight for this long, from its
 	// handshake on (default 30s where client_auth is none or optional, else 5m).
 	IdleTimeout Duration `yaml:"idle_timeout"`
+	// MinBodyRate is the average, in bytes a second, a request body must keep up after
+	// its first idle_timeout (default 500 where client_auth is none or optional, else none;
+	// 0: none), as Apache's mod_reqtimeout MinRate.
+	MinBodyRate *int `yaml:"min_body_rate"`
+	// MaxUpstreamConns bounds the conns to the upstream (default: the descriptors kept
+	// beside max_conns, shared among the audiences with an upstream, at most 1024).
+	MaxUpstreamConns int `yaml:"max_upstream_conns"`
 	// MaxConns bounds the audience's conns (unset or 0: no bound of its own).
 	MaxConns int `yaml:"max_conns"`
 	// MaxConnsPerClient bounds one client address's conns (default 256 where client_auth
@@ -429,6 +436,18 @@ func (c *Config) validate() error {
 		if a.MaxConns < 0 {
 			return configError(f, field+".max_conns", "negative")
 		}
+		if a.MaxUpstreamConns < 0 {
+			return configError(f, field+".max_upstream_conns", "negative")
+		}
+		if a.MinBodyRate == nil {
+			n := 0
+			if a.ClientAuth != "require" {
+				n = 500
+			}
+			a.MinBodyRate = &n
+		} else if *a.MinBodyRate < 0 {
+			return configError(f, field+".min_body_rate", "negative")
+		}
 		if a.MaxConnsPerClient == nil {
 			n := 0
 			if a.ClientAuth != "require" {
@@ -546,6 +565,7 @@ func (c *Config) audiences(checker *ocsp.Checker) ([]listener.Audience, error) {
 			la.OnStale = listener.StaleClosed
 		}
 		la.IdleTimeout, la.MaxConns, la.MaxConnsPerClient = time.Duration(a.IdleTimeout), a.MaxConns, *a.MaxConnsPerClient
+		la.MinBodyRate = *a.MinBodyRate
 		if m, _ := ocsp.ParseMode(a.OCSP.Mode); m != ocsp.Off && checker != nil {
 			la.TLS = &tls.Config{VerifyConnection: checker.VerifyConnection(m)}
 		}

@@ -551,16 +551,18 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger,
 		if err != nil {
 			return configError(cfg.file, "admin.listen", "%v", err)
 		}
-		al, err := listener.New(aln, listener.Config{Set: n.set, Logger: log, Audiences: []listener.Audience{{
+		// Bounded as an audience is: any certificate of the admin CA can connect before
+		// admin.allow refuses it, and its conns must not take the data port's descriptors.
+		al, err := listener.New(aln, listener.Config{Set: n.set, Logger: log, MaxConns: adminMaxConns, Audiences: []listener.Audience{{
 			Name: "admin", Default: true, SNI: []string{"localhost"}, Certificates: []tls.Certificate{adminCert},
-			ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: adminPool,
+			ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: adminPool, IdleTimeout: time.Minute,
 		}}})
 		if err != nil {
 			aln.Close()
 			return err
 		}
 		defer al.Stop()
-		api, err := newAdminAPI(n.set, n.store, l.Registry(), allowed, log, metrics)
+		api, err := newAdminAPI(n.set, n.store, l.Registry(), allowed, clog, metrics)
 		if err != nil {
 			return err
 		}
@@ -573,7 +575,7 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger,
 			}
 			return []redisfeed.NodeStatus{n.status(nodeID, l.Registry().Len())}, nil
 		}
-		servers = append(servers, &http.Server{Handler: api.handler(), ReadHeaderTimeout: 10 * time.Second,
+		servers = append(servers, &http.Server{Handler: al.Progress(api.handler()), ConnState: al.ConnState, ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog: slog.NewLogLogger(ratelog.Shared(log.Handler(), 10, time.Second), slog.LevelWarn)})
 		listeners = append(listeners, al)
 		fmt.Fprintf(stdout, "admin API on %s\n", aln.Addr())
@@ -650,14 +652,51 @@ func newHandlerMetrics(reg prometheus.Registerer) (*handlerMetrics, error) {
 	return &handlerMetrics{binding: bm, proxyErrors: pe}, nil
 }
 
-// fdBound is the default max_conns: the file descriptor limit (which Go raises to the
-// hard limit at start) less a reserve for upstream conns, Redis, CRL fetches and files.
-func fdBound() int {
+// adminMaxConns bounds the admin listener's conns; operators and scrapers need a few.
+const adminMaxConns = 1024
+
+// upstreamConns is each audience's bound on conns to its upstream: max_upstream_conns, or
+// the descriptors kept beside max_conns, shared among the audiences with an upstream.
+func (c *Config) upstreamConns() map[string]int {
+	limit := fdLimit()
+	kept := limit - fdBound()
+	if c.MaxConns != nil && limit > 0 {
+		kept = limit - *c.MaxConns
+	}
+	n := 0
+	for _, a := range c.Audiences {
+		if a.Upstream != "" {
+			n++
+		}
+	}
+	out := map[string]int{}
+	for _, a := range c.Audiences {
+		switch {
+		case a.MaxUpstreamConns > 0:
+			out[a.Name] = a.MaxUpstreamConns
+		case a.Upstream != "" && limit > 0:
+			out[a.Name] = min(1024, max(16, kept/n))
+		}
+	}
+	return out
+}
+
+// fdLimit is the file descriptor limit, or 0 when unknown or unlimited.
+func fdLimit() int {
 	var rl syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur == 0 || rl.Cur > 1<<30 {
 		return 0
 	}
-	n := int(rl.Cur)
+	return int(rl.Cur)
+}
+
+// fdBound is the default max_conns: the file descriptor limit (which Go raises to the
+// hard limit at start) less a reserve for upstream conns, Redis, CRL fetches and files.
+func fdBound() int {
+	n := fdLimit()
+	if n == 0 {
+		return 0
+	}
 	return n - max(64, n/8)
 }
 
@@ -670,6 +709,7 @@ func fdBound() int {
 func audienceHandler(cfg *Config, m *handlerMetrics, log *slog.Logger) (http.Handler, error) {
 	echo := demoHandler()
 	byName := map[string]http.Handler{}
+	upstreamConns := cfg.upstreamConns()
 	for i, a := range cfg.Audiences {
 		field := fmt.Sprintf("audiences[%d]", i)
 		h := echo
@@ -691,6 +731,9 @@ func audienceHandler(cfg *Config, m *handlerMetrics, log *slog.Logger) (http.Han
 					ResponseHeaderTimeout: time.Duration(ut.ResponseHeader),
 					IdleConnTimeout:       time.Duration(ut.Idle),
 					MaxIdleConnsPerHost:   64,
+					// Each request in flight holds an upstream conn: bounded, so clients of one
+					// audience cannot spend the descriptors the others need.
+					MaxConnsPerHost: upstreamConns[a.Name],
 					ForceAttemptHTTP2:     true,
 				},
 				// Streaming responses go through as they come; a WebSocket upgrade is
