@@ -733,8 +733,8 @@ func audienceHandler(cfg *Config, m *handlerMetrics, log *slog.Logger) (http.Han
 					MaxIdleConnsPerHost:   64,
 					// Each request in flight holds an upstream conn: bounded, so clients of one
 					// audience cannot spend the descriptors the others need.
-					MaxConnsPerHost: upstreamConns[a.Name],
-					ForceAttemptHTTP2:     true,
+					MaxConnsPerHost:   upstreamConns[a.Name],
+					ForceAttemptHTTP2: true,
 				},
 				// Streaming responses go through as they come; a WebSocket upgrade is
 				// spliced (the request's conn is hijacked through the binding wrappers).
