@@ -7,22 +7,29 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"slices"
 	"strings"
 )
 
-// OwnedHeaders are the request headers guardian sets for an upstream. Nothing a client
-// sends under one of these names — in any case, with '_' for '-' — reaches the upstream:
-// CGI and WSGI servers read X_Forwarded_Client_Cert as X-Forwarded-Client-Cert.
-var OwnedHeaders = []string{
+// OwnedHeaders returns the request headers guardian sets for an upstream. Nothing a
+// client sends under one of these names — in any case, with '_' for '-' — reaches the
+// upstream: CGI and WSGI servers read X_Forwarded_Client_Cert as X-Forwarded-Client-Cert.
+func OwnedHeaders() []string { return slices.Clone(ownedHeaders) }
+
+var ownedHeaders = []string{
 	"X-Forwarded-Client-Cert", "Client-Cert", "Client-Cert-Chain",
 	"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded", "X-Real-Ip",
 }
 
-// StrippedHeaders are request headers that guardian does not set but removes, in any
+// StrippedHeaders returns request headers that guardian does not set but removes, in any
 // spelling, because upstreams and frameworks behind other proxies trust them as the
 // client's address or certificate (nginx's and Apache's client-certificate headers, Rails'
-// Client-IP, Akamai's True-Client-IP). Behind guardian only guardian speaks for the client.
-var StrippedHeaders = []string{
+// Client-IP, Akamai's True-Client-IP); whole families go by prefix as well (X-Amzn-Mtls-,
+// X-Client-Cert…, X-Ssl-Client-, X-Auth-Request-, X-Envoy-). Behind guardian only guardian
+// speaks for the client.
+func StrippedHeaders() []string { return slices.Clone(strippedHeaders) }
+
+var strippedHeaders = []string{
 	"X-Client-Cert", "X-Ssl-Client-Cert", "X-Ssl-Cert", "Ssl-Client-Cert", "X-Client-Verify",
 	"X-Ssl-Client-Verify", "X-Ssl-Client-S-Dn", "X-Ssl-Client-I-Dn", "X-Ssl-Client-Dn", "X-Client-Dn",
 	"X-Forwarded-Client-Cert-Chain", "X-Forwarded-Tls-Client-Cert", "X-Forwarded-Tls-Client-Cert-Info",
@@ -42,16 +49,16 @@ var strippedPrefixes = []string{"x-amzn-mtls-", "x-client-cert", "x-ssl-client-"
 
 var ownedKeys = func() map[string]bool {
 	m := map[string]bool{}
-	for _, n := range OwnedHeaders {
+	for _, n := range ownedHeaders {
 		m[headerKey(n)] = true
 	}
 	return m
 }()
 
-// strippedKeys are OwnedHeaders and StrippedHeaders, as headerKey spells them.
+// strippedKeys are the owned and the stripped headers, as headerKey spells them.
 var strippedKeys = func() map[string]bool {
 	m := map[string]bool{}
-	for _, n := range append(append([]string(nil), OwnedHeaders...), StrippedHeaders...) {
+	for _, n := range append(slices.Clone(ownedHeaders), strippedHeaders...) {
 		m[headerKey(n)] = true
 	}
 	return m
@@ -83,7 +90,7 @@ func ParseUnderscores(s string) (Underscores, error) {
 }
 
 // Headers is the inbound half of the identity headers: it removes every client header
-// that an upstream could read as one guardian owns (or as one in StrippedHeaders), and refuses (400) a request whose
+// that an upstream could read as one guardian owns (or as one of StrippedHeaders), and refuses (400) a request whose
 // Connection header names one — httputil.ReverseProxy deletes the headers Connection names
 // after its Director, which would strip guardian's own. The outbound half, SetIdentity,
 // runs in the proxy's Rewrite, after hop-by-hop processing.

@@ -256,9 +256,7 @@ func (w *cookieWriter) rewrite() {
 	}
 	out := make([]string, 0, len(set))
 	for _, line := range set {
-		name, _, _ := strings.Cut(line, "=")
-		name, _, _ = strings.Cut(name, ";")
-		bound, ok := w.s.boundName(name)
+		bound, ok := w.s.boundName(setCookieName(line))
 		if !ok {
 			out = append(out, line)
 			continue
@@ -288,6 +286,14 @@ func (w *cookieWriter) rewrite() {
 	h["Set-Cookie"] = out
 }
 
+// setCookieName is a Set-Cookie line's name as a lenient parser reads it: up to the first
+// '=' or ';', so a line http.ParseSetCookie refuses is still recognised.
+func setCookieName(line string) string {
+	name, _, _ := strings.Cut(line, "=")
+	name, _, _ = strings.Cut(name, ";")
+	return name
+}
+
 func (w *cookieWriter) WriteHeader(code int) {
 	if code >= 200 || code == http.StatusSwitchingProtocols {
 		w.rewrite()
@@ -301,9 +307,7 @@ func (w *cookieWriter) WriteHeader(code int) {
 	all := h["Set-Cookie"]
 	var kept []string
 	for _, line := range all {
-		name, _, _ := strings.Cut(line, "=")
-		name, _, _ = strings.Cut(name, ";")
-		if _, bound := w.s.boundName(name); !bound {
+		if _, bound := w.s.boundName(setCookieName(line)); !bound {
 			kept = append(kept, line)
 		}
 	}

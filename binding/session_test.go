@@ -66,8 +66,6 @@ func request(t *testing.T, c *http.Client, path, cookie string) (int, string, *h
 	return resp.StatusCode, string(b), resp
 }
 
-// A session cookie set on a conn with certificate A works with A only: with certificate B,
-// with none, tampered, or on another audience it gets the same 401, counted.
 // tamper flips one character in the middle of a cookie's value.
 func tamper(cookie string) string {
 	b := []byte(cookie)
@@ -80,6 +78,8 @@ func tamper(cookie string) string {
 	return string(b)
 }
 
+// A session cookie set on a conn with certificate A works with A only: with certificate B,
+// with none, tampered, or on another audience it gets the same 401, counted.
 func TestSessionBinding(t *testing.T) {
 	ca := testpki.NewCA(t)
 	reg := prometheus.NewRegistry()

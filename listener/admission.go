@@ -74,8 +74,13 @@ func (a *admission) admit(c *conntrack.Conn, info *ConnInfo, au *audience) error
 	ip := clientIP(c.RemoteAddr())
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if c.Closed() {
+		// Shed or closed since its ClientHello was read: its OnClose has run or is waiting
+		// for this lock, and must find nothing counted.
+		return net.ErrClosed
+	}
 	if info.adm != nil {
-		return nil // counted already (a second ClientHello)
+		return nil // counted already
 	}
 	k := clientKey{au.Name, ip}
 	switch {
@@ -83,13 +88,19 @@ func (a *admission) admit(c *conntrack.Conn, info *ConnInfo, au *audience) error
 		return errAudienceFull
 	case au.MaxConnsPerClient > 0 && a.byClient[k] >= au.MaxConnsPerClient:
 		return errClientFull
-	case a.max > 0 && au.ClientAuth < tls.RequireAnyClientCert && a.open > a.max*(100-reserveShare)/100:
+	case a.max > 0 && !requiresCert(au.ClientAuth) && a.open > a.max*(100-reserveShare)/100:
 		return errReserved
 	}
 	a.byAud[au.Name]++
 	a.byClient[k]++
 	info.adm = admittedMark
 	return nil
+}
+
+// requiresCert reports whether every conn of an audience with this ClientAuth holds a
+// certificate (VerifyClientCertIfGiven, "optional", does not).
+func requiresCert(ca tls.ClientAuthType) bool {
+	return ca == tls.RequireAnyClientCert || ca == tls.RequireAndVerifyClientCert
 }
 
 // served records a conn that finished its handshake; one without a client certificate
@@ -107,10 +118,7 @@ func (a *admission) served(c *conntrack.Conn, info *ConnInfo) {
 
 // closed uncounts a conn, once, when it closes.
 func (a *admission) closed(c *conntrack.Conn, info *ConnInfo) {
-	var ip netip.Addr
-	if info.adm != nil {
-		ip = clientIP(c.RemoteAddr())
-	}
+	ip := clientIP(c.RemoteAddr())
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.open--
@@ -121,7 +129,7 @@ func (a *admission) closed(c *conntrack.Conn, info *ConnInfo) {
 		a.anon.Remove(info.adm)
 	}
 	info.adm = nil
-	name := info.aud.Name // set at the ClientHello that counted it, never changed
+	name := info.aud.Name // set by route just before admit counted it, and not after
 	k := clientKey{name, ip}
 	if a.byAud[name]--; a.byAud[name] <= 0 {
 		delete(a.byAud, name)
@@ -164,6 +172,11 @@ func (l *Listener) ConnState(nc net.Conn, s http.ConnState) {
 	info, ok := raw.Owner().(*ConnInfo)
 	if !ok || info.aud == nil || info.aud.IdleTimeout <= 0 {
 		return
+	}
+	if s == http.StateIdle && tc.ConnectionState().NegotiatedProtocol != "h2" {
+		// Progress left deadlines for the server's writes and reads after an HTTP/1.1
+		// handler returned; they must not reach into the next request.
+		raw.SetDeadline(time.Time{})
 	}
 	it := info.idle.Load()
 	if it == nil {

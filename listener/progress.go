@@ -2,6 +2,7 @@ package listener
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,14 +13,15 @@ import (
 
 // Progress wraps an HTTP handler so that a request in flight on a conn of this listener
 // must keep moving, within its audience's IdleTimeout: a read of its body that waits
-// longer (a POST that never sends the body it announced), or a write of its response that
-// waits longer (an HTTP/2 client that opens no flow-control window, an HTTP/1.1 client
-// that stops reading), fails, and the request ends. IdleTimeout through ConnState sees only
-// conns with no request in flight; this covers the ones a client keeps "in flight". A
-// stream that is merely quiet — no byte to read or write for a while — is not cut: the
-// deadline runs only while a read or write waits. With the audience's MinBodyRate a body
-// must also keep up that average once its first IdleTimeout has passed. WebSockets, once
-// hijacked, are the handler's.
+// longer (a POST that never sends the body it announced, an upload that pauses longer), or
+// a write of its response that waits longer (an HTTP/2 client that opens no flow-control
+// window, an HTTP/1.1 client that stops reading), fails, and the request ends. IdleTimeout
+// through ConnState sees only conns with no request in flight; this covers the ones a
+// client keeps "in flight". A response that is only quiet between writes is not cut: the
+// deadline runs only while a write waits. With the audience's MinBodyRate a body must also
+// keep up that average, counting only the time its reads wait. WebSockets, once hijacked,
+// are the handler's. The deadlines replace an http.Server's ReadTimeout and WriteTimeout
+// for these conns. It needs ConnState as the server's ConnState.
 func (l *Listener) Progress(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		info, ok := FromContext(r.Context())
@@ -31,15 +33,21 @@ func (l *Listener) Progress(next http.Handler) http.Handler {
 		rc := http.NewResponseController(w)
 		var body *progressBody
 		if r.Body != nil && r.Body != http.NoBody {
-			body = &progressBody{ReadCloser: r.Body, rc: rc, d: d, rate: info.aud.MinBodyRate, start: time.Now()}
+			body = &progressBody{ReadCloser: r.Body, rc: rc, d: d, rate: info.aud.MinBodyRate}
 			r.Body = body
 		}
 		pw := &progressWriter{ResponseWriter: w, rc: rc, d: d}
 		next.ServeHTTP(pw, r)
-		if !pw.hijacked {
-			// What the server still writes after the handler returns (its buffer, an HTTP/2
-			// stream's last frames), and the rest of a body it reads to reuse the conn, must
-			// go within d as well.
+		switch {
+		case pw.hijacked:
+		case r.ProtoMajor >= 2:
+			// The stream's buffered data goes now, under a deadline that is cleared after:
+			// one left set on a stream that then closes would be a timer nobody stops.
+			pw.Flush()
+		default:
+			// What the HTTP/1.1 server still writes after the handler returns (its buffer,
+			// which keeps its Content-Length if it fits), and the rest of a body it reads to
+			// reuse the conn, must go within d as well; ConnState clears them at idle.
 			rc.SetWriteDeadline(time.Now().Add(d))
 			if body != nil && !body.eof {
 				rc.SetReadDeadline(time.Now().Add(d))
@@ -50,31 +58,37 @@ func (l *Listener) Progress(next http.Handler) http.Handler {
 
 type progressBody struct {
 	io.ReadCloser
-	rc    *http.ResponseController
-	d     time.Duration
-	rate  int // bytes a second, after the first d; 0: none
-	start time.Time
-	n     int64
-	eof   bool
+	rc     *http.ResponseController
+	d      time.Duration
+	rate   int           // bytes a second; 0: none
+	n      int64         // bytes read
+	waited time.Duration // in reads, waiting for the client
+	eof    bool
 }
 
 func (b *progressBody) Read(p []byte) (int, error) {
-	now := time.Now()
-	deadline := now.Add(b.d)
+	wait, byRate := b.d, false
 	if b.rate > 0 {
-		// As Apache's mod_reqtimeout: d, and a second more for every rate bytes received.
-		allowed := b.start.Add(b.d + time.Duration(b.n)*time.Second/time.Duration(b.rate))
-		if !allowed.After(now) {
+		// As Apache's mod_reqtimeout: d, and a second more for every rate bytes received —
+		// counting only the time reads wait for the client, not the upstream's pace.
+		r := int64(b.rate)
+		allowed := b.d + time.Duration(b.n/r)*time.Second + time.Duration(b.n%r)*time.Second/time.Duration(r) - b.waited
+		if allowed <= 0 {
 			return 0, fmt.Errorf("listener: request body slower than %d bytes a second: %w", b.rate, os.ErrDeadlineExceeded)
 		}
-		if allowed.Before(deadline) {
-			deadline = allowed
+		if allowed < wait {
+			wait, byRate = allowed, true
 		}
 	}
-	b.rc.SetReadDeadline(deadline)
+	start := time.Now()
+	b.rc.SetReadDeadline(start.Add(wait))
 	n, err := b.ReadCloser.Read(p)
+	b.waited += time.Since(start)
 	b.n += int64(n)
 	b.eof = b.eof || err == io.EOF
+	if byRate && errors.Is(err, os.ErrDeadlineExceeded) {
+		err = fmt.Errorf("listener: request body slower than %d bytes a second: %w", b.rate, err)
+	}
 	// No deadline between reads: net/http's HTTP/1.1 background read, which starts at the
 	// body's end, would take one for the client going away.
 	b.rc.SetReadDeadline(time.Time{})

@@ -596,6 +596,10 @@ func (c *Config) vet() (warnings []string, err error) {
 		if err != nil {
 			return nil, err
 		}
+		adminPool := x509.NewCertPool()
+		for _, ad := range admin {
+			adminPool.AddCert(ad)
+		}
 		for i, a := range c.Audiences {
 			for j, file := range a.ClientCA {
 				cas, err := c.certs([]string{file}, fmt.Sprintf("audiences[%d].client_ca[%d]", i, j))
@@ -603,10 +607,17 @@ func (c *Config) vet() (warnings []string, err error) {
 					return nil, err
 				}
 				for _, ca := range cas {
+					shared := false
 					for _, ad := range admin {
-						if bytes.Equal(ca.RawSubjectPublicKeyInfo, ad.RawSubjectPublicKeyInfo) {
-							return nil, configError(f, "admin.allow", "empty, and admin.client_ca trusts %q, a client CA of audience %q: every client of that audience could use the admin API (revoke anyone). List the admin identities in admin.allow, or give the admin API a CA of its own", ca.Subject.String(), a.Name)
-						}
+						shared = shared || bytes.Equal(ca.RawSubjectPublicKeyInfo, ad.RawSubjectPublicKeyInfo)
+					}
+					// An audience CA that an admin CA issued: its clients verify against the
+					// admin pool too, with the intermediate they send.
+					if _, err := ca.Verify(x509.VerifyOptions{Roots: adminPool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err == nil {
+						shared = true
+					}
+					if shared {
+						return nil, configError(f, "admin.allow", "empty, and admin.client_ca trusts %q, a client CA of audience %q: every client of that audience could use the admin API (revoke anyone). List the admin identities in admin.allow, or give the admin API a CA of its own", ca.Subject.String(), a.Name)
 					}
 				}
 			}

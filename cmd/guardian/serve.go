@@ -697,7 +697,7 @@ func fdBound() int {
 	if n == 0 {
 		return 0
 	}
-	return n - max(64, n/8)
+	return max(n/2, n-max(64, n/8)) // at least half, under a tiny limit
 }
 
 // audienceHandler sends each request to its audience's upstream, or to the identity echo

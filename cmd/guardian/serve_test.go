@@ -455,6 +455,7 @@ func TestConfigVetRefusesAndWarns(t *testing.T) {
 	}
 	os.WriteFile(filepath.Join(dir, "other-ca.pem"), must(os.ReadFile(filepath.Join(other, "ca.pem"))), 0o644)
 	os.WriteFile(filepath.Join(dir, "hmac.key"), []byte("0123456789abcdef0123456789abcdef"), 0o600)
+	os.WriteFile(filepath.Join(dir, "inter.pem"), loadTestCA(t, dir).MustIntermediate(t, "service intermediate").CertPEM(), 0o644)
 	aud := "audiences:\n  - { name: api, sni: [localhost], cert: server.pem, key: server.key, client_ca: [ca.pem] }\n"
 	for _, c := range []struct {
 		name, yaml string
@@ -463,6 +464,9 @@ func TestConfigVetRefusesAndWarns(t *testing.T) {
 	}{
 		{"admin shares the service CA, allow empty",
 			"admin: { listen: '127.0.0.1:0', cert: server.pem, key: server.key, client_ca: [ca.pem] }\n" + aud, "admin.allow", nil},
+		{"admin's CA issued an audience's intermediate, allow empty",
+			"admin: { listen: '127.0.0.1:0', cert: server.pem, key: server.key, client_ca: [ca.pem] }\n" +
+				"audiences:\n  - { name: api, sni: [localhost], cert: server.pem, key: server.key, client_ca: [inter.pem] }\n", "admin.allow", nil},
 		{"admin shares the service CA, allow set",
 			"admin: { listen: '127.0.0.1:0', cert: server.pem, key: server.key, client_ca: [ca.pem], allow: ['uri:spiffe://guardian.demo/admin'] }\n" + aud, "", nil},
 		{"admin with its own CA, allow empty",
