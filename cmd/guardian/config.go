@@ -150,8 +150,9 @@ type AudienceConfig struct {
 	// its first idle_timeout (default 500 where client_auth is none or optional, else none;
 	// 0: none), as Apache's mod_reqtimeout MinRate.
 	MinBodyRate *int `yaml:"min_body_rate"`
-	// MaxUpstreamConns bounds the conns to the upstream (default: the descriptors kept
-	// beside max_conns, shared among the audiences with an upstream, at most 1024).
+	// MaxUpstreamConns bounds the conns to the upstream (default: three quarters of the
+	// descriptors kept beside max_conns, shared among the audiences with an upstream, 16 to
+	// 1024 each).
 	MaxUpstreamConns int `yaml:"max_upstream_conns"`
 	// MaxConns bounds the audience's conns (unset or 0: no bound of its own).
 	MaxConns int `yaml:"max_conns"`

@@ -553,7 +553,7 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger,
 		}
 		// Bounded as an audience is: any certificate of the admin CA can connect before
 		// admin.allow refuses it, and its conns must not take the data port's descriptors.
-		al, err := listener.New(aln, listener.Config{Set: n.set, Logger: log, MaxConns: adminMaxConns, Audiences: []listener.Audience{{
+		al, err := listener.New(aln, listener.Config{Set: n.set, Logger: log, MaxConns: cfg.adminMaxConns(), Audiences: []listener.Audience{{
 			Name: "admin", Default: true, SNI: []string{"localhost"}, Certificates: []tls.Certificate{adminCert},
 			ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: adminPool, IdleTimeout: time.Minute,
 		}}})
@@ -652,17 +652,27 @@ func newHandlerMetrics(reg prometheus.Registerer) (*handlerMetrics, error) {
 	return &handlerMetrics{binding: bm, proxyErrors: pe}, nil
 }
 
-// adminMaxConns bounds the admin listener's conns; operators and scrapers need a few.
-const adminMaxConns = 1024
+// keptFDs are the descriptors beside max_conns: for upstream conns (three quarters, shared
+// among the audiences with an upstream), the admin listener (a quarter), Redis and files.
+func (c *Config) keptFDs() int {
+	limit := fdLimit()
+	if c.MaxConns != nil && limit > 0 {
+		return max(0, limit-*c.MaxConns)
+	}
+	return limit - fdBound()
+}
+
+// adminMaxConns bounds the admin listener's conns: operators and scrapers need a few, and
+// any certificate of the admin CA can connect before admin.allow refuses it.
+func (c *Config) adminMaxConns() int {
+	return max(16, min(1024, c.keptFDs()/4))
+}
 
 // upstreamConns is each audience's bound on conns to its upstream: max_upstream_conns, or
-// the descriptors kept beside max_conns, shared among the audiences with an upstream.
+// its share of the descriptors kept beside max_conns.
 func (c *Config) upstreamConns() map[string]int {
 	limit := fdLimit()
-	kept := limit - fdBound()
-	if c.MaxConns != nil && limit > 0 {
-		kept = limit - *c.MaxConns
-	}
+	kept := c.keptFDs() * 3 / 4
 	n := 0
 	for _, a := range c.Audiences {
 		if a.Upstream != "" {
