@@ -318,3 +318,27 @@ func TestProgressMinBodyRate(t *testing.T) {
 		}
 	}
 }
+
+// A body read after its handler returned — by a reverse proxy's transport, when the
+// upstream answers before reading it — touches nothing of the finished request: net/http's
+// HTTP/2 ResponseController panics there, outside any recover, and took the process down
+// (found by attacking from outside with one POST).
+func TestProgressBodyReadAfterHandlerReturned(t *testing.T) {
+	e := newEnv(t, envOpts{audiences: twoAudiences(func(_, api *listener.Audience) {
+		api.IdleTimeout, api.MinBodyRate = 2*time.Second, 100
+	})})
+	for _, h2 := range []bool{false, true} {
+		cl := e.client(e.root.MustIssue(t, testpki.Opts{CommonName: "svc"}), h2)
+		for range 5 {
+			resp, err := cl.Post("https://localhost/early", "application/octet-stream", strings.NewReader(strings.Repeat("z", 4<<20)))
+			if err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}
+		time.Sleep(100 * time.Millisecond) // the abandoned body reads run
+		if got := cl.get(t, "/"); !strings.Contains(got, "cn=svc") {
+			t.Fatalf("h2=%v: after bodies read past their handlers: %q", h2, got)
+		}
+	}
+}

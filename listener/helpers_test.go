@@ -114,6 +114,12 @@ func newEnv(t testing.TB, o envOpts) *env {
 		time.Sleep(time.Second)
 		io.WriteString(w, "second\n")
 	})
+	mux.HandleFunc("/early", func(w http.ResponseWriter, r *http.Request) {
+		// Answers at once and leaves the body to another goroutine, as a reverse proxy's
+		// transport does when the upstream answers before reading it.
+		go io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "early")
+	})
 	mux.HandleFunc("/upload", func(w http.ResponseWriter, r *http.Request) {
 		b, err := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "%d %v", len(b), err)

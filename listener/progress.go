@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 )
 
@@ -38,6 +39,12 @@ func (l *Listener) Progress(next http.Handler) http.Handler {
 		}
 		pw := &progressWriter{ResponseWriter: w, rc: rc, d: d}
 		next.ServeHTTP(pw, r)
+		if body != nil {
+			// The body may still be read after the handler returned — httputil.ReverseProxy's
+			// transport copies it on a goroutine of its own — when a ResponseController of
+			// the finished request must not be touched (net/http's HTTP/2 writer panics).
+			body.finish()
+		}
 		switch {
 		case pw.hijacked:
 		case r.ProtoMajor >= 2:
@@ -64,6 +71,24 @@ type progressBody struct {
 	n      int64         // bytes read
 	waited time.Duration // in reads, waiting for the client
 	eof    bool
+
+	mu   sync.Mutex // held around rc's calls, so none runs once done is set
+	done bool       // the handler returned
+}
+
+func (b *progressBody) finish() {
+	b.mu.Lock()
+	b.done = true
+	b.mu.Unlock()
+}
+
+// setReadDeadline sets the request's read deadline unless the handler has returned.
+func (b *progressBody) setReadDeadline(t time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.done {
+		b.rc.SetReadDeadline(t)
+	}
 }
 
 func (b *progressBody) Read(p []byte) (int, error) {
@@ -81,7 +106,7 @@ func (b *progressBody) Read(p []byte) (int, error) {
 		}
 	}
 	start := time.Now()
-	b.rc.SetReadDeadline(start.Add(wait))
+	b.setReadDeadline(start.Add(wait))
 	n, err := b.ReadCloser.Read(p)
 	b.waited += time.Since(start)
 	b.n += int64(n)
@@ -91,7 +116,7 @@ func (b *progressBody) Read(p []byte) (int, error) {
 	}
 	// No deadline between reads: net/http's HTTP/1.1 background read, which starts at the
 	// body's end, would take one for the client going away.
-	b.rc.SetReadDeadline(time.Time{})
+	b.setReadDeadline(time.Time{})
 	return n, err
 }
 

@@ -675,3 +675,32 @@ trickling:
 		t.Error("an HTTP/2 conn with a zero window and 10 requests still open 15 s past a 500 ms idle_timeout")
 	}
 }
+
+// One POST whose upstream answers before reading the body took guardian down: the proxy's
+// transport read the rest after the handler returned, and the in-flight deadline it set
+// there hit net/http's finished HTTP/2 writer (a panic outside any recover). Found by
+// attacking from outside; anonymous and mTLS alike.
+func TestAttackEarlyUpstreamAnswerDoesNotCrash(t *testing.T) {
+	s, _ := startAttackServe(t)
+	d := s.demoView()
+	for _, c := range []struct {
+		client *http.Client
+		url    string
+	}{
+		{d.h2Client(t, "", "public.localhost"), "https://public.localhost/login?x"},
+		{d.h2Client(t, "client", "localhost"), "https://localhost/login?x"},
+		{d.sniClient(t, "", "public.localhost"), "https://public.localhost/login?x"},
+	} {
+		for range 3 {
+			resp, err := c.client.Post(c.url, "application/octet-stream", strings.NewReader(strings.Repeat("0", 8<<20)))
+			if err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}
+	}
+	// Still serving: the process is this test's own, so a panic would have ended it.
+	if code, _ := send(t, d.sniClient(t, "client", "localhost"), "https://localhost/", nil); code != 200 {
+		t.Fatalf("after early answers: %d", code)
+	}
+}
