@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -556,6 +557,9 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger,
 		al, err := listener.New(aln, listener.Config{Set: n.set, Logger: log, MaxConns: cfg.adminMaxConns(), Audiences: []listener.Audience{{
 			Name: "admin", Default: true, SNI: []string{"localhost"}, Certificates: []tls.Certificate{adminCert},
 			ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: adminPool, IdleTimeout: time.Minute,
+			// A certificate admin.allow does not list is refused in the handshake, so it
+			// cannot hold admin conns (the API refuses it again, for any other path).
+			TLS: &tls.Config{VerifyConnection: adminAllowed(allowed)},
 		}}})
 		if err != nil {
 			aln.Close()
@@ -650,6 +654,22 @@ func newHandlerMetrics(reg prometheus.Registerer) (*handlerMetrics, error) {
 		return nil, err
 	}
 	return &handlerMetrics{binding: bm, proxyErrors: pe}, nil
+}
+
+// adminAllowed refuses, in the handshake, a client certificate that holds none of the
+// allowed identity keys; none allowed means any the admin CA verifies.
+func adminAllowed(allowed []revoke.Key) func(tls.ConnectionState) error {
+	return func(cs tls.ConnectionState) error {
+		if len(allowed) == 0 || len(cs.VerifiedChains) == 0 {
+			return nil // the listener's check and the CA pool decide
+		}
+		for _, k := range revoke.KeysOf(cs.VerifiedChains[0][:1]) {
+			if slices.Contains(allowed, k) {
+				return nil
+			}
+		}
+		return errors.New("guardian: this certificate is not an admin (admin.allow)")
+	}
 }
 
 // keptFDs are the descriptors beside max_conns: for upstream conns (three quarters, shared
