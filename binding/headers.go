@@ -47,22 +47,39 @@ var strippedHeaders = []string{
 // client-certificate headers, oauth2-proxy's identity headers, Envoy's own.
 var strippedPrefixes = []string{"x-amzn-mtls-", "x-client-cert", "x-ssl-client-", "x-auth-request-", "x-envoy-"}
 
-var ownedKeys = func() map[string]bool {
-	m := map[string]bool{}
-	for _, n := range ownedHeaders {
-		m[headerKey(n)] = true
-	}
-	return m
-}()
+// ownedSet is the headers guardian sets; strippedSet those and the ones it only removes.
+var (
+	ownedSet    = newHeaderSet(ownedHeaders, nil)
+	strippedSet = newHeaderSet(append(slices.Clone(ownedHeaders), strippedHeaders...), strippedPrefixes)
+)
 
-// strippedKeys are the owned and the stripped headers, as headerKey spells them.
-var strippedKeys = func() map[string]bool {
-	m := map[string]bool{}
-	for _, n := range append(slices.Clone(ownedHeaders), strippedHeaders...) {
-		m[headerKey(n)] = true
+// headerSet matches header names as CGI reads them (headerKey). A name as net/http
+// canonicalises it off the wire, without '_', is looked up as it is, with no allocation on
+// the request path; any other is folded first.
+type headerSet struct {
+	canon, folded                 map[string]bool
+	canonPrefixes, foldedPrefixes []string
+}
+
+func newHeaderSet(names, prefixes []string) headerSet {
+	s := headerSet{canon: map[string]bool{}, folded: map[string]bool{}, foldedPrefixes: prefixes}
+	for _, n := range names {
+		s.canon[http.CanonicalHeaderKey(n)] = true
+		s.folded[headerKey(n)] = true
 	}
-	return m
-}()
+	for _, p := range prefixes {
+		s.canonPrefixes = append(s.canonPrefixes, http.CanonicalHeaderKey(p))
+	}
+	return s
+}
+
+func (s headerSet) has(name string) bool {
+	if !strings.Contains(name, "_") && http.CanonicalHeaderKey(name) == name {
+		return s.canon[name] || hasAnyPrefix(name, s.canonPrefixes)
+	}
+	k := headerKey(name)
+	return s.folded[k] || hasAnyPrefix(k, s.foldedPrefixes)
+}
 
 // Underscores is what Headers does with a request header whose name holds an underscore.
 type Underscores int
@@ -111,7 +128,7 @@ func headerKey(name string) string {
 // Wrap returns the middleware around next.
 func (h *Headers) Wrap(next http.Handler) http.Handler {
 	protected := map[string]bool{}
-	for k := range ownedKeys {
+	for k := range ownedSet.folded {
 		protected[k] = true
 	}
 	for _, n := range h.Protected {
@@ -147,7 +164,7 @@ func (h *Headers) Wrap(next http.Handler) http.Handler {
 					continue
 				}
 			}
-			if k := headerKey(name); strippedKeys[k] || hasAnyPrefix(k, strippedPrefixes) {
+			if strippedSet.has(name) {
 				delete(r.Header, name)
 			}
 		}
@@ -171,7 +188,7 @@ func hasAnyPrefix(s string, prefixes []string) bool {
 // replace them.
 func SetIdentity(pr *httputil.ProxyRequest) {
 	for name := range pr.Out.Header {
-		if ownedKeys[headerKey(name)] {
+		if ownedSet.has(name) {
 			delete(pr.Out.Header, name)
 		}
 	}
