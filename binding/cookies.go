@@ -2,6 +2,8 @@ package binding
 
 import (
 	"errors"
+	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -137,6 +139,35 @@ func trimSeparators(s string) string {
 // read as '_' and a "[…]" suffix dropped (PHP), case-folded. Two names with one canonical
 // form may both reach an upstream as the same cookie.
 func canonicalName(s string) string {
+	s = decodeName(s)
+	if i := strings.IndexByte(s, '['); i >= 0 {
+		s = s[:i]
+	}
+	return phpName(s)
+}
+
+// canonicalNames are the forms a name takes for the common parsers: canonicalName's, and
+// PHP's other readings of it — an unmatched '[' read as '_' (PHP 8), the name cut at a
+// NUL byte.
+func canonicalNames(s string) []string {
+	out := []string{canonicalName(s)}
+	raw := decodeName(s)
+	if i := strings.IndexByte(raw, 0); i >= 0 {
+		out = appendNew(out, phpName(strings.ReplaceAll(raw[:i], "[", "_")))
+	}
+	return appendNew(out, phpName(strings.ReplaceAll(raw, "[", "_")))
+}
+
+func appendNew(names []string, n string) []string {
+	if slices.Contains(names, n) {
+		return names
+	}
+	return append(names, n)
+}
+
+// decodeName undoes what the permissive parsers undo in a name: the separators around
+// it, a pair of double quotes, backslash escapes, and percent-encoding, twice over.
+func decodeName(s string) string {
 	s = trimSeparators(s)
 	if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
 		s = s[1 : len(s)-1]
@@ -149,38 +180,7 @@ func canonicalName(s string) string {
 		}
 		s = d
 	}
-	if i := strings.IndexByte(s, '['); i >= 0 {
-		s = s[:i]
-	}
-	return phpName(s)
-}
-
-// canonicalNames are the forms a name takes for the common parsers: canonicalName's, and
-// PHP's other readings of it — an unmatched '[' read as '_' (PHP 8), the name cut at a
-// NUL byte.
-func canonicalNames(s string) []string {
-	out := []string{canonicalName(s)}
-	raw := trimSeparators(s)
-	if len(raw) >= 2 && raw[0] == '"' && raw[len(raw)-1] == '"' {
-		raw = raw[1 : len(raw)-1]
-	}
-	raw = unescape(raw)
-	for range 3 {
-		d, changed := percentDecode(raw)
-		if !changed {
-			break
-		}
-		raw = d
-	}
-	for _, v := range []string{
-		strings.ReplaceAll(raw, "[", "_"),
-		strings.ReplaceAll(raw[:max(0, strings.IndexByte(raw+"\x00", 0))], "[", "_"),
-	} {
-		if c := phpName(v); c != out[0] {
-			out = append(out, c)
-		}
-	}
-	return out
+	return s
 }
 
 // phpName reads '.' and ' ' as '_' (PHP's rule for request variable names) and folds case.
@@ -221,30 +221,16 @@ func percentDecode(s string) (string, bool) {
 	changed := false
 	for i := 0; i < len(s); i++ {
 		if s[i] == '%' && i+2 < len(s) {
-			if h, ok := unhex(s[i+1]); ok {
-				if l, ok := unhex(s[i+2]); ok {
-					b.WriteByte(h<<4 | l)
-					i += 2
-					changed = true
-					continue
-				}
+			if v, err := strconv.ParseUint(s[i+1:i+3], 16, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 2
+				changed = true
+				continue
 			}
 		}
 		b.WriteByte(s[i])
 	}
 	return b.String(), changed
-}
-
-func unhex(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, true
-	case 'A' <= c && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
 }
 
 // isToken reports whether s is an RFC 9110 token: what a cookie name must be.
