@@ -440,23 +440,22 @@ func (c *Config) validate() error {
 		if a.MaxUpstreamConns < 0 {
 			return configError(f, field+".max_upstream_conns", "negative")
 		}
-		if a.MinBodyRate == nil {
-			n := 0
-			if a.ClientAuth != "require" {
-				n = 500
+		// Bounds for audiences whose clients may be anonymous; unset means the default,
+		// 0 means none.
+		for _, b := range []struct {
+			v    **int
+			name string
+			anon int
+		}{{&a.MinBodyRate, "min_body_rate", 500}, {&a.MaxConnsPerClient, "max_conns_per_client", 256}} {
+			switch {
+			case *b.v == nil && a.ClientAuth == "require":
+				*b.v = new(int)
+			case *b.v == nil:
+				n := b.anon
+				*b.v = &n
+			case **b.v < 0:
+				return configError(f, field+"."+b.name, "negative")
 			}
-			a.MinBodyRate = &n
-		} else if *a.MinBodyRate < 0 {
-			return configError(f, field+".min_body_rate", "negative")
-		}
-		if a.MaxConnsPerClient == nil {
-			n := 0
-			if a.ClientAuth != "require" {
-				n = 256
-			}
-			a.MaxConnsPerClient = &n
-		} else if *a.MaxConnsPerClient < 0 {
-			return configError(f, field+".max_conns_per_client", "negative")
 		}
 		if _, err := binding.ParseUnderscores(a.UnderscoreHeaders); err != nil {
 			return configError(f, field+".underscore_headers", "%q; want drop, allow or reject", a.UnderscoreHeaders)

@@ -83,6 +83,18 @@ func startServe(t *testing.T, dir, cfg string) *runningServe {
 	}
 }
 
+// readyz asks the node's admin API whether it is ready: the status and the body, or 0 and
+// the error.
+func (s *runningServe) readyz(t *testing.T) (int, string) {
+	resp, err := s.demoView().client(t, "admin").Get("https://" + s.admin + "/readyz")
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
 func (s *runningServe) demoView() *runningDemo {
 	return &runningDemo{dir: s.dir, addr: s.addr, admin: s.admin}
 }
@@ -396,15 +408,7 @@ func TestServeReseedAfterEmptyRedis(t *testing.T) {
 		t.Fatalf("revoke: %s", out)
 	}
 	srv.Restart() // no persistence: comes back empty
-	readyz := func() (int, string) {
-		resp, err := d.client(t, "admin").Get("https://" + s.admin + "/readyz")
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
+	readyz := func() (int, string) { return s.readyz(t) }
 	eventuallyT(t, "/readyz reports the regression", func() bool {
 		code, body := readyz()
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "regressed")
@@ -552,15 +556,7 @@ func TestServeForeignStreamEntryAndStuckFeed(t *testing.T) {
 	if _, err := d.client(t, "client2").Get("https://" + local(s.addr) + "/"); err != nil {
 		t.Fatalf("client2, named by the foreign entry only: %v", err)
 	}
-	readyz := func() (int, string) {
-		resp, err := d.client(t, "admin").Get("https://" + s.admin + "/readyz")
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
+	readyz := func() (int, string) { return s.readyz(t) }
 	v, err := rdb.Get(ctx, "{guardian}:version").Result()
 	if err != nil {
 		t.Fatal(err)
