@@ -61,7 +61,7 @@ func memory(ctx context.Context, h *harness, cl *client) (*MemoryStats, error) {
 				return none, err
 			}
 			inner.Close()
-			l, stop = gl, gl.Stop
+			l, stop = gl, func() { shutdownNow(gl) }
 		}
 		defer stop()
 		var srv heldServer

@@ -17,15 +17,12 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/guardian-mtls/guardian/conntrack"
 	"github.com/guardian-mtls/guardian/internal/idleserver"
 	"github.com/guardian-mtls/guardian/internal/testpki"
 	"github.com/guardian-mtls/guardian/listener"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/redisfeed"
 )
-
-var conntrackShutdown = conntrack.Cause{Reason: conntrack.ReasonShutdown}
 
 func randRead(b []byte) { rand.Read(b) }
 
@@ -105,8 +102,7 @@ func (n *guardianNode) stop() {
 		f()
 	}
 	if n.l != nil {
-		n.l.Registry().EvictAll(conntrackShutdown)
-		n.l.Stop()
+		shutdownNow(n.l)
 	}
 	n.cancel()
 	<-n.done
@@ -179,4 +175,11 @@ func (s *heldServer) waitHeld(n int64, timeout time.Duration) error {
 		time.Sleep(5 * time.Millisecond)
 	}
 	return nil
+}
+
+// shutdownNow closes l and every conn it still holds, and ends its enforcement.
+func shutdownNow(l *listener.Listener) {
+	now, cancel := context.WithCancel(context.Background())
+	cancel()
+	l.Shutdown(now)
 }

@@ -82,7 +82,7 @@ func overhead(ctx context.Context, h *harness, cl *client) (*OverheadStats, erro
 	if err != nil {
 		return nil, err
 	}
-	n.extra = append(n.extra, gl.Stop)
+	n.extra = append(n.extra, func() { shutdownNow(gl) })
 
 	type total struct {
 		ops    [2]int // requests, handshakes

@@ -76,7 +76,7 @@ func peers(ctx context.Context, h *harness, cl *client) (*PeersStats, error) {
 	if err != nil {
 		return nil, err
 	}
-	n.extra = append(n.extra, gl.Stop)
+	n.extra = append(n.extra, func() { shutdownNow(gl) })
 	gaddr := n.serveHTTP(gl, gl.ConnContext)
 	k, _ := revoke.KeyFor(victim[0].Cert, revoke.KindSerial)
 	g := &PeerResult{Peer: "guardian", Version: "this build", How: "revoke through Redis (Store.Revoke)"}

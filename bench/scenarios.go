@@ -343,11 +343,11 @@ func evictionCA(ctx context.Context, h *harness, cl *client) (*BulkStats, error)
 // did.
 func massEviction(h *harness, cl *client, all []certSpec, revoked, others int, label, traceTo string, publish func() error) (*BulkStats, error) {
 	n := h.node
-	before := n.l.Registry().Len()
+	before := n.l.Len()
 	if err := cl.dialCmd(clientCmd{Cmd: "dial", Addr: n.addr, CA: h.caFile(), Certs: all, Hold: true}, label+": opening conns", h.o.progressTo); err != nil {
 		return nil, err
 	}
-	for n.l.Registry().Len() < before+revoked+others {
+	for n.l.Len() < before+revoked+others {
 		time.Sleep(10 * time.Millisecond)
 	}
 	applied := make(chan time.Time, 1)
@@ -372,7 +372,7 @@ func massEviction(h *harness, cl *client, all []certSpec, revoked, others int, l
 	}
 	start := time.Now()
 	go func() {
-		for n.l.Registry().Len() > before+others && time.Since(start) < 30*time.Second {
+		for n.l.Len() > before+others && time.Since(start) < 30*time.Second {
 			time.Sleep(time.Millisecond)
 		}
 		serverDone <- time.Since(start)
@@ -413,7 +413,7 @@ func massEviction(h *harness, cl *client, all []certSpec, revoked, others int, l
 	}
 	// The client's close drops the survivors; wait for the node to see it, so the next
 	// scenario starts from an empty registry.
-	for deadline := time.Now().Add(30 * time.Second); n.l.Registry().Len() > before && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(30 * time.Second); n.l.Len() > before && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if len(closes) < revoked {

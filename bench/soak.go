@@ -308,7 +308,7 @@ func soak(ctx context.Context, h *harness, cl *client) (*SoakStats, error) {
 		s.RevokedConns += held[tag]
 	}
 	revokedMu.Unlock()
-	for deadline := time.Now().Add(30 * time.Second); gl.Registry().Len() > o.soakConns-s.RevokedConns && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(30 * time.Second); gl.Len() > o.soakConns-s.RevokedConns && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 	}
 	// The client sees each close a moment after the node makes it, later on a loaded
@@ -352,7 +352,7 @@ func soak(ctx context.Context, h *harness, cl *client) (*SoakStats, error) {
 	// The churn clients' handles in this process hold buffers of their own; the baseline
 	// was taken without them.
 	stopChurn()
-	for deadline := time.Now().Add(30 * time.Second); gl.Registry().Len() > 0 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(30 * time.Second); gl.Len() > 0 && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 	}
 	// Goroutines of the closed conns wind down; give them a moment before judging.

@@ -191,7 +191,7 @@ func (r *soakRig) stop() {
 		r.http.Close()
 	}
 	if r.l != nil {
-		r.l.Stop()
+		shutdownNow(r.l)
 	}
 	if r.cancel != nil {
 		r.cancel()

@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/guardian-mtls/guardian/internal/clip"
 )
 
 // Metrics counts the middleware's refusals. Create one with NewMetrics and share it.
@@ -57,7 +59,7 @@ func SNIHostGuard(next http.Handler, m *Metrics, log *slog.Logger) http.Handler 
 			// A port that is not a number, brackets around a name: the upstream or a framework
 			// behind it (X-Forwarded-Host) may read another host out of it.
 			m.refuse("sni_host", "bad_host")
-			log.Warn("request with a malformed Host", "host", truncate(r.Host, 100), "remote", r.RemoteAddr)
+			log.Warn("request with a malformed Host", "host", clip.String(r.Host, 100), "remote", r.RemoteAddr)
 			http.Error(w, "bad request: malformed Host", http.StatusBadRequest)
 			return
 		}
@@ -71,7 +73,7 @@ func SNIHostGuard(next http.Handler, m *Metrics, log *slog.Logger) http.Handler 
 			next.ServeHTTP(w, r)
 			return
 		}
-		log.Warn("request for another host than the conn's SNI", "sni", sni, "host", truncate(host, 100), "remote", r.RemoteAddr)
+		log.Warn("request for another host than the conn's SNI", "sni", sni, "host", clip.String(host, 100), "remote", r.RemoteAddr)
 		misdirected(w, m, "mismatch")
 	})
 }
@@ -127,13 +129,6 @@ func isHostName(s string) bool {
 		}
 	}
 	return true
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "…"
-	}
-	return s
 }
 
 // unauthorized is the one answer every failed session or token check gets.

@@ -53,7 +53,7 @@ func startTwoAudiences(t *testing.T) *twoAudiences {
 	}), m, nil)
 	srv := &http.Server{Handler: h, ConnContext: l.ConnContext}
 	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close(); l.Stop() })
+	t.Cleanup(func() { srv.Close() })
 	return &twoAudiences{ca: ca, addr: inner.Addr().String(), metrics: reg}
 }
 

@@ -81,7 +81,9 @@ func BenchmarkTrack(b *testing.B) {
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				c := r.Wrap(benchConn{}, nil)
-				r.Track(c, keys[n], exp)
+				if err := r.Track(c, keys[n], exp); err != nil {
+					b.Fatal(err)
+				}
 				c.Close()
 			}
 			b.StopTimer()
@@ -111,7 +113,9 @@ func BenchmarkEvict(b *testing.B) {
 				}
 				b.StopTimer()
 				c := r.Wrap(benchConn{}, nil)
-				r.Track(c, keys[j], time.Time{})
+				if err := r.Track(c, keys[j], time.Time{}); err != nil {
+					b.Fatal(err)
+				}
 				b.StartTimer()
 			}
 		})
@@ -140,7 +144,9 @@ func BenchmarkEvictBatch(b *testing.B) {
 				b.StopTimer()
 				for j := 0; j < 1000; j++ {
 					c := r.Wrap(benchConn{}, nil)
-					r.Track(c, keys[(i*1000+j)%n], time.Time{})
+					if err := r.Track(c, keys[(i*1000+j)%n], time.Time{}); err != nil {
+						b.Fatal(err)
+					}
 				}
 				b.StartTimer()
 			}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/guardian-mtls/guardian/internal/promreg"
 )
 
 // Reasons a conn is evicted.
@@ -20,6 +22,9 @@ const (
 	ReasonExpired  = "expired"
 	ReasonPolicy   = "policy"
 	ReasonShutdown = "shutdown"
+	// ReasonManual is a conn closed on its own, by an operator or a caller, without
+	// revoking its certificate (EvictConn).
+	ReasonManual = "manual"
 )
 
 // Cause says why conns are evicted.
@@ -113,7 +118,7 @@ func New(opts Options) (*Registry, error) {
 	if r.clock == nil {
 		r.clock = SystemClock{}
 	}
-	m, err := newMetrics(opts.Metrics, r)
+	m, err := newMetrics(opts.Metrics)
 	if err != nil {
 		return nil, err
 	}
@@ -249,6 +254,7 @@ func (r *Registry) Track(c *Conn, keys []string, notAfter time.Time) error {
 	}
 	sh.mu.Unlock()
 	r.active.Add(1)
+	r.m.active.Inc()
 	r.m.tracked.Inc()
 	if wake != 0 && wake < r.nextWake.Load() {
 		r.wakeScheduler()
@@ -262,6 +268,7 @@ func (r *Registry) untrack(c *Conn) {
 	r.removeLocked(sh, c)
 	sh.mu.Unlock()
 	r.active.Add(-1)
+	r.m.active.Dec()
 }
 
 func (r *Registry) removeLocked(sh *shard, c *Conn) {
@@ -419,6 +426,16 @@ func (r *Registry) EvictMatching(match func(*Conn) (key string, ok bool), cause 
 	})
 	r.enqueue(found)
 	return len(found)
+}
+
+// EvictConn closes c, if it is tracked, as an eviction: OnEvict is told, with cause's
+// reason. It reports whether c was tracked.
+func (r *Registry) EvictConn(c *Conn, cause Cause) bool {
+	if c.reg != r || c.state.Load() != stateTracked {
+		return false
+	}
+	r.enqueue([]victim{{c: c, cause: cause, at: time.Now()}})
+	return true
 }
 
 // EvictAll closes every tracked conn.
@@ -635,14 +652,20 @@ func (h expiryHeap) swap(i, j int) {
 }
 
 type metrics struct {
+	active       prometheus.Gauge
 	tracked      prometheus.Counter
 	evictions    *prometheus.CounterVec
 	latency      prometheus.Histogram
 	falseMatches prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer, r *Registry) (*metrics, error) {
+// newMetrics registers the registry's metrics on reg, or takes the ones registered there
+// already: registries sharing a Registerer count into the same metrics.
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
+		active: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "guardian_connections_active", Help: "Conns tracked now.",
+		}),
 		tracked: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "guardian_connections_tracked_total", Help: "Conns tracked since start.",
 		}),
@@ -658,16 +681,20 @@ func newMetrics(reg prometheus.Registerer, r *Registry) (*metrics, error) {
 			Name: "guardian_eviction_hash_false_matches_total", Help: "Key-hash hits that the full key check rejected.",
 		}),
 	}
-	if reg == nil {
-		return m, nil
-	}
-	active := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "guardian_connections_active", Help: "Conns tracked now.",
-	}, func() float64 { return float64(r.active.Load()) })
-	for _, c := range []prometheus.Collector{m.tracked, m.evictions, m.latency, m.falseMatches, active} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("conntrack: register metrics: %w", err)
+	var err error
+	register := func(c prometheus.Collector) prometheus.Collector {
+		if err == nil {
+			c, err = promreg.Register(reg, c)
 		}
+		return c
+	}
+	m.active = register(m.active).(prometheus.Gauge)
+	m.tracked = register(m.tracked).(prometheus.Counter)
+	m.evictions = register(m.evictions).(*prometheus.CounterVec)
+	m.latency = register(m.latency).(prometheus.Histogram)
+	m.falseMatches = register(m.falseMatches).(prometheus.Counter)
+	if err != nil {
+		return nil, fmt.Errorf("conntrack: register metrics: %w", err)
 	}
 	return m, nil
 }

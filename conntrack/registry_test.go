@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -64,6 +65,13 @@ func peerClosed(t *testing.T, c net.Conn, within time.Duration) bool {
 		return false
 	}
 	return err != nil
+}
+
+func mustTrack(t testing.TB, r *conntrack.Registry, c *conntrack.Conn, keys []string, notAfter time.Time) {
+	t.Helper()
+	if err := r.Track(c, keys, notAfter); err != nil {
+		t.Fatalf("Track(%q): %v", keys, err)
+	}
 }
 
 func stillOpen(t *testing.T, c net.Conn) bool {
@@ -136,30 +144,75 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 }
 
+// A hash hit is checked with Confirm before its conn is closed. Conn 0 holds "a" and "x",
+// and its index holds "x" under the hash of "b", as if the two collided; conn 1 holds "b".
+// Evicting "b" hits both (by one key's plain comparison, and through the bitmap of several).
+// With Confirm, conn 0 is rejected (a false match, counted) and stays, still found by its
+// own key; without it, the collision closes conn 0 too, so the collision is real and the
+// first case fails if Confirm is not consulted.
 func TestConfirmRejectsHashHit(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	r := newRegistry(t, conntrack.Options{Metrics: reg, Confirm: func(c *conntrack.Conn, key string) bool {
-		return c.Owner().(int) != 0 // conn 0 "does not really hold" the key
-	}})
-	ps := dialPairs(t, r, 2)
-	for _, p := range ps {
-		r.Track(p.server, []string{"k"}, time.Time{})
+	for _, evict := range [][]string{{"b"}, {"b", "unrelated"}} {
+		for _, confirm := range []bool{true, false} {
+			t.Run(fmt.Sprintf("keys=%d/confirm=%v", len(evict), confirm), func(t *testing.T) {
+				reg := prometheus.NewRegistry()
+				opts := conntrack.Options{Metrics: reg}
+				if confirm {
+					opts.Confirm = func(c *conntrack.Conn, key string) bool { return slices.Contains(c.Owner().([]string), key) }
+				}
+				r := newRegistry(t, opts)
+				ps := dialPairs(t, r, 2)
+				keys := [][]string{{"a", "x"}, {"b"}}
+				for i, p := range ps {
+					p.server.SetOwner(keys[i])
+					if err := r.Track(p.server, keys[i], time.Time{}); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if !conntrack.CollideKey(r, ps[0].server, "x", "b") {
+					t.Fatal("conn 0 holds no hash of x")
+				}
+				if n := r.Evict(evict, conntrack.Cause{Reason: conntrack.ReasonRevoked}); n != 2 {
+					t.Fatalf("Evict(%q) matched %d conns; want 2, the holder of b and the collision", evict, n)
+				}
+				if !peerClosed(t, ps[1].client, 5*time.Second) {
+					t.Fatal("the conn that holds b was not evicted")
+				}
+				falseMatches := func() float64 {
+					return metrictest.Value(t, reg, "guardian_eviction_hash_false_matches_total")
+				}
+				if !confirm {
+					if !peerClosed(t, ps[0].client, 5*time.Second) {
+						t.Fatal("without Confirm, the colliding conn was not evicted: no collision was made")
+					}
+					if v := falseMatches(); v != 0 {
+						t.Errorf("false matches = %v without Confirm; want 0", v)
+					}
+					return
+				}
+				// Conn 0's eviction is settled once it is counted as a false match, or once
+				// the registry has let it go.
+				waitFor(t, func() bool { return falseMatches() == 1 || r.Len() == 0 })
+				if v := falseMatches(); v != 1 || r.Len() != 1 {
+					t.Fatalf("false matches = %v, %d conns tracked; want 1 and 1: Confirm was not consulted", v, r.Len())
+				}
+				if !stillOpen(t, ps[0].client) {
+					t.Fatal("the conn whose Confirm said no was closed")
+				}
+				if n := r.Evict([]string{"a"}, conntrack.Cause{Reason: conntrack.ReasonRevoked}); n != 1 || !peerClosed(t, ps[0].client, 5*time.Second) {
+					t.Fatalf("Evict(a) matched %d; want conn 0 found and closed by its own key", n)
+				}
+			})
+		}
 	}
-	r.Evict([]string{"k"}, conntrack.Cause{Reason: conntrack.ReasonRevoked})
-	if !peerClosed(t, ps[1].client, 5*time.Second) {
-		t.Fatal("confirmed conn not evicted")
-	}
-	if !stillOpen(t, ps[0].client) {
-		t.Fatal("conn whose Confirm said no was evicted")
-	}
-	waitFor(t, func() bool { return metrictest.Value(t, reg, "guardian_eviction_hash_false_matches_total") == 1 })
 }
 
 func TestCloseUntracksAndTrackAfterClose(t *testing.T) {
 	r := newRegistry(t, conntrack.Options{})
 	ps := dialPairs(t, r, 3)
 	for _, p := range ps[:2] {
-		r.Track(p.server, []string{"k"}, time.Now().Add(time.Hour))
+		if err := r.Track(p.server, []string{"k"}, time.Now().Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	ps[0].server.Close()
 	ps[0].server.Close() // idempotent
@@ -181,10 +234,10 @@ func TestExpiry(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	r := newRegistry(t, conntrack.Options{Clock: clk, Metrics: reg})
 	ps := dialPairs(t, r, 3)
-	r.Track(ps[0].server, []string{"a"}, start.Add(time.Hour))
-	r.Track(ps[1].server, []string{"b"}, start.Add(2*time.Hour))
-	r.Track(ps[2].server, []string{"c"}, time.Time{}) // never expires
-	clk.Advance(time.Hour)                            // valid through NotAfter inclusive
+	mustTrack(t, r, ps[0].server, []string{"a"}, start.Add(time.Hour))
+	mustTrack(t, r, ps[1].server, []string{"b"}, start.Add(2*time.Hour))
+	mustTrack(t, r, ps[2].server, []string{"c"}, time.Time{}) // never expires
+	clk.Advance(time.Hour)                                    // valid through NotAfter inclusive
 	if !stillOpen(t, ps[0].client) {
 		t.Fatal("conn evicted at NotAfter; it is valid through NotAfter")
 	}
@@ -211,9 +264,9 @@ func TestExpiryEarlierThanScheduled(t *testing.T) {
 	clk := fakeclock.New(start)
 	r := newRegistry(t, conntrack.Options{Clock: clk})
 	ps := dialPairs(t, r, 2)
-	r.Track(ps[0].server, []string{"late"}, start.Add(24*time.Hour))
+	mustTrack(t, r, ps[0].server, []string{"late"}, start.Add(24*time.Hour))
 	time.Sleep(10 * time.Millisecond) // let the scheduler arm its timer for the late one
-	r.Track(ps[1].server, []string{"early"}, start.Add(time.Minute))
+	mustTrack(t, r, ps[1].server, []string{"early"}, start.Add(time.Minute))
 	// The scheduler may still be re-arming; advance in steps until it has acted.
 	deadline := time.Now().Add(10 * time.Second)
 	for stillOpen(t, ps[1].client) {

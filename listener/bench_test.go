@@ -62,7 +62,7 @@ func startBench(b *testing.B, guarded bool) *benchServer {
 			b.Fatal(err)
 		}
 		ln = l
-		defer func() { s.stop = func() { l.Stop(); s.closeAll() } }()
+		defer func() { s.stop = func() { s.closeAll(); l.Close() } }()
 	} else {
 		ln = tls.NewListener(inner, &tls.Config{
 			Certificates: []tls.Certificate{srvCert.TLS()}, ClientAuth: tls.RequireAndVerifyClientCert,

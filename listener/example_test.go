@@ -35,7 +35,6 @@ func Example() {
 	if err != nil {
 		panic(err)
 	}
-	defer l.Stop()
 	srv := &http.Server{
 		ConnContext: l.ConnContext, // lets handlers call listener.FromContext
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -32,8 +32,11 @@ const (
 	KindSubject   Kind = "subject"
 )
 
-// Kinds lists every key kind, in the order KeysOf emits them.
-var Kinds = []Kind{KindSerial, KindKeySerial, KindSHA256, KindSPKI, KindURI, KindDNS, KindEmail, KindSubject}
+// AllKinds returns every key kind, in the order KeysOf emits them: a new slice on every
+// call.
+func AllKinds() []Kind {
+	return []Kind{KindSerial, KindKeySerial, KindSHA256, KindSPKI, KindURI, KindDNS, KindEmail, KindSubject}
+}
 
 // MaxKeyLen bounds a key's length; longer input is refused rather than stored.
 const MaxKeyLen = 4096
@@ -172,7 +175,7 @@ func MustParseKey(s string) Key {
 
 func kindList() string {
 	var b strings.Builder
-	for i, k := range Kinds {
+	for i, k := range AllKinds() {
 		if i > 0 {
 			b.WriteString(", ")
 		}

@@ -13,54 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Reason is an RFC 5280 CRLReason name, e.g. "keyCompromise".
-type Reason string
-
-// The RFC 5280 section 5.3.1 reason names.
-var Reasons = []Reason{
-	"unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded",
-	"cessationOfOperation", "certificateHold", "removeFromCRL", "privilegeWithdrawn", "aACompromise",
-}
-
-// reasonCodes are the CRLReason codes of RFC 5280 section 5.3.1, which CRL entries and
-// OCSP answers (RFC 6960 section 4.2.1) both carry; 7 is not used.
-var reasonCodes = [...]Reason{
-	0: "unspecified", 1: "keyCompromise", 2: "cACompromise", 3: "affiliationChanged", 4: "superseded",
-	5: "cessationOfOperation", 6: "certificateHold", 8: "removeFromCRL", 9: "privilegeWithdrawn", 10: "aACompromise",
-}
-
-// ReasonFromCode returns the name of an RFC 5280 CRLReason code, as a CRL entry or an OCSP
-// answer carries it; "unspecified" for a code RFC 5280 does not define (7, negative, above 10).
-func ReasonFromCode(code int) Reason {
-	if code < 0 || code >= len(reasonCodes) || reasonCodes[code] == "" {
-		return "unspecified"
-	}
-	return reasonCodes[code]
-}
-
-// ParseReason accepts an RFC 5280 reason name in any case; "" means unspecified.
-func ParseReason(s string) (Reason, error) {
-	if s == "" {
-		return "unspecified", nil
-	}
-	for _, r := range Reasons {
-		if len(s) == len(r) && equalFold(s, string(r)) {
-			return r, nil
-		}
-	}
-	return "", fmt.Errorf("revoke: unknown reason %q; want an RFC 5280 name such as keyCompromise or superseded", s)
-}
-
-func equalFold(a, b string) bool {
-	for i := 0; i < len(a); i++ {
-		x, y := a[i]|0x20, b[i]|0x20
-		if x != y {
-			return false
-		}
-	}
-	return true
-}
-
 // Entry records one revocation.
 type Entry struct {
 	Key       Key       `json:"key"`
@@ -379,7 +331,7 @@ func (s *Set) applyLocked(src string, added []Entry, removed []claim) Change {
 	for _, e := range added {
 		e.Source = src
 		if e.Reason == "" {
-			e.Reason = "unspecified"
+			e.Reason = ReasonUnspecified
 		}
 		sh, h := s.shard(e.Key)
 		// The bit goes in before the entry: a reader that finds the entry's bit missing

@@ -21,7 +21,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/guardian-mtls/guardian/conntrack"
 	"github.com/guardian-mtls/guardian/listener"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/redisfeed"
@@ -33,7 +32,7 @@ import (
 type adminAPI struct {
 	set   *revoke.Set
 	store revocationStore
-	reg   *conntrack.Registry // the data listener's conns
+	data  *listener.Listener // the data listener: its conns
 	// ready, if set, answers /readyz: "" when ready, else why not.
 	ready func() string
 	// feed is the Redis feed, for /v1/reseed; nil for other stores.
@@ -49,8 +48,8 @@ type adminAPI struct {
 	requests *prometheus.CounterVec
 }
 
-func newAdminAPI(set *revoke.Set, store revocationStore, reg *conntrack.Registry, allowed []revoke.Key, log *slog.Logger, metrics *prometheus.Registry) (*adminAPI, error) {
-	a := &adminAPI{set: set, store: store, reg: reg, allowed: allowed, log: log,
+func newAdminAPI(set *revoke.Set, store revocationStore, data *listener.Listener, allowed []revoke.Key, log *slog.Logger, metrics *prometheus.Registry) (*adminAPI, error) {
+	a := &adminAPI{set: set, store: store, data: data, allowed: allowed, log: log,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "guardian_admin_requests_total",
 			Help: "Admin API requests by operation and result (ok, bad_request, forbidden, not_found, cross_origin, unsupported_media_type).",
@@ -290,8 +289,8 @@ func (a *adminAPI) revoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	matched := 0
-	a.reg.Range(func(c *conntrack.Conn) bool {
-		if info, ok := c.Owner().(*listener.ConnInfo); ok && revoke.Matches(info.Chains(), key) {
+	a.data.Conns(func(info *listener.ConnInfo) bool {
+		if revoke.Matches(info.Chains(), key) {
 			matched++
 		}
 		return true
@@ -369,19 +368,16 @@ func (a *adminAPI) reseed(w http.ResponseWriter, r *http.Request) {
 
 func (a *adminAPI) conns(w http.ResponseWriter, r *http.Request) {
 	out := []connView{}
-	a.reg.Range(func(c *conntrack.Conn) bool {
-		v := connView{Remote: c.RemoteAddr().String(), Since: c.Since()}
-		if info, ok := c.Owner().(*listener.ConnInfo); ok {
-			v.Audience = info.Audience()
-			if leaf := info.Leaf(); leaf != nil {
-				v.Subject = leaf.Subject.String()
-				for _, u := range leaf.URIs {
-					v.URIs = append(v.URIs, u.String())
-				}
+	a.data.Conns(func(info *listener.ConnInfo) bool {
+		v := connView{Remote: info.RemoteAddr().String(), Since: info.Since(), Audience: info.Audience()}
+		if leaf := info.Leaf(); leaf != nil {
+			v.Subject = leaf.Subject.String()
+			for _, u := range leaf.URIs {
+				v.URIs = append(v.URIs, u.String())
 			}
-			for _, k := range info.Keys() {
-				v.Keys = append(v.Keys, string(k))
-			}
+		}
+		for _, k := range info.Keys() {
+			v.Keys = append(v.Keys, string(k))
 		}
 		out = append(out, v)
 		return true

@@ -85,7 +85,7 @@ func demo(ctx context.Context, dir, listenAddr, adminAddr string, stdout, stderr
 		adminLn.Close()
 		return err
 	}
-	defer data.Stop()
+	defer data.Shutdown(ctxDone())
 	// The admin API sits on a revocation-aware listener too: revoking the admin
 	// certificate ends its sessions as well.
 	admin, err := listener.New(adminLn, listener.Config{
@@ -99,13 +99,13 @@ func demo(ctx context.Context, dir, listenAddr, adminAddr string, stdout, stderr
 		adminLn.Close()
 		return err
 	}
-	defer admin.Stop()
-	api, err := newAdminAPI(set, n.store, data.Registry(), []revoke.Key{revoke.MustParseKey("uri:" + adminURI)}, log, metrics)
+	defer admin.Shutdown(ctxDone())
+	api, err := newAdminAPI(set, n.store, data, []revoke.Key{revoke.MustParseKey("uri:" + adminURI)}, log, metrics)
 	if err != nil {
 		return err
 	}
 	api.fleet = func(context.Context) ([]redisfeed.NodeStatus, error) {
-		return []redisfeed.NodeStatus{n.status("demo", data.Registry().Len())}, nil
+		return []redisfeed.NodeStatus{n.status("demo", data.Len())}, nil
 	}
 
 	handler, err := demoAudiences(metrics, log)

@@ -27,7 +27,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/guardian-mtls/guardian/binding"
-	"github.com/guardian-mtls/guardian/conntrack"
 	"github.com/guardian-mtls/guardian/internal/ratelog"
 	"github.com/guardian-mtls/guardian/listener"
 	"github.com/guardian-mtls/guardian/revoke"
@@ -515,7 +514,7 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger,
 		ln.Close()
 		return err
 	}
-	defer l.Stop()
+	defer l.Shutdown(ctxDone())
 	var modes atomic.Pointer[map[string]ocsp.Mode]
 	m0 := cfg.ocspModes()
 	modes.Store(&m0)
@@ -537,7 +536,7 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger,
 	if n.rstore != nil {
 		hctx, cancel := context.WithCancel(ctx)
 		done := make(chan struct{})
-		go func() { n.heartbeat(hctx, nodeID, l.Registry().Len, log); close(done) }()
+		go func() { n.heartbeat(hctx, nodeID, l.Len, log); close(done) }()
 		defer func() { cancel(); <-done }()
 	}
 	var current atomic.Pointer[http.Handler]
@@ -565,8 +564,8 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger,
 			aln.Close()
 			return err
 		}
-		defer al.Stop()
-		api, err := newAdminAPI(n.set, n.store, l.Registry(), allowed, clog, metrics)
+		defer al.Shutdown(ctxDone())
+		api, err := newAdminAPI(n.set, n.store, l, allowed, clog, metrics)
 		if err != nil {
 			return err
 		}
@@ -577,7 +576,7 @@ func serve(ctx context.Context, cfg *Config, stdout io.Writer, log *slog.Logger,
 			if n.rstore != nil {
 				return n.rstore.LiveNodes(ctx)
 			}
-			return []redisfeed.NodeStatus{n.status(nodeID, l.Registry().Len())}, nil
+			return []redisfeed.NodeStatus{n.status(nodeID, l.Len())}, nil
 		}
 		servers = append(servers, &http.Server{Handler: al.Progress(api.handler()), ConnState: al.ConnState, ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog: slog.NewLogLogger(ratelog.Shared(log.Handler(), 10, time.Second), slog.LevelWarn)})
@@ -622,8 +621,8 @@ wait:
 	}
 	wg.Wait()
 	if sctx.Err() != nil {
-		left := l.Registry().EvictAll(conntrack.Cause{Reason: conntrack.ReasonShutdown})
-		log.Warn("shutdown deadline passed; closed the conns still open", "conns", left)
+		log.Warn("shutdown deadline passed; closed the conns still open", "conns", l.Len())
+		l.Shutdown(sctx)
 		for _, s := range servers {
 			s.Close()
 		}
@@ -851,4 +850,11 @@ func proxyError(audience string, errs *prometheus.CounterVec, log *slog.Logger) 
 		}
 		w.WriteHeader(http.StatusBadGateway)
 	}
+}
+
+// ctxDone is a context that has ended.
+func ctxDone() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
 }

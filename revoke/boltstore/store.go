@@ -82,34 +82,35 @@ func parse(k, v []byte) (revoke.Entry, error) {
 	return e, nil
 }
 
-// Revoke stores e durably, then adds it to the Set.
-func (s *Store) Revoke(_ context.Context, e revoke.Entry) (revoke.Change, error) {
+// Revoke stores e durably, then adds it to the Set; the version is the Set's.
+func (s *Store) Revoke(_ context.Context, e revoke.Entry) (uint64, error) {
 	if c, err := revoke.ParseKey(string(e.Key)); err != nil || c != e.Key {
 		if err == nil {
 			err = fmt.Errorf("key %q is not canonical", e.Key)
 		}
-		return revoke.Change{}, err
+		return 0, err
 	}
 	e.Source = revoke.SourceEmbedded // the store is one source, whoever wrote to it
 	b, err := json.Marshal(e)
 	if err != nil {
-		return revoke.Change{}, err
+		return 0, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(e.Key), b) }); err != nil {
-		return revoke.Change{}, fmt.Errorf("boltstore: write %s: %w", s.path, err)
+		return 0, fmt.Errorf("boltstore: write %s: %w", s.path, err)
 	}
-	return s.set.Add(revoke.SourceEmbedded, e)
+	ch, err := s.set.Add(revoke.SourceEmbedded, e)
+	return ch.Version, err
 }
 
 // Unrevoke deletes k durably, then removes it from the Set. changed is false if k was not
 // in the store.
-func (s *Store) Unrevoke(_ context.Context, k revoke.Key) (revoke.Change, bool, error) {
+func (s *Store) Unrevoke(_ context.Context, k revoke.Key) (version uint64, changed bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	found := false
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err = s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucket)
 		if b.Get([]byte(k)) == nil {
 			return nil
@@ -118,14 +119,16 @@ func (s *Store) Unrevoke(_ context.Context, k revoke.Key) (revoke.Change, bool, 
 		return b.Delete([]byte(k))
 	})
 	if err != nil {
-		return revoke.Change{}, false, fmt.Errorf("boltstore: write %s: %w", s.path, err)
+		return 0, false, fmt.Errorf("boltstore: write %s: %w", s.path, err)
 	}
 	if !found {
-		return revoke.Change{}, false, nil
+		return 0, false, nil
 	}
 	ch, err := s.set.Remove(revoke.SourceEmbedded, k)
-	return ch, true, err
+	return ch.Version, true, err
 }
 
 // Close closes the file.
 func (s *Store) Close() error { return s.db.Close() }
+
+var _ revoke.Store = (*Store)(nil)

@@ -49,7 +49,9 @@ type Entry struct {
 	Negative bool
 	// RevokedAt is the revocationDate.
 	RevokedAt time.Time
-	// ReasonCode is the RFC 5280 CRLReason code, or -1 when the entry has none.
+	// ReasonCode is the entry's CRLReason code as it carries it, or -1 when it carries none.
+	// A code RFC 5280 does not define (7, above 10) is kept: Reason names it unspecified,
+	// as an OCSP answer's is (revoke.ReasonFromCode).
 	ReasonCode int
 	// Offset is where the entry starts in the CRL's Raw.
 	Offset int
@@ -57,10 +59,6 @@ type Entry struct {
 
 // Reason returns the entry's reason name; "unspecified" when it has none.
 func (e *Entry) Reason() revoke.Reason { return revoke.ReasonFromCode(e.ReasonCode) }
-
-// reasonRemoveFromCRL marks an entry that no longer revokes its certificate (a released
-// hold).
-const reasonRemoveFromCRL = 8
 
 // maxSerialLen is the longest serial, in bytes, that a serial key can carry.
 const maxSerialLen = 40
@@ -288,8 +286,8 @@ func (c *CRL) Each(fn func(*Entry) error) error {
 		if err := parseEntry(elem, &e, scratch[:0]); err != nil {
 			return fmt.Errorf("%w (revoked entry %d)", err, i)
 		}
-		if e.ReasonCode == reasonRemoveFromCRL {
-			continue
+		if !revoke.ReasonCodeRevokes(e.ReasonCode) {
+			continue // removeFromCRL: a released hold
 		}
 		if err := fn(&e); err != nil {
 			return err
@@ -362,12 +360,15 @@ func parseEntry(elem cryptobyte.String, e *Entry, scratch []byte) error {
 		}
 		switch {
 		case bytes.Equal(oid, oidReasonCode):
-			var code cryptobyte.String
-			if seenReason || !val.ReadASN1(&code, cbasn1.ENUM) || !val.Empty() || len(code) != 1 || code[0] > 10 {
+			// Any ENUMERATED is read, as crypto/x509 and an OCSP answer read it: an entry
+			// with a code RFC 5280 does not define still revokes its certificate (as
+			// unspecified) rather than making the whole CRL refused.
+			var code int
+			if seenReason || !val.ReadASN1Enum(&code) || !val.Empty() {
 				return malformed("reasonCode")
 			}
 			seenReason = true
-			e.ReasonCode = int(code[0])
+			e.ReasonCode = code
 		case bytes.Equal(oid, oidInvalidityDate):
 			if seenInvalidity {
 				return malformed("invalidityDate appears twice")

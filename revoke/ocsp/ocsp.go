@@ -321,6 +321,12 @@ func verify(der []byte, leaf, issuer *x509.Certificate, now time.Time) (Result, 
 	case xocsp.Good:
 		res.Status = Good
 	case xocsp.Revoked:
+		if !revoke.ReasonCodeRevokes(r.RevocationReason) {
+			// removeFromCRL: the certificate is no longer revoked (a released hold), which
+			// is what a CRL entry with that code says too.
+			res.Status = Good
+			break
+		}
 		res.Status, res.RevokedAt, res.Reason = Revoked, r.RevokedAt, revoke.ReasonFromCode(r.RevocationReason)
 	default:
 		res.Status = Unknown

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/guardian-mtls/guardian/internal/clip"
 	"github.com/guardian-mtls/guardian/internal/ratelog"
 	"github.com/guardian-mtls/guardian/revoke"
 )
@@ -280,7 +281,7 @@ func (f *Feed) trouble(tries int, what string, err error) {
 	if err != nil {
 		what += ": " + err.Error()
 	}
-	stuck := fmt.Sprintf("%d resyncs in a row without progress; last: %s", tries, truncate(what, 300))
+	stuck := fmt.Sprintf("%d resyncs in a row without progress; last: %s", tries, clip.String(what, 300))
 	f.mu.Lock()
 	was := f.stuck
 	f.stuck = stuck
@@ -385,7 +386,7 @@ func (f *Feed) applyMessages(ctx context.Context, msgs []redis.XMessage) string 
 		if err == nil && fromID && v != applied+1 && !isOp(op) {
 			// XADD * gives "<milliseconds>-0": a version only if it is the next one, or the
 			// entry is one of guardian's records.
-			err = fmt.Errorf("%w: no version field, op %q", errForeign, truncate(op, 32))
+			err = fmt.Errorf("%w: no version field, op %q", errForeign, clip.String(op, 32))
 		}
 		if err != nil {
 			f.foreign(msg.ID, err)
@@ -432,12 +433,12 @@ func (f *Feed) applyMessages(ctx context.Context, msgs []redis.XMessage) string 
 func (f *Feed) foreign(id string, err error) {
 	f.m.foreign.Inc()
 	f.outside.Warn("skipped a foreign stream entry: guardian did not write it",
-		"stream", f.store.keys.Log, "id", truncate(id, 64), "err", err)
+		"stream", f.store.keys.Log, "id", clip.String(id, 64), "err", err)
 }
 
 func (f *Feed) malformed(where, what string, err error) {
 	f.m.malformed.WithLabelValues(where).Inc()
-	f.outside.Error("skipped a malformed revocation record", "where", where, "record", truncate(what, 200), "err", err)
+	f.outside.Error("skipped a malformed revocation record", "where", where, "record", clip.String(what, 200), "err", err)
 }
 
 // deliverCRL reads the CRL pushed for issuer and hands it to OnCRL.
@@ -470,7 +471,7 @@ func (f *Feed) syncCRLs(ctx context.Context) error {
 	for issuer, vs := range pushed {
 		v, err := strconv.ParseUint(vs, 10, 64)
 		if err != nil || !isIssuerHash(issuer) {
-			f.malformed("crls", issuer, fmt.Errorf("push version %q", truncate(vs, 32)))
+			f.malformed("crls", issuer, fmt.Errorf("push version %q", clip.String(vs, 32)))
 			continue
 		}
 		if f.crlSeen[issuer] != v {
@@ -518,7 +519,7 @@ func (f *Feed) resync(ctx context.Context, why string) error {
 	var version uint64
 	if s := versionCmd.Val(); s != "" {
 		if _, err := fmt.Sscan(s, &version); err != nil {
-			return fmt.Errorf("redisfeed: %s is %q, not a number", k.Version, truncate(s, 32))
+			return fmt.Errorf("redisfeed: %s is %q, not a number", k.Version, clip.String(s, 32))
 		}
 	}
 	entries, bad := parseHash(hashCmd.Val())

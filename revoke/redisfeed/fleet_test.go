@@ -40,7 +40,11 @@ func startGuarded(t testing.TB, srv *redistest.Server, ca *testpki.CA, server *t
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(l.Stop)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		l.Shutdown(ctx) // the conns the test left open, too
+	})
 	go idleserver.Serve(l)
 	return &guardedNode{node: n, addr: inner.Addr().String()}
 }

@@ -81,9 +81,20 @@ func (s *Store) LiveNodes(ctx context.Context) ([]NodeStatus, error) {
 // WaitApplied polls until every live node has applied version, or ctx ends. It returns the
 // live nodes' last statuses and the IDs of those that had not confirmed.
 func (s *Store) WaitApplied(ctx context.Context, version uint64) (nodes []NodeStatus, missing []string, err error) {
+	return WaitApplied(ctx, version, s.LiveNodes)
+}
+
+// WaitApplied polls live (a Store's LiveNodes, or a node's admin API) until at least one
+// node is live and every live node has applied version, or ctx ends. It returns the live
+// nodes' last statuses and the IDs of those that had not confirmed; an error only when
+// live fails before ctx ends.
+func WaitApplied(ctx context.Context, version uint64, live func(context.Context) ([]NodeStatus, error)) (nodes []NodeStatus, missing []string, err error) {
 	for {
-		nodes, err = s.LiveNodes(ctx)
-		if err != nil {
+		got, err := live(ctx)
+		switch {
+		case err == nil:
+			nodes = got
+		case ctx.Err() == nil:
 			return nil, nil, err
 		}
 		missing = missing[:0]
@@ -92,7 +103,7 @@ func (s *Store) WaitApplied(ctx context.Context, version uint64) (nodes []NodeSt
 				missing = append(missing, n.ID)
 			}
 		}
-		if len(missing) == 0 {
+		if len(nodes) > 0 && len(missing) == 0 {
 			return nodes, nil, nil
 		}
 		select {

@@ -65,7 +65,11 @@ func newFaultRig(t *testing.T, staleAfter time.Duration) *faultRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(l.Stop)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		l.Shutdown(ctx) // the conns the test left open, too
+	})
 	go idleserver.Serve(l)
 	r.addr = inner.Addr().String()
 	return r

@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/guardian-mtls/guardian/internal/clip"
 	"github.com/guardian-mtls/guardian/revoke"
 )
 
@@ -260,7 +261,7 @@ func messageVersion(id string, values map[string]any) (v uint64, fromID bool, er
 		s, _ := raw.(string)
 		v, err := strconv.ParseUint(s, 10, 64)
 		if err != nil || v == 0 || strconv.FormatUint(v, 10) != s {
-			return 0, false, fmt.Errorf("%w: version %q is not a positive integer", errForeign, truncate(s, 32))
+			return 0, false, fmt.Errorf("%w: version %q is not a positive integer", errForeign, clip.String(s, 32))
 		}
 		return v, false, nil
 	}
@@ -294,7 +295,7 @@ func parseRecord(v uint64, values map[string]any) (record, error) {
 		r.key, r.entry = e.Key, e
 	case OpCRL:
 		if !isIssuerHash(key) {
-			return r, fmt.Errorf("crl record for %q, not an issuer hash", truncate(key, 80))
+			return r, fmt.Errorf("crl record for %q, not an issuer hash", clip.String(key, 80))
 		}
 		r.issuer = key
 	case OpUnrevoke:
@@ -307,16 +308,9 @@ func parseRecord(v uint64, values map[string]any) (record, error) {
 		}
 		r.key = k
 	default:
-		return r, fmt.Errorf("unknown op %q", truncate(r.op, 32))
+		return r, fmt.Errorf("unknown op %q", clip.String(r.op, 32))
 	}
 	return r, nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "…"
-	}
-	return s
 }
 
 // reseedScript writes entries that Redis lacks (never overwriting one it has), lifts the
@@ -432,7 +426,7 @@ return {v, epoch}
 // any CRL; the caller should have too.
 func (s *Store) PushCRL(ctx context.Context, issuerHash string, der []byte) (uint64, error) {
 	if !isIssuerHash(issuerHash) {
-		return 0, fmt.Errorf("redisfeed: push CRL: issuer %q is not a SHA-256 in lower-case hex", truncate(issuerHash, 80))
+		return 0, fmt.Errorf("redisfeed: push CRL: issuer %q is not a SHA-256 in lower-case hex", clip.String(issuerHash, 80))
 	}
 	keys := []string{s.keys.CRL(issuerHash), s.keys.CRLs, s.keys.Version, s.keys.Log, s.keys.Epoch}
 	res, err := pushCRLScript.Run(ctx, s.rdb, keys, issuerHash, der, s.maxLen, newEpoch()).Slice()
@@ -458,3 +452,5 @@ func isIssuerHash(s string) bool {
 // ChangeScriptSource returns the Lua source of the change script, for tests and tools that
 // must write raw change sequences exactly as Store does.
 func ChangeScriptSource() string { return changeScriptSrc }
+
+var _ revoke.Store = (*Store)(nil)

@@ -1,5 +1,0 @@
-package listener_test
-
-import "github.com/guardian-mtls/guardian/conntrack"
-
-type conntrackConn = conntrack.Conn
