@@ -22,7 +22,7 @@ func FuzzParseCerts(f *testing.F) {
 		if err != nil {
 			return
 		}
-		for _, k := range revoke.Kinds {
+		for _, k := range revoke.AllKinds() {
 			if key, err := revoke.KeyFor(certs[0], k); err == nil {
 				if again, err := revoke.ParseKey(string(key)); err != nil || again != key {
 					t.Fatalf("KeyFor(%s) = %q, which ParseKey makes %q, %v", k, key, again, err)

@@ -32,8 +32,7 @@ func (m memStore) Unrevoke(_ context.Context, k revoke.Key) (bool, error) {
 type boltAdapter struct{ s *boltstore.Store }
 
 func (b boltAdapter) Revoke(ctx context.Context, e revoke.Entry) (uint64, error) {
-	ch, err := b.s.Revoke(ctx, e)
-	return ch.Version, err
+	return b.s.Revoke(ctx, e)
 }
 
 func (b boltAdapter) Unrevoke(ctx context.Context, k revoke.Key) (bool, error) {
