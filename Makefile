@@ -9,9 +9,10 @@ FUZZ_TARGETS = \
 	./revoke/redisfeed:FuzzParseRecord \
 	./revoke/crl:FuzzParseCRL \
 	./revoke/ocsp:FuzzVerify \
-	./cmd/guardian:FuzzParseCerts \
-	./cmd/guardian:FuzzRevokeRequest \
+	./internal/pemfile:FuzzParseCerts \
+	./daemon/admin:FuzzRevokeRequest \
 	./cmd/guardian:FuzzParseConfig \
+	./internal/clip:FuzzString \
 	./binding:FuzzTokens \
 	./binding:FuzzSessionCookie \
 	./binding:FuzzSplitCookies \

@@ -149,7 +149,8 @@ func TestResumedSessionAfterRevocation(t *testing.T) {
 	}
 }
 
-// A conn is evicted when its certificate expires (clock injected); expired: keep leaves it.
+// A conn is evicted when its certificate expires (clock injected); expired: keep leaves it:
+// no expiry is ever scheduled on the clock, so however far it moves nothing closes the conn.
 func TestExpiry(t *testing.T) {
 	for _, keep := range []bool{false, true} {
 		t.Run(fmt.Sprintf("keep=%v", keep), func(t *testing.T) {
@@ -160,19 +161,37 @@ func TestExpiry(t *testing.T) {
 			cs, cl := e.client(short, false), e.client(long, false)
 			cs.get(t, "/")
 			cl.get(t, "/")
-			clk.Advance(2 * time.Hour)
 			if keep {
-				time.Sleep(100 * time.Millisecond)
-				if !isOpen(cs.conn(0)) {
-					t.Fatal("expired: keep, yet the conn was closed")
+				// Both conns are tracked (both were served), and the registry would have
+				// scheduled the short one's expiry on the clock (keep=false below sees it).
+				if p := clk.Pending(); len(p) != 0 {
+					t.Fatalf("expired: keep, yet expiries are scheduled at %v", p)
+				}
+				clk.Advance(2 * time.Hour)
+				if p := clk.Pending(); len(p) != 0 || !isOpen(cs.conn(0)) {
+					t.Fatalf("expired: keep: after the NotAfter, timers at %v, conn open %v; want none and open", p, isOpen(cs.conn(0)))
+				}
+				if got := cs.get(t, "/"); !strings.Contains(got, "cn=short") || cs.numConns() != 1 {
+					t.Fatalf("expired: keep: %q on %d conns; want the first conn still serving", got, cs.numConns())
 				}
 				return
 			}
+			clk.Advance(2 * time.Hour)
 			waitClosed(t, cs.conn(0), "expired cert")
 			if !isOpen(cl.conn(0)) {
 				t.Fatal("conn of an unexpired cert closed")
 			}
 			waitMetric(t, e, "guardian_evictions_total", 1, "reason", "expired")
+			// What keep=true checks the absence of: the long conn's expiry, now scheduled.
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+				p := clk.Pending()
+				if len(p) == 1 && !p[0].Before(long.Cert.NotAfter) && p[0].Before(long.Cert.NotAfter.Add(time.Second)) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("timers at %v; want one, at the long cert's NotAfter %v", p, long.Cert.NotAfter)
+				}
+			}
 		})
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -56,7 +57,7 @@ func (l *Listener) Progress(next http.Handler) http.Handler {
 			// which keeps its Content-Length if it fits), and the rest of a body it reads to
 			// reuse the conn, must go within d as well; ConnState clears them at idle.
 			rc.SetWriteDeadline(time.Now().Add(d))
-			if body != nil && !body.eof {
+			if body != nil && !body.eof.Load() {
 				rc.SetReadDeadline(time.Now().Add(d))
 			}
 		}
@@ -70,7 +71,9 @@ type progressBody struct {
 	rate   int           // bytes a second; 0: none
 	n      int64         // bytes read
 	waited time.Duration // in reads, waiting for the client
-	eof    bool
+	// eof is read by the handler's goroutine after it returns, while a reverse proxy's
+	// transport may still be reading the body on its own.
+	eof atomic.Bool
 
 	mu   sync.Mutex // held around rc's calls, so none runs once done is set
 	done bool       // the handler returned
@@ -110,7 +113,9 @@ func (b *progressBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.waited += time.Since(start)
 	b.n += int64(n)
-	b.eof = b.eof || err == io.EOF
+	if err == io.EOF {
+		b.eof.Store(true)
+	}
 	if byRate && errors.Is(err, os.ErrDeadlineExceeded) {
 		err = fmt.Errorf("listener: request body slower than %d bytes a second: %w", b.rate, err)
 	}

@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/guardian-mtls/guardian/internal/pemfile"
 )
 
 // The attacks of issue 13, each against guardian serve in front of a permissive upstream:
@@ -499,7 +501,7 @@ audiences:
   - { name: api, sni: [localhost], cert: server.pem, key: server.key, client_ca: [ca.pem] }
   - { name: public, sni: [public.localhost], cert: server.pem, key: server.key, client_auth: none, idle_timeout: 500ms }
 `)
-	pool, _ := loadPool(filepath.Join(dir, "ca.pem"))
+	pool, _ := pemfile.LoadPool(filepath.Join(dir, "ca.pem"))
 	var conns []*tls.Conn
 	for i := range 40 {
 		proto := "http/1.1"
@@ -543,7 +545,7 @@ audiences:
 `), 0o644)
 	addr := execServe(t, file, 400)
 	d := &runningDemo{dir: dir, addr: addr}
-	pool, _ := loadPool(filepath.Join(dir, "ca.pem"))
+	pool, _ := pemfile.LoadPool(filepath.Join(dir, "ca.pem"))
 	held := 0
 	for range 450 {
 		// An idle keep-alive conn: one request answered, then nothing.
@@ -604,7 +606,7 @@ audiences:
   - { name: api, sni: [localhost], cert: server.pem, key: server.key, client_ca: [ca.pem] }
   - { name: public, sni: [public.localhost], cert: server.pem, key: server.key, client_auth: none, idle_timeout: 500ms, upstream: %q }
 `, up))
-	pool, _ := loadPool(filepath.Join(dir, "ca.pem"))
+	pool, _ := pemfile.LoadPool(filepath.Join(dir, "ca.pem"))
 	dial := func(proto string) *tls.Conn {
 		c, err := tls.Dial("tcp", s.addr, &tls.Config{RootCAs: pool, ServerName: "public.localhost", NextProtos: []string{proto}})
 		if err != nil {

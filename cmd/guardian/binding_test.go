@@ -23,12 +23,14 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/guardian-mtls/guardian/internal/pemfile"
 )
 
 // sniClient is a client with certificate name (or none) whose conns carry SNI sni.
 func (d *runningDemo) sniClient(t *testing.T, name, sni string) *http.Client {
 	t.Helper()
-	pool, err := loadPool(filepath.Join(d.dir, "ca.pem"))
+	pool, err := pemfile.LoadPool(filepath.Join(d.dir, "ca.pem"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +144,7 @@ audiences:
 
 func mustCert(t *testing.T, file string) *x509.Certificate {
 	t.Helper()
-	certs, err := loadCerts(file)
+	certs, err := pemfile.LoadCerts(file)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +186,7 @@ func TestServeWebSocketThroughUpstreamEndsOnRevocation(t *testing.T) {
 	s := startServe(t, dir, strings.Replace(fmt.Sprintf(serveConfig, "store: memory", ""), "on_stale: closed", "on_stale: closed\n    upstream: "+up.URL, 1))
 	d := s.demoView()
 	cert, _ := tls.LoadX509KeyPair(filepath.Join(dir, "client.pem"), filepath.Join(dir, "client.key"))
-	pool, _ := loadPool(filepath.Join(dir, "ca.pem"))
+	pool, _ := pemfile.LoadPool(filepath.Join(dir, "ca.pem"))
 	conn, err := tls.Dial("tcp", s.addr, &tls.Config{ServerName: "localhost", RootCAs: pool, Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}})
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/guardian-mtls/guardian/internal/pemfile"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/crl"
 )
@@ -64,7 +65,7 @@ func runCRL(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("%s: %w", file, err)
 	}
 	if *issuerCert != "" {
-		certs, err := loadCerts(*issuerCert)
+		certs, err := pemfile.LoadCerts(*issuerCert)
 		if err != nil {
 			return err
 		}
@@ -126,8 +127,8 @@ func runCRLList(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var views []crlView
-	if err := c.do("GET", "/v1/crls", nil, &views); err != nil {
+	views, err := c.CRLs(context.Background())
+	if err != nil {
 		return err
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)

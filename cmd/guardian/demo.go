@@ -3,26 +3,18 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"crypto/tls"
-	"errors"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
-	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/guardian-mtls/guardian/binding"
-	"github.com/guardian-mtls/guardian/listener"
-	"github.com/guardian-mtls/guardian/revoke"
-	"github.com/guardian-mtls/guardian/revoke/redisfeed"
+	"github.com/guardian-mtls/guardian/daemon"
 )
 
 func runDemo(args []string, stdout, stderr io.Writer) error {
@@ -39,169 +31,55 @@ func runDemo(args []string, stdout, stderr io.Writer) error {
 }
 
 func demo(ctx context.Context, dir, listenAddr, adminAddr string, stdout, stderr io.Writer) error {
-	if err := writePKI(dir); err != nil {
-		return err
-	}
-	log := slog.New(slog.NewTextHandler(stderr, nil))
-	serverCert, err := tls.LoadX509KeyPair(filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"))
+	n, err := newDemo(ctx, dir, listenAddr, adminAddr, slog.New(slog.NewTextHandler(stderr, nil)))
 	if err != nil {
 		return err
 	}
-	pool, err := loadPool(filepath.Join(dir, "ca.pem"))
-	if err != nil {
-		return err
-	}
-	metrics := prometheus.NewRegistry()
-	// The demo keeps revocations in memory; `guardian serve` has the persistent stores.
-	set, err := revoke.NewSet(revoke.SetOptions{Metrics: metrics})
-	if err != nil {
-		return err
-	}
-
-	dataLn, err := net.Listen("tcp", listenAddr)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w (pass --listen to use another address)", listenAddr, err)
-	}
-	adminLn, err := net.Listen("tcp", adminAddr)
-	if err != nil {
-		dataLn.Close()
-		return fmt.Errorf("admin API: listen on %s: %w (pass --admin to use another address)", adminAddr, err)
-	}
-	n := &node{set: set, store: memStore{set}}
-	// Two audiences on one port: public.localhost asks for no certificate, localhost
-	// requires one and binds its sessions to it.
-	data, err := listener.New(dataLn, listener.Config{
-		Set: set, Metrics: metrics, Logger: log, OnRevocation: n.onRevocation,
-		Audiences: []listener.Audience{{
-			Name: "demo", SNI: []string{"localhost"}, Default: true, Certificates: []tls.Certificate{serverCert},
-			ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool,
-		}, {
-			Name: "public", SNI: []string{"public.localhost"}, Certificates: []tls.Certificate{serverCert},
-			ClientAuth: tls.NoClientCert,
-		}},
-	})
-	if err != nil {
-		dataLn.Close()
-		adminLn.Close()
-		return err
-	}
-	defer data.Shutdown(ctxDone())
-	// The admin API sits on a revocation-aware listener too: revoking the admin
-	// certificate ends its sessions as well.
-	admin, err := listener.New(adminLn, listener.Config{
-		Set: set, Logger: log,
-		Audiences: []listener.Audience{{
-			Name: "admin", SNI: []string{"localhost"}, Default: true, Certificates: []tls.Certificate{serverCert},
-			ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool,
-		}},
-	})
-	if err != nil {
-		adminLn.Close()
-		return err
-	}
-	defer admin.Shutdown(ctxDone())
-	api, err := newAdminAPI(set, n.store, data, []revoke.Key{revoke.MustParseKey("uri:" + adminURI)}, log, metrics)
-	if err != nil {
-		return err
-	}
-	api.fleet = func(context.Context) ([]redisfeed.NodeStatus, error) {
-		return []redisfeed.NodeStatus{n.status("demo", data.Len())}, nil
-	}
-
-	handler, err := demoAudiences(metrics, log)
-	if err != nil {
-		return err
-	}
-	dataSrv := &http.Server{Handler: handler, ConnContext: data.ConnContext, ReadHeaderTimeout: 10 * time.Second}
-	adminSrv := &http.Server{Handler: api.handler(), ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 2)
-	go func() { errc <- dataSrv.Serve(data) }()
-	go func() { errc <- adminSrv.Serve(admin) }()
-
-	printDemo(stdout, dir, dataLn.Addr().String(), adminLn.Addr().String())
-	select {
-	case <-ctx.Done():
-	case err = <-errc:
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	dataSrv.Shutdown(sctx)
-	adminSrv.Shutdown(sctx)
-	if errors.Is(err, http.ErrServerClosed) {
-		err = nil
-	}
-	return err
+	printDemo(stdout, dir, n.Addr().String(), n.AdminAddr().String())
+	return n.Run(ctx)
 }
 
-// demoAudiences is the demo's handler: the SNI/Host guard, then the identity echo, with the
-// "session" cookie bound to the client certificate on the mTLS audience.
-func demoAudiences(metrics prometheus.Registerer, log *slog.Logger) (http.Handler, error) {
-	m, err := binding.NewMetrics(metrics)
-	if err != nil {
+// newDemo writes a fresh PKI to dir and starts the demo's node on it: two audiences on one
+// port — localhost requires a client certificate and binds its "session" cookie to it,
+// public.localhost asks for none — both answered by the identity echo, revocations kept
+// in memory, and the admin API for admin.pem only, itself on a revocation-aware listener.
+func newDemo(ctx context.Context, dir, listenAddr, adminAddr string, log *slog.Logger) (*daemon.Node, error) {
+	if err := writePKI(dir); err != nil {
 		return nil, err
 	}
 	key := make([]byte, 32)
 	rand.Read(key)
-	bound, err := (&binding.Sessions{Cookies: []string{"session"}, Keys: [][]byte{key}, Audience: "demo", Metrics: m, Logger: log}).Wrap(demoHandler())
-	if err != nil {
+	sessionKey := filepath.Join(dir, "session.key")
+	if err := os.WriteFile(sessionKey, []byte(hex.EncodeToString(key)), 0o600); err != nil {
 		return nil, err
 	}
-	public := demoHandler()
-	return binding.SNIHostGuard(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if info, ok := listener.FromContext(r.Context()); ok && info.Audience() == "public" {
-			public.ServeHTTP(w, r)
-			return
-		}
-		bound.ServeHTTP(w, r)
-	}), m, log), nil
-}
-
-// demoHandler echoes the caller's identity and session; /login starts a session; /stream
-// keeps a response open, one line a second, so that a revocation can be seen ending a live
-// request.
-func demoHandler() http.Handler {
-	mux := http.NewServeMux()
-	identity := func(r *http.Request) string {
-		info, ok := listener.FromContext(r.Context())
-		if !ok || info.Leaf() == nil {
-			return "anonymous"
-		}
-		leaf := info.Leaf()
-		id := leaf.Subject.String()
-		if len(leaf.URIs) > 0 {
-			id = leaf.URIs[0].String()
-		}
-		return fmt.Sprintf("%s (audience %s, serial %s)", id, info.Audience(), leaf.SerialNumber.Text(16))
+	file := func(name string) string { return filepath.Join(dir, name) }
+	cfg := &daemon.Config{
+		Listen: listenAddr,
+		Admin: daemon.AdminConfig{Listen: adminAddr, Cert: file("server.pem"), Key: file("server.key"),
+			ClientCA: []string{file("ca.pem")}, Allow: []string{"uri:" + adminURI}},
+		// The demo keeps revocations in memory; `guardian serve` has the persistent stores.
+		Revocation: daemon.RevocationConfig{Store: "memory"},
+		Audiences: []daemon.AudienceConfig{{
+			Name: "demo", SNI: []string{"localhost"}, Default: true, Cert: file("server.pem"), Key: file("server.key"),
+			ClientAuth: "require", ClientCA: []string{file("ca.pem")},
+			SessionBinding: &daemon.SessionBindingConfig{Cookies: []string{"session"}, Key: sessionKey},
+		}, {
+			Name: "public", SNI: []string{"public.localhost"}, Cert: file("server.pem"), Key: file("server.key"),
+			ClientAuth: "none",
+		}},
 	}
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "hello %s\n", identity(r))
-		if c, err := r.Cookie("session"); err == nil {
-			fmt.Fprintf(w, "your session: %s\n", c.Value)
+	n, err := daemon.New(ctx, cfg, daemon.Options{Logger: log})
+	if err != nil {
+		switch {
+		case strings.Contains(err.Error(), ": listen:"):
+			return nil, fmt.Errorf("%w (pass --listen to use another address)", err)
+		case strings.Contains(err.Error(), "admin.listen"):
+			return nil, fmt.Errorf("admin API: %w (pass --admin to use another address)", err)
 		}
-	})
-	mux.HandleFunc("/login", func(w http.ResponseWriter, r *http.Request) {
-		var b [8]byte
-		rand.Read(b[:])
-		http.SetCookie(w, &http.Cookie{Name: "session", Value: fmt.Sprintf("%x", b), Path: "/"})
-		fmt.Fprintf(w, "logged in as %s\n", identity(r))
-	})
-	mux.HandleFunc("/stream", func(w http.ResponseWriter, r *http.Request) {
-		f, _ := w.(http.Flusher)
-		t := time.NewTicker(time.Second)
-		defer t.Stop()
-		for i := 0; ; i++ {
-			fmt.Fprintf(w, "%s still connected as %s\n", time.Now().Format(time.TimeOnly), identity(r))
-			if f != nil {
-				f.Flush()
-			}
-			select {
-			case <-r.Context().Done():
-				return
-			case <-t.C:
-			}
-		}
-	})
-	return mux
+		return nil, err
+	}
+	return n, nil
 }
 
 func printDemo(w io.Writer, dir, dataAddr, adminAddr string) {

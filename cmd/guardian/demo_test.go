@@ -6,16 +6,18 @@ import (
 	"context"
 	"crypto/tls"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/guardian-mtls/guardian/internal/pemfile"
 )
 
 // syncBuffer is a bytes.Buffer safe for the demo goroutine to write while the test reads.
@@ -45,26 +47,22 @@ func startDemo(t *testing.T) *runningDemo {
 	t.Helper()
 	d := &runningDemo{dir: t.TempDir(), out: &syncBuffer{}, log: &syncBuffer{}}
 	ctx, cancel := context.WithCancel(context.Background())
+	n, err := newDemo(ctx, d.dir, "127.0.0.1:0", "127.0.0.1:0", slog.New(slog.NewTextHandler(d.log, nil)))
+	if err != nil {
+		cancel()
+		t.Fatalf("demo did not start: %v", err)
+	}
+	d.addr, d.admin = n.Addr().String(), n.AdminAddr().String()
+	printDemo(d.out, d.dir, d.addr, d.admin)
 	done := make(chan error, 1)
-	go func() { done <- demo(ctx, d.dir, "127.0.0.1:0", "127.0.0.1:0", d.out, d.log) }()
+	go func() { done <- n.Run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("demo returned %v", err)
 		}
 	})
-	re := regexp.MustCompile(`listening on (\S+) .*\nadmin API on (\S+) `)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if m := re.FindStringSubmatch(d.out.String()); m != nil {
-			d.addr, d.admin = m[1], m[2]
-			return d
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("demo did not start; output:\n%s\nlog:\n%s", d.out, d.log)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	return d
 }
 
 func (d *runningDemo) client(t *testing.T, name string) *http.Client {
@@ -73,7 +71,7 @@ func (d *runningDemo) client(t *testing.T, name string) *http.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool, err := loadPool(filepath.Join(d.dir, "ca.pem"))
+	pool, err := pemfile.LoadPool(filepath.Join(d.dir, "ca.pem"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,20 +234,21 @@ func TestDemoAdminRefusesOthers(t *testing.T) {
 	if strings.Count(out, "\n") != 2 { // header + the one good entry
 		t.Fatalf("bad requests changed the set:\n%s", out)
 	}
-	// The admin's /metrics counts the refusals and the success.
+	// The admin's /metrics counts the refusals (in the handshake: the admin listener shares
+	// the node's metrics) and the success.
 	resp, err := d.client(t, "admin").Get("https://" + d.admin + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{`guardian_admin_requests_total{op="any",result="forbidden"} 3`, `guardian_admin_requests_total{op="revoke",result="ok"} 1`, `guardian_admin_requests_total{op="revoke",result="bad_request"} 3`, "guardian_connections_active"} {
+	for _, want := range []string{`guardian_handshake_failures_total{reason="bad_certificate"} 3`, `guardian_handshakes_total{audience="admin",kind="full"}`, `guardian_admin_requests_total{op="revoke",result="ok"} 1`, `guardian_admin_requests_total{op="revoke",result="bad_request"} 3`, "guardian_connections_active"} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
 	// No certificate at all: the handshake itself is refused.
-	pool, _ := loadPool(filepath.Join(d.dir, "ca.pem"))
+	pool, _ := pemfile.LoadPool(filepath.Join(d.dir, "ca.pem"))
 	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: "localhost"}}}
 	if resp, err := c.Get("https://" + d.admin + "/v1/revocations"); err == nil {
 		resp.Body.Close()

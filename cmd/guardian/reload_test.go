@@ -68,7 +68,9 @@ func TestServeReload(t *testing.T) {
 
 	// A broken file: refused, nothing changes.
 	os.WriteFile(s.file, []byte("audiences: [ { name: api, sni: [localhost] "), 0o644)
-	s.reload <- struct{}{}
+	if err := s.node.Reload(); err == nil || !strings.Contains(err.Error(), s.file) {
+		t.Fatalf("Reload of a broken file: %v; want a refusal naming the file", err)
+	}
 	metric := func(name string) string {
 		t.Helper()
 		resp, err := d.client(t, "admin").Get("https://" + s.admin + "/metrics")
@@ -96,7 +98,9 @@ func TestServeReload(t *testing.T) {
 
 	// The partner CA leaves api's pool, pub is gone, and api serves a new certificate.
 	writeReloadConfig(t, s.file, "server2", "ca.pem", "")
-	s.reload <- struct{}{}
+	if err := s.node.Reload(); err != nil {
+		t.Fatalf("Reload: %v", err)
+	}
 	if !streamEnds(partner, 10*time.Second) {
 		t.Fatal("the partner's conn still open 10s after its CA left the pool")
 	}
@@ -210,7 +214,9 @@ audiences:
 	if err := os.WriteFile(s.file, []byte(config("ca.pem, partner-ca.pem")), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s.reload <- struct{}{}
+	if err := s.node.Reload(); err != nil {
+		t.Fatalf("Reload: %v", err)
+	}
 	eventuallyT(t, "the partner CA trusted after the reload", func() bool { return served("unlisted") })
 	eventuallyT(t, "the partner CRL applied after the reload", func() bool { return !served("listed") })
 	if !served("client") {

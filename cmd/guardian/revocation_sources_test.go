@@ -22,16 +22,15 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/guardian-mtls/guardian/internal/pemfile"
 	"github.com/guardian-mtls/guardian/internal/redistest"
 	"github.com/guardian-mtls/guardian/internal/testpki"
-	"github.com/guardian-mtls/guardian/revoke"
-	"github.com/guardian-mtls/guardian/revoke/crl"
 )
 
 // loadTestCA reads the CA that writePKI wrote, to sign CRLs with.
 func loadTestCA(t *testing.T, dir string) *testpki.CA {
 	t.Helper()
-	certs, err := loadCerts(filepath.Join(dir, "ca.pem"))
+	certs, err := pemfile.LoadCerts(filepath.Join(dir, "ca.pem"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +48,7 @@ func loadTestCA(t *testing.T, dir string) *testpki.CA {
 
 func serialOf(t *testing.T, dir, name string) *big.Int {
 	t.Helper()
-	certs, err := loadCerts(filepath.Join(dir, name+".pem"))
+	certs, err := pemfile.LoadCerts(filepath.Join(dir, name+".pem"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,40 +199,6 @@ func TestServeOCSPHard(t *testing.T) {
 	}
 	if _, err := d.client(t, "client").Get("https://" + local(s.addr) + "/"); err == nil {
 		t.Fatal("a revoked client was served a new conn")
-	}
-}
-
-// A CRL past its nextUpdate makes stale only the audiences whose client CAs its signer chains
-// to; a configured CRL not loaded yet makes every audience with client certificates stale.
-func TestStalenessPerAudience(t *testing.T) {
-	rootA, rootB := testpki.NewCA(t), testpki.NewCA(t)
-	interB := rootB.MustIntermediate(t, "B devices")
-	set, _ := revoke.NewSet(revoke.SetOptions{})
-	app, err := crl.NewApplier(crl.Options{Set: set, Issuers: []*x509.Certificate{rootA.Cert, interB.Cert}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := &node{set: set, crl: app}
-	now := time.Now()
-	fresh := rootA.MustCRL(t, testpki.CRLOpts{Number: 1, ThisUpdate: now.Add(-time.Hour), NextUpdate: now.Add(time.Hour)})
-	lapsed := interB.MustCRL(t, testpki.CRLOpts{Number: 1, ThisUpdate: now.Add(-2 * time.Hour), NextUpdate: now.Add(-time.Hour)})
-	for _, der := range [][]byte{fresh, lapsed} {
-		if _, err := app.Apply(der, "test"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if n.stale(time.Minute, rootA.Pool())() {
-		t.Error("audience A is stale; only B's intermediate's CRL is past its nextUpdate")
-	}
-	if !n.stale(time.Minute, rootB.Pool())() {
-		t.Error("audience B is not stale; its intermediate's CRL is past its nextUpdate")
-	}
-	if n.stale(time.Minute, nil)() {
-		t.Error("an audience without client certificates is stale")
-	}
-	n.crls = []crl.Source{&crl.File{Path: filepath.Join(t.TempDir(), "missing.crl"), Applier: app}}
-	if !n.stale(time.Minute, rootA.Pool())() {
-		t.Error("a configured CRL that never loaded does not make audience A stale")
 	}
 }
 

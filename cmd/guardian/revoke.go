@@ -6,13 +6,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/guardian-mtls/guardian/daemon"
+	"github.com/guardian-mtls/guardian/daemon/admin"
+	"github.com/guardian-mtls/guardian/internal/pemfile"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/redisfeed"
 )
@@ -26,8 +28,8 @@ func (a *adminFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&a.ca, "admin-ca", "", "`FILE` of the CA that signed the admin API's server certificate")
 }
 
-func (a *adminFlags) client() (*adminClient, error) {
-	return newAdminClient(a.url, a.cert, a.key, a.ca)
+func (a *adminFlags) client() (*admin.Client, error) {
+	return admin.NewClient(admin.ClientConfig{URL: a.url, Cert: a.cert, Key: a.key, CA: a.ca})
 }
 
 type selector struct {
@@ -74,7 +76,7 @@ func (s *selector) resolve() (revoke.Key, string, error) {
 // present as cross-signed or re-issued copies (other serials, other fingerprints, the same
 // key), and a conn through any of them must be hit. A leaf's default stays its serial key.
 func (s *selector) certKey() (revoke.Key, string, error) {
-	certs, err := loadCerts(s.cert)
+	certs, err := pemfile.LoadCerts(s.cert)
 	if err != nil {
 		return "", "", err
 	}
@@ -123,7 +125,7 @@ func (s *selector) flagKey() (revoke.Key, error) {
 		if s.issuerCert == "" {
 			return "", errors.New("--serial needs --issuer-cert: serials are unique per issuer only")
 		}
-		certs, err := loadCerts(s.issuerCert)
+		certs, err := pemfile.LoadCerts(s.issuerCert)
 		if err != nil {
 			return "", err
 		}
@@ -163,6 +165,8 @@ type target interface {
 	unrevoke(ctx context.Context, k revoke.Key) error
 	list(ctx context.Context) ([]revoke.Entry, error)
 	fleet(ctx context.Context) ([]redisfeed.NodeStatus, error)
+	// waitApplied waits until every live node has applied version, or ctx ends.
+	waitApplied(ctx context.Context, version uint64) (nodes []redisfeed.NodeStatus, missing []string, err error)
 	name() string
 }
 
@@ -181,19 +185,19 @@ func (t *targetFlags) open() (target, error) {
 		if err != nil {
 			return nil, err
 		}
-		return &adminTarget{c: c, url: t.url}, nil
+		return &adminTarget{c}, nil
 	}
 	cc := redisfeed.ClientConfig{URL: t.redis}
 	prefix := t.prefix
 	if t.config != "" {
-		cfg, err := loadConfig(t.config)
+		cfg, err := daemon.Load(t.config)
 		if err != nil {
 			return nil, err
 		}
 		if cfg.Revocation.Store != "redis" {
 			return nil, fmt.Errorf("%s: revocation.store is %s, not redis: use --admin with a node of it", t.config, cfg.Revocation.Store)
 		}
-		if cc, err = cfg.redisClientConfig(); err != nil {
+		if cc, err = cfg.RedisClientConfig(); err != nil {
 			return nil, err
 		}
 		if prefix == "" {
@@ -207,33 +211,25 @@ func (t *targetFlags) open() (target, error) {
 	return &redisTarget{s: redisfeed.NewStore(rdb, prefix, 0)}, nil
 }
 
-type adminTarget struct {
-	c   *adminClient
-	url string
-}
+type adminTarget struct{ c *admin.Client }
 
-func (a *adminTarget) name() string { return a.url }
+func (a *adminTarget) name() string { return a.c.URL() }
 
-func (a *adminTarget) revoke(_ context.Context, e revoke.Entry) (uint64, int, error) {
-	var resp revokeResponse
-	err := a.c.do("POST", "/v1/revocations", revokeRequest{Key: string(e.Key), Reason: string(e.Reason)}, &resp)
+func (a *adminTarget) revoke(ctx context.Context, e revoke.Entry) (uint64, int, error) {
+	resp, err := a.c.Revoke(ctx, e.Key, e.Reason)
 	return resp.Version, resp.Matched, err
 }
 
-func (a *adminTarget) unrevoke(_ context.Context, k revoke.Key) error {
-	return a.c.do("DELETE", "/v1/revocations?key="+url.QueryEscape(string(k)), nil, nil)
+func (a *adminTarget) unrevoke(ctx context.Context, k revoke.Key) error { return a.c.Unrevoke(ctx, k) }
+
+func (a *adminTarget) list(ctx context.Context) ([]revoke.Entry, error) { return a.c.Revocations(ctx) }
+
+func (a *adminTarget) fleet(ctx context.Context) ([]redisfeed.NodeStatus, error) {
+	return a.c.Fleet(ctx)
 }
 
-func (a *adminTarget) list(context.Context) ([]revoke.Entry, error) {
-	var entries []revoke.Entry
-	err := a.c.do("GET", "/v1/revocations", nil, &entries)
-	return entries, err
-}
-
-func (a *adminTarget) fleet(context.Context) ([]redisfeed.NodeStatus, error) {
-	var nodes []redisfeed.NodeStatus
-	err := a.c.do("GET", "/v1/fleet", nil, &nodes)
-	return nodes, err
+func (a *adminTarget) waitApplied(ctx context.Context, version uint64) ([]redisfeed.NodeStatus, []string, error) {
+	return a.c.WaitApplied(ctx, version)
 }
 
 type redisTarget struct{ s *redisfeed.Store }
@@ -264,6 +260,10 @@ func (r *redisTarget) list(ctx context.Context) ([]revoke.Entry, error) {
 
 func (r *redisTarget) fleet(ctx context.Context) ([]redisfeed.NodeStatus, error) {
 	return r.s.LiveNodes(ctx)
+}
+
+func (r *redisTarget) waitApplied(ctx context.Context, version uint64) ([]redisfeed.NodeStatus, []string, error) {
+	return r.s.WaitApplied(ctx, version)
 }
 
 func runRevoke(args []string, stdout, stderr io.Writer, add bool) error {
@@ -319,33 +319,14 @@ func runRevoke(args []string, stdout, stderr io.Writer, add bool) error {
 	return waitFleet(ctx, tgt, key, version, *wait, stdout)
 }
 
-// waitFleet polls the fleet until every live node has applied version.
+// waitFleet waits, with the target's own wait, until every live node has applied version,
+// and reports each node.
 func waitFleet(ctx context.Context, tgt target, key revoke.Key, version uint64, wait time.Duration, stdout io.Writer) error {
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	var nodes []redisfeed.NodeStatus
-	var missing []string
-	for {
-		got, err := tgt.fleet(ctx)
-		switch {
-		case err == nil:
-			nodes = got
-		case ctx.Err() == nil:
-			return err
-		}
-		missing = missing[:0]
-		for _, n := range nodes {
-			if n.Applied < version {
-				missing = append(missing, n.ID)
-			}
-		}
-		if len(nodes) > 0 && len(missing) == 0 || ctx.Err() != nil {
-			break
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(50 * time.Millisecond):
-		}
+	nodes, missing, err := tgt.waitApplied(ctx, version)
+	if err != nil {
+		return err
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tAPPLIED\tMATCHED CONNS\tLIVE CONNS")
@@ -395,6 +376,7 @@ func runConns(args []string, stdout, stderr io.Writer) error {
 	var tf targetFlags
 	tf.register(fs)
 	verbose := fs.Bool("v", false, "print every key of each conn")
+	closeID := fs.Uint64("close", 0, "close the live conn of this `ID` (the ID column) without revoking its certificate")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
@@ -420,20 +402,27 @@ func runConns(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var conns []connView
-	if err := c.do("GET", "/v1/conns", nil, &conns); err != nil {
+	if *closeID != 0 {
+		if err := c.CloseConn(context.Background(), *closeID); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "closed conn %d\n", *closeID)
+		return nil
+	}
+	conns, err := c.Conns(context.Background())
+	if err != nil {
 		return err
 	}
-	fmt.Fprintln(tw, "REMOTE\tAUDIENCE\tAGE\tIDENTITY")
+	fmt.Fprintln(tw, "ID\tREMOTE\tAUDIENCE\tAGE\tIDENTITY")
 	for _, v := range conns {
 		id := v.Subject
 		if len(v.URIs) > 0 {
 			id = v.URIs[0]
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", v.Remote, v.Audience, time.Since(v.Since).Round(time.Second), id)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", v.ID, v.Remote, v.Audience, time.Since(v.Since).Round(time.Second), id)
 		if *verbose {
 			for _, k := range v.Keys {
-				fmt.Fprintf(tw, "\t\t\t  %s\n", k)
+				fmt.Fprintf(tw, "\t\t\t\t  %s\n", k)
 			}
 		}
 	}
@@ -452,8 +441,8 @@ func runReseed(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var resp reseedResponse
-	if err := c.do("POST", "/v1/reseed", reseedRequest{Apply: *yes}, &resp); err != nil {
+	resp, err := c.Reseed(context.Background(), *yes)
+	if err != nil {
 		return err
 	}
 	if len(resp.Missing) == 0 {

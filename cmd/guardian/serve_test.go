@@ -17,36 +17,43 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/guardian-mtls/guardian/daemon"
 	"github.com/guardian-mtls/guardian/internal/redistest"
 	"github.com/guardian-mtls/guardian/revoke/redisfeed"
 )
 
 type runningServe struct {
 	dir, addr, admin, file string
-	out                    *syncBuffer
-	log                    *syncBuffer // what serve logged
+	node                   *daemon.Node
+	log                    *syncBuffer // what the node logged
 	stop                   func()
-	reload                 chan struct{} // what SIGHUP sends
 }
 
-// startServe writes cfg (with PKI in dir) and runs `guardian serve` on it in-process.
+// startServe writes cfg (with PKI in dir) and starts a daemon.Node on it, as guardian serve
+// does, reading its addresses from the Node.
 func startServe(t *testing.T, dir, cfg string) *runningServe {
 	t.Helper()
 	file := filepath.Join(dir, fmt.Sprintf("guardian-%d.yaml", time.Now().UnixNano()))
 	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	c, err := loadConfig(file)
+	c, err := daemon.Load(file)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &runningServe{dir: dir, file: file, out: &syncBuffer{}}
+	s := &runningServe{dir: dir, file: file, log: &syncBuffer{}}
 	ctx, cancel := context.WithCancel(context.Background())
+	n, err := daemon.New(ctx, c, daemon.Options{Logger: slog.New(slog.NewTextHandler(s.log, nil))})
+	if err != nil {
+		cancel()
+		t.Fatalf("daemon.New: %v", err)
+	}
+	s.node, s.addr = n, n.Addr().String()
+	if a := n.AdminAddr(); a != nil {
+		s.admin = a.String()
+	}
 	done := make(chan error, 1)
-	s.log = &syncBuffer{}
-	log := slog.New(slog.NewTextHandler(s.log, nil))
-	s.reload = make(chan struct{})
-	go func() { done <- serve(ctx, c, s.out, log, s.reload) }()
+	go func() { done <- n.Run(ctx) }()
 	var once bool
 	s.stop = func() {
 		if once {
@@ -55,32 +62,11 @@ func startServe(t *testing.T, dir, cfg string) *runningServe {
 		once = true
 		cancel()
 		if err := <-done; err != nil {
-			t.Errorf("serve returned %v", err)
+			t.Errorf("Run returned %v", err)
 		}
 	}
 	t.Cleanup(s.stop)
-	re := regexp.MustCompile(`listening on (\S+) `)
-	are := regexp.MustCompile(`admin API on (\S+)`)
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		out := s.out.String()
-		if m := re.FindStringSubmatch(out); m != nil {
-			s.addr = m[1]
-			if m := are.FindStringSubmatch(out); m != nil {
-				s.admin = m[1]
-			}
-			return s
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("serve ended: %v", err)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("serve did not start:\n%s", out)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	return s
 }
 
 // readyz asks the node's admin API whether it is ready: the status and the body, or 0 and
@@ -345,7 +331,7 @@ audiences:
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			file := filepath.Join(dir, "g.yaml")
-			_, err := parseConfig(file, []byte(tt.yaml))
+			_, err := daemon.Parse(file, []byte(tt.yaml))
 			if err == nil {
 				t.Fatal("accepted")
 			}
@@ -355,11 +341,11 @@ audiences:
 		})
 	}
 	// Missing files fail at start-up, naming the field; nothing is left listening.
-	c, err := parseConfig(filepath.Join(dir, "g.yaml"), []byte(good))
+	c, err := daemon.Parse(filepath.Join(dir, "g.yaml"), []byte(good))
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = serve(context.Background(), c, &syncBuffer{}, slog.New(slog.DiscardHandler), nil)
+	_, err = daemon.New(context.Background(), c, daemon.Options{})
 	if err == nil || !strings.Contains(err.Error(), "audiences[0].cert") {
 		t.Fatalf("serve with missing cert files: %v", err)
 	}
@@ -369,7 +355,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte(fmt.Sprintf(serveConfig, "store: memory", "")))
 	f.Add([]byte("audiences: [ { name: a } ]"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		c, err := parseConfig("f.yaml", b)
+		c, err := daemon.Parse("f.yaml", b)
 		if err != nil {
 			if !strings.HasPrefix(err.Error(), "f.yaml") {
 				t.Fatalf("error does not name the file: %v", err)
@@ -437,7 +423,7 @@ func TestServeReseedAfterEmptyRedis(t *testing.T) {
 
 // The example configuration in the repository stays valid.
 func TestExampleConfigParses(t *testing.T) {
-	c, err := loadConfig(filepath.Join("..", "..", "examples", "guardian.yaml"))
+	c, err := daemon.Load(filepath.Join("..", "..", "examples", "guardian.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -491,17 +477,17 @@ func TestConfigVetRefusesAndWarns(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			file := filepath.Join(dir, "vet.yaml")
-			cfg, err := parseConfig(file, []byte(c.yaml))
+			cfg, err := daemon.Parse(file, []byte(c.yaml))
 			if err != nil {
 				t.Fatal(err)
 			}
-			warnings, err := cfg.vet()
+			warnings, err := cfg.Vet()
 			if c.refused != "" {
 				if err == nil || !strings.Contains(err.Error(), file) || !strings.Contains(err.Error(), c.refused) {
 					t.Fatalf("vet: %v; want a refusal naming %s", err, c.refused)
 				}
 				// serve refuses it too, before listening.
-				if err := serve(context.Background(), cfg, &syncBuffer{}, slog.New(slog.DiscardHandler), nil); err == nil || !strings.Contains(err.Error(), c.refused) {
+				if _, err := daemon.New(context.Background(), cfg, daemon.Options{}); err == nil || !strings.Contains(err.Error(), c.refused) {
 					t.Fatalf("serve: %v; want the refusal", err)
 				}
 				return

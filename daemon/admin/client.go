@@ -129,6 +129,11 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := c.http.Do(req)
 	if err != nil {
+		if strings.Contains(err.Error(), "tls: bad certificate") {
+			// The admin listener refuses, in the handshake, a certificate admin.allow does
+			// not list (or that the admin CA did not issue).
+			return fmt.Errorf("admin API %s: this certificate is not an admin: the node refused it in the TLS handshake (admin.allow, admin.client_ca): %w", c.base, err)
+		}
 		return fmt.Errorf("admin API %s: %w", c.base, err)
 	}
 	defer resp.Body.Close()

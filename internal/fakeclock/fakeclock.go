@@ -1,6 +1,7 @@
 package fakeclock
 
 import (
+	"slices"
 	"sync"
 	"time"
 )
@@ -68,4 +69,20 @@ func (c *Clock) Advance(d time.Duration) {
 	for _, t := range due {
 		go t.f()
 	}
+}
+
+// Pending returns, earliest first, when each timer that AfterFunc armed and that has
+// neither fired nor been stopped is due: empty when advancing the clock, however far, would
+// call nothing.
+func (c *Clock) Pending() []time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []time.Time
+	for _, t := range c.timers {
+		if !t.stopped {
+			out = append(out, t.at)
+		}
+	}
+	slices.SortFunc(out, time.Time.Compare)
+	return out
 }

@@ -1,0 +1,444 @@
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"reflect"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/guardian-mtls/guardian/daemon/admin"
+	"github.com/guardian-mtls/guardian/internal/ratelog"
+	"github.com/guardian-mtls/guardian/listener"
+	"github.com/guardian-mtls/guardian/revoke"
+	"github.com/guardian-mtls/guardian/revoke/ocsp"
+	"github.com/guardian-mtls/guardian/revoke/redisfeed"
+)
+
+// Options are what a Node takes besides its Config.
+type Options struct {
+	// Logger receives the node's logs; nil discards them.
+	Logger *slog.Logger
+	// Metrics, if set, is where the node registers its metrics, served on the admin API's
+	// /metrics; nil means a registry of the node's own, with the Go and process collectors.
+	Metrics *prometheus.Registry
+}
+
+// Node is a running guardian: one TLS port whose audiences are chosen by SNI, each proxied
+// to its upstream (or answered by the identity echo), an optional admin listener, and the
+// revocation sources that feed them. New starts its listeners, Run serves until its
+// context ends, Reload applies the configuration file again, Shutdown stops it.
+type Node struct {
+	log     *slog.Logger
+	clog    *slog.Logger // for lines clients can cause: rate-limited
+	metrics *prometheus.Registry
+	rev     *revocation
+	hm      *handlerMetrics
+	reloads *prometheus.CounterVec
+
+	data      *listener.Listener
+	admin     *listener.Listener // nil without admin.listen
+	servers   []*http.Server
+	listeners []net.Listener
+	handler   atomic.Pointer[http.Handler]
+	modes     atomic.Pointer[map[string]ocsp.Mode] // audiences that use OCSP
+	id        string
+
+	reloadMu sync.Mutex
+	cfg      *Config // the configuration in force; replaced by Reload under reloadMu
+
+	bgCancel     context.CancelFunc
+	bg           sync.WaitGroup
+	runOnce      sync.Once
+	errc         chan error
+	shutdownOnce sync.Once
+	shutdownErr  error
+}
+
+// New checks cfg (applying its defaults), opens its revocation store and sources, and
+// listens on its addresses; nothing is served until Run. ctx bounds the start: the first
+// load of each CRL and the wait for Redis's first snapshot. Nothing is left running when New
+// fails.
+func New(ctx context.Context, cfg *Config, opts Options) (_ *Node, err error) {
+	cfg.applyDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, log: opts.Logger, metrics: opts.Metrics}
+	if n.log == nil {
+		n.log = slog.New(slog.DiscardHandler)
+	}
+	if n.metrics == nil {
+		n.metrics = prometheus.NewRegistry()
+		n.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	// Lines that clients can cause, one per request or conn, go through a rate limit.
+	n.clog = ratelog.Logger(n.log, 10, time.Second)
+	// The audiences' files are read again below, with the OCSP checker; a bad one fails
+	// here, before any store is opened.
+	if _, err := cfg.audiences(nil); err != nil {
+		return nil, err
+	}
+	warnings, err := cfg.Vet()
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range warnings {
+		n.log.Warn("configuration: " + w)
+	}
+	if n.hm, err = newHandlerMetrics(n.metrics); err != nil {
+		return nil, err
+	}
+	h, err := audienceHandler(cfg, n.hm, n.clog)
+	if err != nil {
+		return nil, err
+	}
+	n.handler.Store(&h)
+	m0 := cfg.ocspModes()
+	n.modes.Store(&m0)
+	n.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "guardian_config_reloads_total", Help: "Configuration reloads (SIGHUP), by result (ok, error).",
+	}, []string{"result"})
+	if err := n.metrics.Register(n.reloads); err != nil {
+		return nil, err
+	}
+
+	bgctx, cancel := context.WithCancel(context.Background())
+	n.bgCancel = cancel
+	defer func() {
+		if err != nil {
+			n.Shutdown(context.Background())
+		}
+	}()
+	if n.rev, err = openRevocation(ctx, cfg, n.metrics, n.log); err != nil {
+		return nil, err
+	}
+	if err := n.listenData(); err != nil {
+		return nil, err
+	}
+	n.id = cfg.Revocation.Redis.NodeID
+	if n.id == "" {
+		host, _ := os.Hostname()
+		_, port, _ := net.SplitHostPort(n.data.Addr().String())
+		n.id = host + ":" + port
+	}
+	if err := n.listenAdmin(); err != nil {
+		return nil, err
+	}
+	n.background(bgctx)
+	return n, nil
+}
+
+// listenData opens the data port: the audiences' listener and its HTTP server.
+func (n *Node) listenData() error {
+	cfg := n.cfg
+	auds, err := cfg.audiences(n.rev.ocsp)
+	if err != nil {
+		return err
+	}
+	maxStale := time.Duration(cfg.Revocation.MaxStaleness)
+	for i := range auds {
+		auds[i].Stale = n.rev.stale(maxStale, auds[i].ClientCAs)
+	}
+	maxConns := fdBound()
+	if cfg.MaxConns != nil {
+		maxConns = *cfg.MaxConns
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return configError(cfg.name(), "listen", "%v", err)
+	}
+	n.data, err = listener.New(ln, listener.Config{Audiences: auds, Set: n.rev.set, HandshakeTimeout: time.Duration(cfg.HandshakeTimeout),
+		MaxHandshakes: cfg.MaxHandshakes, MaxConns: maxConns, KeepExpired: cfg.Revocation.Expired == "keep",
+		Metrics: n.metrics, Logger: n.log, OnRevocation: n.rev.onRevocation})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	swappable := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*n.handler.Load()).ServeHTTP(w, r) })
+	n.serve(n.data, &http.Server{Handler: n.data.Progress(swappable), ConnContext: n.data.ConnContext, ConnState: n.data.ConnState,
+		ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(ratelog.Shared(n.log.Handler(), 10, time.Second), slog.LevelWarn)})
+	return nil
+}
+
+// listenAdmin opens the admin listener, if the configuration has one.
+func (n *Node) listenAdmin() error {
+	cfg := n.cfg
+	if cfg.Admin.Listen == "" {
+		return nil
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.path(cfg.Admin.Cert), cfg.path(cfg.Admin.Key))
+	if err != nil {
+		return configError(cfg.name(), "admin.cert", "%v", err)
+	}
+	var allowed []revoke.Key
+	for _, k := range cfg.Admin.Allow {
+		allowed = append(allowed, revoke.MustParseKey(k)) // validated with the config
+	}
+	pool, err := cfg.pool(cfg.Admin.ClientCA, "admin.client_ca")
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Admin.Listen)
+	if err != nil {
+		return configError(cfg.name(), "admin.listen", "%v", err)
+	}
+	// Bounded as an audience is: any certificate of the admin CA can connect before
+	// admin.allow refuses it, and its conns must not take the data port's descriptors.
+	n.admin, err = listener.New(ln, listener.Config{Set: n.rev.set, Logger: n.log, Metrics: n.metrics, MaxConns: cfg.adminMaxConns(), Audiences: []listener.Audience{{
+		Name: "admin", Default: true, SNI: []string{"localhost"}, Certificates: []tls.Certificate{cert},
+		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool, IdleTimeout: time.Minute,
+		// A certificate admin.allow does not list is refused in the handshake, so it
+		// cannot hold admin conns (the API refuses it again, for any other path).
+		TLS: &tls.Config{VerifyConnection: adminAllowed(allowed)},
+	}}})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	maxStale := time.Duration(cfg.Revocation.MaxStaleness)
+	api, err := admin.New(admin.Options{Set: n.rev.set, Store: n.rev.store, Conns: n.data, Allowed: allowed,
+		Ready: func() string { return n.rev.ready(maxStale) }, CRLs: n.rev.crlViews, Feed: n.rev.feed,
+		Fleet: n.fleet, Logger: n.clog, Metrics: n.metrics})
+	if err != nil {
+		return err
+	}
+	n.serve(n.admin, &http.Server{Handler: n.admin.Progress(api.Handler()), ConnState: n.admin.ConnState, ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(ratelog.Shared(n.log.Handler(), 10, time.Second), slog.LevelWarn)})
+	return nil
+}
+
+// serve records a server for Run and Shutdown.
+func (n *Node) serve(l net.Listener, s *http.Server) {
+	n.listeners = append(n.listeners, l)
+	n.servers = append(n.servers, s)
+}
+
+// fleet is every live node's heartbeat: Redis's, or this node's alone.
+func (n *Node) fleet(ctx context.Context) ([]redisfeed.NodeStatus, error) {
+	if n.rev.rstore != nil {
+		return n.rev.rstore.LiveNodes(ctx)
+	}
+	return []redisfeed.NodeStatus{n.rev.status(n.id, n.data.Len())}, nil
+}
+
+// background starts what runs beside the servers until Shutdown: the OCSP re-checks of
+// live conns, the heartbeats, and the pruning of expired revocations.
+func (n *Node) background(ctx context.Context) {
+	run := func(f func()) {
+		n.bg.Add(1)
+		go func() { defer n.bg.Done(); f() }()
+	}
+	if n.rev.ocsp != nil {
+		run(func() { n.rev.ocsp.Run(ctx, time.Duration(n.cfg.Revocation.OCSP.Recheck), liveCerts(n.data, &n.modes)) })
+	}
+	if n.rev.rstore != nil {
+		run(func() { n.rev.heartbeat(ctx, n.id, n.data.Len, n.log) })
+	}
+	run(func() { n.rev.prune(ctx, time.Minute) })
+}
+
+// Addr returns the data port's address.
+func (n *Node) Addr() net.Addr { return n.data.Addr() }
+
+// AdminAddr returns the admin listener's address, or nil without one.
+func (n *Node) AdminAddr() net.Addr {
+	if n.admin == nil {
+		return nil
+	}
+	return n.admin.Addr()
+}
+
+// Set returns the node's revocation Set.
+func (n *Node) Set() *revoke.Set { return n.rev.set }
+
+// Config returns the configuration in force.
+func (n *Node) Config() *Config {
+	n.reloadMu.Lock()
+	defer n.reloadMu.Unlock()
+	return n.cfg
+}
+
+// Run serves until ctx ends or a server fails, then shuts the node down, giving in-flight
+// requests up to the configuration's shutdown_timeout.
+func (n *Node) Run(ctx context.Context) error {
+	n.start()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-n.errc:
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), time.Duration(n.Config().ShutdownTimeout))
+	defer cancel()
+	n.Shutdown(sctx)
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// start starts the servers, once.
+func (n *Node) start() {
+	n.runOnce.Do(func() {
+		n.errc = make(chan error, len(n.servers))
+		for i, s := range n.servers {
+			go func() { n.errc <- s.Serve(n.listeners[i]) }()
+		}
+	})
+}
+
+// Shutdown stops accepting, lets in-flight requests finish until ctx ends, then closes
+// every conn left — streams, WebSockets and idle keep-alive conns alike — and stops the
+// revocation sources. It returns ctx's error if conns had to be closed.
+func (n *Node) Shutdown(ctx context.Context) error {
+	n.shutdownOnce.Do(func() {
+		n.log.Info("shutting down: no new conns; in-flight requests may finish")
+		var wg sync.WaitGroup
+		for _, s := range n.servers {
+			wg.Add(1)
+			go func() { defer wg.Done(); s.Shutdown(ctx) }()
+		}
+		wg.Wait()
+		if ctx.Err() != nil {
+			n.log.Warn("shutdown deadline passed; closing the conns still open", "conns", n.data.Len())
+			n.shutdownErr = ctx.Err()
+		}
+		// The servers have closed what they knew; what is left (hijacked conns) is closed
+		// at the deadline.
+		for _, l := range []*listener.Listener{n.data, n.admin} {
+			if l != nil {
+				l.Shutdown(ctx)
+			}
+		}
+		for _, s := range n.servers {
+			s.Close()
+		}
+		if n.bgCancel != nil {
+			n.bgCancel()
+		}
+		n.bg.Wait()
+		if n.rev != nil {
+			n.rev.shutdown()
+		}
+	})
+	return n.shutdownErr
+}
+
+// Reload re-reads the configuration file and applies its audiences — certificates, client
+// CA pools, SNI names, upstreams, binding, OCSP modes — without dropping a conn that the new
+// audiences still trust; the others are closed with reason policy. Anything that fails
+// leaves the running configuration as it was. The listen addresses, the admin listener and
+// the revocation section take a restart: a change there is logged, not applied.
+func (n *Node) Reload() error {
+	n.reloadMu.Lock()
+	defer n.reloadMu.Unlock()
+	if err := n.reload(); err != nil {
+		n.reloads.WithLabelValues("error").Inc()
+		n.log.Error("configuration reload refused; the running configuration stays", "file", n.cfg.file, "err", err)
+		return err
+	}
+	n.reloads.WithLabelValues("ok").Inc()
+	return nil
+}
+
+func (n *Node) reload() error {
+	cfg := n.cfg
+	if cfg.file == "" {
+		return errors.New("this node's configuration was built in code, not read from a file: there is nothing to reload")
+	}
+	next, err := Load(cfg.file)
+	if err != nil {
+		return err
+	}
+	warnings, err := next.Vet()
+	if err != nil {
+		return err
+	}
+	if len(next.ocspModes()) > 0 && n.rev.ocsp == nil {
+		return errors.New("the new configuration turns OCSP on, which was off at start: restart guardian for that")
+	}
+	auds, err := next.audiences(n.rev.ocsp)
+	if err != nil {
+		return err
+	}
+	h, err := audienceHandler(next, n.hm, n.clog)
+	if err != nil {
+		return err
+	}
+	issuers, err := next.crlIssuers()
+	if err != nil {
+		return err
+	}
+	maxStale := time.Duration(cfg.Revocation.MaxStaleness)
+	for i := range auds {
+		auds[i].Stale = n.rev.stale(maxStale, auds[i].ClientCAs)
+	}
+	closed, err := n.data.SetAudiences(auds)
+	if err != nil {
+		return err
+	}
+	n.handler.Store(&h)
+	m := next.ocspModes()
+	n.modes.Store(&m)
+	n.rev.setIssuers(issuers)
+	for _, w := range warnings {
+		n.log.Warn("configuration: " + w)
+	}
+	for _, f := range restartOnly(cfg, next) {
+		n.log.Warn("configuration changed where a reload does not apply it; restart guardian for it", "field", f)
+	}
+	// What a reload does not apply stays as it was started.
+	next.Listen, next.Admin, next.Revocation = cfg.Listen, cfg.Admin, cfg.Revocation
+	next.HandshakeTimeout, next.MaxConns, next.MaxHandshakes = cfg.HandshakeTimeout, cfg.MaxConns, cfg.MaxHandshakes
+	n.cfg = next
+	n.log.Info("configuration reloaded", "file", cfg.file, "audiences", len(auds), "conns_closed", closed)
+	return nil
+}
+
+// restartOnly names what differs between a and b that only a restart applies.
+func restartOnly(a, b *Config) []string {
+	var out []string
+	if a.Listen != b.Listen {
+		out = append(out, "listen")
+	}
+	if !reflect.DeepEqual(a.Admin, b.Admin) {
+		out = append(out, "admin")
+	}
+	if !reflect.DeepEqual(a.Revocation, b.Revocation) {
+		out = append(out, "revocation")
+	}
+	if a.HandshakeTimeout != b.HandshakeTimeout {
+		out = append(out, "handshake_timeout")
+	}
+	if !reflect.DeepEqual(a.MaxConns, b.MaxConns) || a.MaxHandshakes != b.MaxHandshakes {
+		out = append(out, "max_conns/max_handshakes")
+	}
+	return out
+}
+
+// adminAllowed refuses, in the handshake, a client certificate that holds none of the
+// allowed identity keys; none allowed means any the admin CA verifies.
+func adminAllowed(allowed []revoke.Key) func(tls.ConnectionState) error {
+	return func(cs tls.ConnectionState) error {
+		if len(allowed) == 0 || len(cs.VerifiedChains) == 0 {
+			return nil // the listener's check and the CA pool decide
+		}
+		for _, k := range revoke.KeysOf(cs.VerifiedChains[0][:1]) {
+			if slices.Contains(allowed, k) {
+				return nil
+			}
+		}
+		return fmt.Errorf("guardian: this certificate is not an admin (admin.allow)")
+	}
+}
