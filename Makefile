@@ -3,6 +3,10 @@ GO       ?= go
 FUZZTIME ?= 30s
 DEMO_DIR ?= .demo
 
+# The modules: the library, and beside it the ones whose dependencies the library's go.mod
+# does not carry (the bench harness's plot library, grpc-go).
+MODULES = . bench listener/grpccreds
+
 # Every fuzz target, as package:Target.
 FUZZ_TARGETS = \
 	./revoke:FuzzParseKey \
@@ -33,12 +37,13 @@ demo: build
 
 ## test: vet, formatting, and every test under the race detector in random order.
 test: lint
-	$(GO) test -race -shuffle=on -count=1 -timeout 5m ./...
+	@set -e; for m in $(MODULES); do echo "== go test ($$m)"; (cd $$m && $(GO) test -race -shuffle=on -count=1 -timeout 5m ./...); done
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt: not formatted:"; echo "$$out"; exit 1; fi
-	$(GO) vet ./...
+	@set -e; for m in $(MODULES); do (cd $$m && $(GO) vet ./... && \
+	  if ! $(GO) mod tidy -diff >/dev/null; then echo "go mod tidy would change $$m/go.mod or go.sum:"; $(GO) mod tidy -diff; exit 1; fi); done
 
 ## fuzz: each fuzz target for FUZZTIME (default 30s); scripts/fuzz.sh says how a failure is judged.
 fuzz:
@@ -50,7 +55,7 @@ fuzz:
 ## when they are on PATH: bench-peers installs them first.
 bench:
 	@mkdir -p bench-results
-	$(GO) run ./bench -json bench-results/latest.json -plot bench-results/latency.png $(BENCH_FLAGS)
+	cd bench && $(GO) run . -json $(CURDIR)/bench-results/latest.json -plot $(CURDIR)/bench-results/latency.png $(BENCH_FLAGS)
 
 ## soak: 15,000 live conns from another process for 5 minutes under churn, revocations and
 ## unrevocations arriving through Redis, a CRL URL and OCSP while Redis is partitioned, slowed
@@ -59,10 +64,10 @@ bench:
 ## to its baseline. soak-short: the same for 30 seconds (CI runs it).
 ## SOAK_FLAGS=-soak-faults=false: the load without the faults.
 soak:
-	$(GO) run ./bench -scenarios soak -denylist 0 $(SOAK_FLAGS)
+	cd bench && $(GO) run . -scenarios soak -denylist 0 $(SOAK_FLAGS)
 
 soak-short:
-	$(GO) run ./bench -scenarios soak -denylist 0 -soak-duration 30s $(SOAK_FLAGS)
+	cd bench && $(GO) run . -scenarios soak -denylist 0 -soak-duration 30s $(SOAK_FLAGS)
 
 ## bench-peers: install nginx and HAProxy (Debian packages) if missing, then run the peers
 ## scenario: what each does with a revoked certificate's live conn, beside guardian.
@@ -72,7 +77,7 @@ bench-peers:
 	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
 	    else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; fi; fi
 	@mkdir -p bench-results
-	$(GO) run ./bench -scenarios peers -json bench-results/peers.json $(BENCH_FLAGS)
+	cd bench && $(GO) run . -scenarios peers -json $(CURDIR)/bench-results/peers.json $(BENCH_FLAGS)
 
 ## bench-pkg: the in-package benchmarks (Set lookup, registry, listener, Redis feed).
 bench-pkg:

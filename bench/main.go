@@ -28,7 +28,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/redisfeed"
 )
@@ -284,7 +284,7 @@ type harness struct {
 	dir   string
 	rsrv  *redisProc
 	store *redisfeed.Store
-	ca    *testpki.CA
+	ca    *pkitest.CA
 	node  *guardianNode
 	nodes []*guardianNode // every node started, stopped at the end
 }
@@ -332,7 +332,7 @@ func run(ctx context.Context, o options) (*Results, error) {
 	defer rdb.Close()
 	h.store = redisfeed.NewStore(rdb, "bench", 0)
 
-	if h.ca, err = testpki.New("bench CA"); err != nil {
+	if h.ca, err = pkitest.New("bench CA"); err != nil {
 		return nil, err
 	}
 	if err := os.WriteFile(h.caFile(), h.ca.CertPEM(), 0o644); err != nil {

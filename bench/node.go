@@ -18,8 +18,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/guardian-mtls/guardian/internal/idleserver"
-	"github.com/guardian-mtls/guardian/internal/testpki"
 	"github.com/guardian-mtls/guardian/listener"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/redisfeed"
 )
@@ -31,8 +31,8 @@ var discardLog = log.New(io.Discard, "", 0)
 // guardianNode is a server under test: a Set fed by Redis and a listener whose accepted
 // conns are held idle, as keep-alive conns are.
 type guardianNode struct {
-	ca     *testpki.CA
-	server *testpki.Leaf
+	ca     *pkitest.CA
+	server *pkitest.Leaf
 	set    *revoke.Set
 	feed   *redisfeed.Feed
 	l      *listener.Listener
@@ -42,8 +42,8 @@ type guardianNode struct {
 	extra  []func() // servers started on this node's Set, stopped with it
 }
 
-func startNode(ctx context.Context, ca *testpki.CA, rdb *redis.Client) (*guardianNode, error) {
-	server, err := ca.Issue(testpki.Opts{DNS: []string{"localhost"}})
+func startNode(ctx context.Context, ca *pkitest.CA, rdb *redis.Client) (*guardianNode, error) {
+	server, err := ca.Issue(pkitest.Opts{DNS: []string{"localhost"}})
 	if err != nil {
 		return nil, err
 	}

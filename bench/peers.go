@@ -18,7 +18,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 )
 
@@ -172,7 +172,7 @@ watch:
 
 // writePeerFiles writes the server's certificate and key, the CA, and a CRL of the CA
 // listing revoked (if any) into dir.
-func writePeerFiles(dir string, ca *testpki.CA, server *testpki.Leaf, revoked *x509.Certificate) error {
+func writePeerFiles(dir string, ca *pkitest.CA, server *pkitest.Leaf, revoked *x509.Certificate) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}

@@ -12,7 +12,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 )
 
@@ -72,15 +72,15 @@ type NodeStats struct {
 }
 
 // issue writes n client certificates named prefix-i into dir for the client process.
-func issue(ca *testpki.CA, dir, prefix string, n int, progressTo io.Writer) ([]*testpki.Leaf, []string, error) {
-	leaves := make([]*testpki.Leaf, n)
+func issue(ca *pkitest.CA, dir, prefix string, n int, progressTo io.Writer) ([]*pkitest.Leaf, []string, error) {
+	leaves := make([]*pkitest.Leaf, n)
 	names := make([]string, n)
 	var p *progress
 	if n >= 100 {
 		p = newProgress(progressTo, "issuing "+prefix+" certificates", n)
 	}
 	for i := range leaves {
-		l, err := ca.Issue(testpki.Opts{CommonName: fmt.Sprintf("%s-%d", prefix, i), URIs: []string{fmt.Sprintf("spiffe://bench/%s/%d", prefix, i)}})
+		l, err := ca.Issue(pkitest.Opts{CommonName: fmt.Sprintf("%s-%d", prefix, i), URIs: []string{fmt.Sprintf("spiffe://bench/%s/%d", prefix, i)}})
 		if err != nil {
 			return nil, nil, err
 		}

@@ -25,8 +25,8 @@ import (
 	xocsp "golang.org/x/crypto/ocsp"
 
 	"github.com/guardian-mtls/guardian/internal/redistest"
-	"github.com/guardian-mtls/guardian/internal/testpki"
 	"github.com/guardian-mtls/guardian/listener"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/crl"
 	"github.com/guardian-mtls/guardian/revoke/ocsp"
@@ -151,7 +151,7 @@ func startSoakRig(ctx context.Context, h *harness) (_ *soakRig, err error) {
 	r.wg.Add(1)
 	go func() { defer r.wg.Done(); src.Run(rctx) }()
 
-	server, err := h.ca.Issue(testpki.Opts{DNS: []string{"localhost"}})
+	server, err := h.ca.Issue(pkitest.Opts{DNS: []string{"localhost"}})
 	if err != nil {
 		return nil, err
 	}
@@ -254,7 +254,7 @@ func (r *soakRig) counter(name, label, value string) float64 {
 // faultServer serves a CA's CRL at /crl and answers OCSP requests at /ocsp — or, as the
 // soak's schedule says, hangs, answers 500, or sends garbage.
 type faultServer struct {
-	ca  *testpki.CA
+	ca  *pkitest.CA
 	srv *httptest.Server
 
 	mu          sync.Mutex
@@ -267,7 +267,7 @@ type faultServer struct {
 	ocspRevoked map[string]bool // serials (decimal) OCSP calls revoked
 }
 
-func newFaultServer(ca *testpki.CA) *faultServer {
+func newFaultServer(ca *pkitest.CA) *faultServer {
 	f := &faultServer{ca: ca, mode: "ok", release: make(chan struct{}), ocspRevoked: map[string]bool{}}
 	f.publishCRL(nil)
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
@@ -292,10 +292,10 @@ func (f *faultServer) publishCRL(serials []*big.Int) {
 	f.crlSerials = append(f.crlSerials, serials...)
 	var entries []x509.RevocationListEntry
 	for _, s := range f.crlSerials {
-		entries = append(entries, testpki.Revoked(s, 1))
+		entries = append(entries, pkitest.Revoked(s, 1))
 	}
 	f.crlNumber++
-	der, err := f.ca.CRL(testpki.CRLOpts{Number: f.crlNumber, Entries: entries})
+	der, err := f.ca.CRL(pkitest.CRLOpts{Number: f.crlNumber, Entries: entries})
 	if err != nil {
 		panic(err) // the harness's own CA signing its own CRL
 	}
@@ -417,7 +417,7 @@ func (w *staleWatch) end() {
 //
 // markRevoked is told each certificate (by tag) as its revocation is published.
 func runFaults(ctx context.Context, r *soakRig, start time.Time, d time.Duration, fs *SoakFaults,
-	leaves []*testpki.Leaf, crlTags, ocspTags []int, markRevoked func(...int)) error {
+	leaves []*pkitest.Leaf, crlTags, ocspTags []int, markRevoked func(...int)) error {
 	f := d / 10
 	at := func(frac float64) error {
 		select {

@@ -16,23 +16,23 @@ import (
 
 	"github.com/guardian-mtls/guardian/binding"
 	"github.com/guardian-mtls/guardian/internal/metrictest"
-	"github.com/guardian-mtls/guardian/internal/testpki"
 	"github.com/guardian-mtls/guardian/listener"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 )
 
 // twoAudiences is guardian's listener with a public audience (no client certificate) and
 // an mTLS one on one port, behind SNIHostGuard.
 type twoAudiences struct {
-	ca      *testpki.CA
+	ca      *pkitest.CA
 	addr    string
 	metrics *prometheus.Registry
 }
 
 func startTwoAudiences(t *testing.T) *twoAudiences {
 	t.Helper()
-	ca := testpki.NewCA(t)
-	server := ca.MustIssue(t, testpki.Opts{CommonName: "server", DNS: []string{"public.test", "api.test"}})
+	ca := pkitest.NewCA(t)
+	server := ca.MustIssue(t, pkitest.Opts{CommonName: "server", DNS: []string{"public.test", "api.test"}})
 	set, _ := revoke.NewSet(revoke.SetOptions{})
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -60,7 +60,7 @@ func startTwoAudiences(t *testing.T) *twoAudiences {
 // client dials every request to the listener with SNI sni, whatever the URL's host: what a
 // client does that handshakes for one name and then addresses another, or that coalesces
 // HTTP/2 requests for several names onto one conn.
-func (e *twoAudiences) client(t *testing.T, sni string, leaf *testpki.Leaf, h2 bool) *http.Client {
+func (e *twoAudiences) client(t *testing.T, sni string, leaf *pkitest.Leaf, h2 bool) *http.Client {
 	cfg := &tls.Config{RootCAs: e.ca.Pool(), ServerName: sni, NextProtos: []string{"http/1.1"}}
 	if h2 {
 		cfg.NextProtos = []string{"h2"}
@@ -101,7 +101,7 @@ func TestSNIHostGuard(t *testing.T) {
 			if code != http.StatusMisdirectedRequest {
 				t.Fatalf("a conn to public.test addressing api.test: %d %q; want 421", code, body)
 			}
-			leaf := e.ca.MustIssue(t, testpki.Opts{CommonName: "svc"})
+			leaf := e.ca.MustIssue(t, pkitest.Opts{CommonName: "svc"})
 			mtls := e.client(t, "api.test", leaf, h2)
 			for _, u := range []string{"https://api.test/", "https://API.test:8443/"} {
 				if code, body := get(t, mtls, u); code != 200 || !strings.Contains(body, "audience=api") {
@@ -121,17 +121,17 @@ func TestSNIHostGuard(t *testing.T) {
 
 // tlsServer is a crypto/tls server on loopback that asks for, but does not require, a
 // client certificate from ca.
-func tlsServer(t *testing.T, ca *testpki.CA, h http.Handler) *httptest.Server {
+func tlsServer(t *testing.T, ca *pkitest.CA, h http.Handler) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewUnstartedServer(h)
-	leaf := ca.MustIssue(t, testpki.Opts{CommonName: "server", DNS: []string{"app.test"}})
+	leaf := ca.MustIssue(t, pkitest.Opts{CommonName: "server", DNS: []string{"app.test"}})
 	srv.TLS = &tls.Config{Certificates: []tls.Certificate{leaf.TLS()}, ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: ca.Pool()}
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	return srv
 }
 
-func clientFor(t *testing.T, ca *testpki.CA, srv *httptest.Server, leaf *testpki.Leaf) *http.Client {
+func clientFor(t *testing.T, ca *pkitest.CA, srv *httptest.Server, leaf *pkitest.Leaf) *http.Client {
 	cfg := &tls.Config{RootCAs: ca.Pool(), ServerName: "app.test"}
 	if leaf != nil {
 		cfg.Certificates = []tls.Certificate{leaf.TLS()}
@@ -146,14 +146,14 @@ func clientFor(t *testing.T, ca *testpki.CA, srv *httptest.Server, leaf *testpki
 // A client's own X-Forwarded-Client-Cert never reaches the upstream; guardian's does, in
 // Envoy's form, for conns with a certificate only.
 func TestClientCertHeader(t *testing.T) {
-	ca := testpki.NewCA(t)
+	ca := pkitest.NewCA(t)
 	srv := tlsServer(t, ca, binding.ClientCertHeader(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "%d|%s", len(r.Header.Values("X-Forwarded-Client-Cert")), r.Header.Get("X-Forwarded-Client-Cert"))
 	})))
-	leaf := ca.MustIssue(t, testpki.Opts{CommonName: `svc "one"`, URIs: []string{"spiffe://prod/svc"}, DNS: []string{"svc.internal"}})
+	leaf := ca.MustIssue(t, pkitest.Opts{CommonName: `svc "one"`, URIs: []string{"spiffe://prod/svc"}, DNS: []string{"svc.internal"}})
 	for _, c := range []struct {
 		name string
-		leaf *testpki.Leaf
+		leaf *pkitest.Leaf
 		want string
 	}{
 		{"with a certificate", leaf, fmt.Sprintf(`1|Hash=%x;Subject="CN=svc \\\"one\\\",O=guardian test";URI=spiffe://prod/svc;DNS=svc.internal`, sha(leaf.Cert))},

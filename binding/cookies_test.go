@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 )
 
 func TestCanonicalName(t *testing.T) {
@@ -197,11 +197,11 @@ func (r *recorder) WriteHeader(code int)        { r.code = code }
 
 func tlsState(t *testing.T) *tls.ConnectionState {
 	t.Helper()
-	ca, err := testpki.New("t")
+	ca, err := pkitest.New("t")
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := ca.Issue(testpki.Opts{CommonName: "c"})
+	l, err := ca.Issue(pkitest.Opts{CommonName: "c"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,15 +8,15 @@ import (
 	"testing"
 
 	"github.com/guardian-mtls/guardian/binding"
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 )
 
 func fuzzLeaf(f *testing.F) *x509.Certificate {
-	ca, err := testpki.New("fuzz")
+	ca, err := pkitest.New("fuzz")
 	if err != nil {
 		f.Fatal(err)
 	}
-	l, err := ca.Issue(testpki.Opts{CommonName: "leaf"})
+	l, err := ca.Issue(pkitest.Opts{CommonName: "leaf"})
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -14,7 +14,7 @@ import (
 
 	"github.com/guardian-mtls/guardian/binding"
 	"github.com/guardian-mtls/guardian/internal/metrictest"
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 )
 
 func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }
@@ -81,10 +81,10 @@ func tamper(cookie string) string {
 // A session cookie set on a conn with certificate A works with A only: with certificate B,
 // with none, tampered, or on another audience it gets the same 401, counted.
 func TestSessionBinding(t *testing.T) {
-	ca := testpki.NewCA(t)
+	ca := pkitest.NewCA(t)
 	reg := prometheus.NewRegistry()
 	srv := tlsServer(t, ca, bound(t, "api", reg))
-	a, b := ca.MustIssue(t, testpki.Opts{CommonName: "a"}), ca.MustIssue(t, testpki.Opts{CommonName: "b"})
+	a, b := ca.MustIssue(t, pkitest.Opts{CommonName: "a"}), ca.MustIssue(t, pkitest.Opts{CommonName: "b"})
 	ca1, cb, none := clientFor(t, ca, srv, a), clientFor(t, ca, srv, b), clientFor(t, ca, srv, nil)
 
 	_, _, resp := request(t, ca1, "/login?user=a", "")
@@ -144,7 +144,7 @@ func TestSessionBinding(t *testing.T) {
 // set before it is held back from the 1xx (never sent unsealed) and sealed in the final
 // response.
 func TestSessionCookieNotInInformationalResponse(t *testing.T) {
-	ca := testpki.NewCA(t)
+	ca := pkitest.NewCA(t)
 	h, err := (&binding.Sessions{Cookies: []string{"sid"}, Keys: [][]byte{sessionKey}, Audience: "a"}).Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Add("Set-Cookie", "sid=SESS-early; Path=/")
 		w.Header().Add("Set-Cookie", "theme=dark")
@@ -156,7 +156,7 @@ func TestSessionCookieNotInInformationalResponse(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := tlsServer(t, ca, h)
-	c := clientFor(t, ca, srv, ca.MustIssue(t, testpki.Opts{CommonName: "a"}))
+	c := clientFor(t, ca, srv, ca.MustIssue(t, pkitest.Opts{CommonName: "a"}))
 	var early []string
 	req, _ := http.NewRequest("GET", "https://app.test/", nil)
 	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{

@@ -18,10 +18,10 @@ import (
 
 	"github.com/guardian-mtls/guardian/binding"
 	"github.com/guardian-mtls/guardian/internal/metrictest"
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 )
 
-func x5t(l *testpki.Leaf) string {
+func x5t(l *pkitest.Leaf) string {
 	h := sha256.Sum256(l.Cert.Raw)
 	return base64.RawURLEncoding.EncodeToString(h[:])
 }
@@ -30,8 +30,8 @@ func x5t(l *testpki.Leaf) string {
 // current, and bound to the conn's own certificate gets through; every other gets the same
 // 401, with the reason counted.
 func TestTokenBinding(t *testing.T) {
-	ca := testpki.NewCA(t)
-	a, b := ca.MustIssue(t, testpki.Opts{CommonName: "a"}), ca.MustIssue(t, testpki.Opts{CommonName: "b"})
+	ca := pkitest.NewCA(t)
+	a, b := ca.MustIssue(t, pkitest.Opts{CommonName: "a"}), ca.MustIssue(t, pkitest.Opts{CommonName: "b"})
 	signer, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	der, _ := x509.MarshalPKIXPublicKey(&signer.PublicKey)
 	pub, err := binding.ParseKey(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
@@ -68,7 +68,7 @@ func TestTokenBinding(t *testing.T) {
 	confused, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, claims(nil)).SignedString(der)
 	none, _ := jwt.NewWithClaims(jwt.SigningMethodNone, claims(nil)).SignedString(jwt.UnsafeAllowNoneSignatureType)
 
-	call := func(leaf *testpki.Leaf, auth string) int {
+	call := func(leaf *pkitest.Leaf, auth string) int {
 		req, _ := http.NewRequest("GET", "https://app.test/", nil)
 		if auth != "" {
 			req.Header.Set("Authorization", auth)
@@ -89,7 +89,7 @@ func TestTokenBinding(t *testing.T) {
 	}
 	for _, c := range []struct {
 		name, reason string
-		leaf         *testpki.Leaf
+		leaf         *pkitest.Leaf
 		auth         string
 	}{
 		{"another certificate", "other_certificate", b, "Bearer " + es(claims(nil))},

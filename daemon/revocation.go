@@ -106,7 +106,7 @@ func openRevocation(ctx context.Context, cfg *Config, metrics *prometheus.Regist
 	}
 	n := &revocation{set: set, pruned: prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "guardian_revocations_pruned_total",
-		Help: "Revocations dropped once past their expiry (OCSP's revoked answers, which hold until the answer's nextUpdate).",
+		Help: "Revocations dropped once past their expiry (OCSP revoked answers, held until the leaf certificate expires).",
 	})}
 	if err := metrics.Register(n.pruned); err != nil {
 		return nil, err
@@ -319,7 +319,7 @@ func (n *revocation) setIssuers(issuers []*x509.Certificate) {
 }
 
 // prune drops, every interval until ctx ends, the entries whose expiry has passed (an OCSP
-// revoked answer holds until its nextUpdate), so that they do not pile up for the life of
+// revoked answer holds until its certificate expires), so that they do not pile up for the life of
 // the node.
 func (n *revocation) prune(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)

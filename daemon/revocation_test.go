@@ -9,7 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/guardian-mtls/guardian/internal/metrictest"
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/crl"
 )
@@ -17,7 +17,7 @@ import (
 // A CRL past its nextUpdate makes stale only the audiences whose client CAs its signer chains
 // to; a configured CRL not loaded yet makes every audience with client certificates stale.
 func TestStalenessPerAudience(t *testing.T) {
-	rootA, rootB := testpki.NewCA(t), testpki.NewCA(t)
+	rootA, rootB := pkitest.NewCA(t), pkitest.NewCA(t)
 	interB := rootB.MustIntermediate(t, "B devices")
 	set, _ := revoke.NewSet(revoke.SetOptions{})
 	app, err := crl.NewApplier(crl.Options{Set: set, Issuers: []*x509.Certificate{rootA.Cert, interB.Cert}})
@@ -26,8 +26,8 @@ func TestStalenessPerAudience(t *testing.T) {
 	}
 	n := &revocation{set: set, crl: app}
 	now := time.Now()
-	fresh := rootA.MustCRL(t, testpki.CRLOpts{Number: 1, ThisUpdate: now.Add(-time.Hour), NextUpdate: now.Add(time.Hour)})
-	lapsed := interB.MustCRL(t, testpki.CRLOpts{Number: 1, ThisUpdate: now.Add(-2 * time.Hour), NextUpdate: now.Add(-time.Hour)})
+	fresh := rootA.MustCRL(t, pkitest.CRLOpts{Number: 1, ThisUpdate: now.Add(-time.Hour), NextUpdate: now.Add(time.Hour)})
+	lapsed := interB.MustCRL(t, pkitest.CRLOpts{Number: 1, ThisUpdate: now.Add(-2 * time.Hour), NextUpdate: now.Add(-time.Hour)})
 	for _, der := range [][]byte{fresh, lapsed} {
 		if _, err := app.Apply(der, "test"); err != nil {
 			t.Fatal(err)

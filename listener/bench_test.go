@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/guardian-mtls/guardian/internal/testpki"
 	"github.com/guardian-mtls/guardian/listener"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 )
 
@@ -26,7 +26,7 @@ import (
 // keep-alive conn does.
 type benchServer struct {
 	addr  string
-	ca    *testpki.CA
+	ca    *pkitest.CA
 	set   *revoke.Set
 	stop  func()
 	mu    sync.Mutex
@@ -35,8 +35,8 @@ type benchServer struct {
 
 func startBench(b *testing.B, guarded bool) *benchServer {
 	b.Helper()
-	ca := testpki.NewCA(b)
-	srvCert := ca.MustIssue(b, testpki.Opts{DNS: []string{"localhost"}})
+	ca := pkitest.NewCA(b)
+	srvCert := ca.MustIssue(b, pkitest.Opts{DNS: []string{"localhost"}})
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
@@ -99,7 +99,7 @@ func (s *benchServer) closeAll() {
 	s.conns = nil
 }
 
-func (s *benchServer) dial(b *testing.B, leaf *testpki.Leaf) *tls.Conn {
+func (s *benchServer) dial(b *testing.B, leaf *pkitest.Leaf) *tls.Conn {
 	c, err := tls.Dial("tcp", s.addr, &tls.Config{RootCAs: s.ca.Pool(), ServerName: "localhost",
 		Certificates: []tls.Certificate{leaf.TLS()}, NextProtos: []string{"http/1.1"}})
 	if err != nil {
@@ -115,7 +115,7 @@ func BenchmarkHandshake(b *testing.B) {
 		b.Run(map[bool]string{false: "bare", true: "guardian"}[guarded], func(b *testing.B) {
 			s := startBench(b, guarded)
 			defer s.stop()
-			leaf := s.ca.MustIssue(b, testpki.Opts{CommonName: "c", URIs: []string{"spiffe://bench/c"}})
+			leaf := s.ca.MustIssue(b, pkitest.Opts{CommonName: "c", URIs: []string{"spiffe://bench/c"}})
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				c := s.dial(b, leaf)
@@ -131,19 +131,19 @@ func BenchmarkHandshake(b *testing.B) {
 // together; the difference between bare and guardian is what guardian adds per conn.
 func BenchmarkIdleConnMemory(b *testing.B) {
 	const n = 2000
-	ca := testpki.NewCA(b)
-	leaves := make([]*testpki.Leaf, n)
+	ca := pkitest.NewCA(b)
+	leaves := make([]*pkitest.Leaf, n)
 	for i := range leaves {
-		leaves[i] = ca.MustIssue(b, testpki.Opts{CommonName: fmt.Sprintf("device-%d", i), URIs: []string{fmt.Sprintf("spiffe://bench/device/%d", i)}})
+		leaves[i] = ca.MustIssue(b, pkitest.Opts{CommonName: fmt.Sprintf("device-%d", i), URIs: []string{fmt.Sprintf("spiffe://bench/device/%d", i)}})
 	}
 	for _, guarded := range []bool{false, true} {
 		b.Run(map[bool]string{false: "bare", true: "guardian"}[guarded], func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				s := startBench(b, guarded)
 				// Re-issue under this server's CA, reusing the keys made above.
-				local := make([]*testpki.Leaf, n)
+				local := make([]*pkitest.Leaf, n)
 				for j := range local {
-					local[j] = s.ca.MustIssue(b, testpki.Opts{CommonName: leaves[j].Cert.Subject.CommonName, URIs: []string{leaves[j].Cert.URIs[0].String()}})
+					local[j] = s.ca.MustIssue(b, pkitest.Opts{CommonName: leaves[j].Cert.Subject.CommonName, URIs: []string{leaves[j].Cert.URIs[0].String()}})
 				}
 				before := heapNow()
 				clients := make([]*tls.Conn, n)
@@ -187,11 +187,11 @@ func BenchmarkEvictionLatency(b *testing.B) {
 	set := s.set
 	bystanders := make([]*tls.Conn, 200)
 	for i := range bystanders {
-		bystanders[i] = s.dial(b, s.ca.MustIssue(b, testpki.Opts{CommonName: fmt.Sprintf("b%d", i)}))
+		bystanders[i] = s.dial(b, s.ca.MustIssue(b, pkitest.Opts{CommonName: fmt.Sprintf("b%d", i)}))
 	}
-	leaves := make([]*testpki.Leaf, 64)
+	leaves := make([]*pkitest.Leaf, 64)
 	for i := range leaves {
-		leaves[i] = s.ca.MustIssue(b, testpki.Opts{CommonName: fmt.Sprintf("v%d", i)})
+		leaves[i] = s.ca.MustIssue(b, pkitest.Opts{CommonName: fmt.Sprintf("v%d", i)})
 	}
 	var samples []time.Duration
 	b.ResetTimer()

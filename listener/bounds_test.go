@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/guardian-mtls/guardian/internal/metrictest"
-	"github.com/guardian-mtls/guardian/internal/testpki"
 	"github.com/guardian-mtls/guardian/listener"
+	"github.com/guardian-mtls/guardian/pkitest"
 )
 
 // twoAudiences: "api" requires a certificate (SNI localhost), "public" asks for none (SNI
@@ -100,7 +100,7 @@ func testMaxConnsShedsAnonymousFirst(t *testing.T, optional bool) {
 		defer c.Close()
 	}
 	for i := range 5 {
-		cl := e.client(e.root.MustIssue(t, testpki.Opts{CommonName: "svc"}), false)
+		cl := e.client(e.root.MustIssue(t, pkitest.Opts{CommonName: "svc"}), false)
 		if got := cl.get(t, "/"); !strings.Contains(got, "cn=svc") {
 			t.Fatalf("mTLS client %d at max_conns: %q", i, got)
 		}
@@ -124,7 +124,7 @@ func testMaxConnsShedsAnonymousFirst(t *testing.T, optional bool) {
 func TestMaxConnsRefusesWhenAllHoldCertificates(t *testing.T) {
 	e := newEnv(t, envOpts{maxConns: 3})
 	for i := range 3 {
-		cl := e.client(e.root.MustIssue(t, testpki.Opts{CommonName: "svc"}), false)
+		cl := e.client(e.root.MustIssue(t, pkitest.Opts{CommonName: "svc"}), false)
 		if got := cl.get(t, "/"); !strings.Contains(got, "cn=svc") {
 			t.Fatalf("client %d: %q", i, got)
 		}
@@ -166,7 +166,7 @@ func TestAudienceConnCaps(t *testing.T) {
 	}
 	waitMetric(t, e, "guardian_handshake_failures_total", 1, "reason", "audience_full")
 	// The mTLS audience has no caps of its own.
-	cl := e.client(e.root.MustIssue(t, testpki.Opts{CommonName: "svc"}), false)
+	cl := e.client(e.root.MustIssue(t, pkitest.Opts{CommonName: "svc"}), false)
 	if got := cl.get(t, "/"); !strings.Contains(got, "cn=svc") {
 		t.Fatalf("mTLS client beside a full audience: %q", got)
 	}
@@ -189,7 +189,7 @@ func TestIdleTimeout(t *testing.T) {
 	e := newEnv(t, envOpts{audiences: twoAudiences(func(pub, api *listener.Audience) {
 		pub.IdleTimeout, api.IdleTimeout = 300*time.Millisecond, 300*time.Millisecond
 	})})
-	cl := e.client(e.root.MustIssue(t, testpki.Opts{CommonName: "svc"}), false)
+	cl := e.client(e.root.MustIssue(t, pkitest.Opts{CommonName: "svc"}), false)
 	cl.get(t, "/")
 	waitClosed(t, cl.conn(0), "an idle HTTP/1.1 keep-alive conn")
 
@@ -210,7 +210,7 @@ func TestIdleTimeout(t *testing.T) {
 	}
 	waitMetric(t, e, "guardian_conns_idle_closed_total", 1, "audience", "public")
 
-	st := e.client(e.root.MustIssue(t, testpki.Opts{CommonName: "streamer"}), false)
+	st := e.client(e.root.MustIssue(t, pkitest.Opts{CommonName: "streamer"}), false)
 	resp, err := st.Get("https://localhost/stream")
 	if err != nil {
 		t.Fatal(err)
@@ -234,7 +234,7 @@ func TestIdleTimeout(t *testing.T) {
 func TestProgressSparesQuietStreams(t *testing.T) {
 	e := newEnv(t, envOpts{audiences: twoAudiences(func(_, api *listener.Audience) { api.IdleTimeout = 500 * time.Millisecond })})
 	for _, h2 := range []bool{false, true} {
-		cl := e.client(e.root.MustIssue(t, testpki.Opts{CommonName: "svc"}), h2)
+		cl := e.client(e.root.MustIssue(t, pkitest.Opts{CommonName: "svc"}), h2)
 		if got := cl.get(t, "/quiet"); got != "first\nsecond\n" {
 			t.Errorf("h2=%v: a quiet stream: %q; want both lines", h2, got)
 		}
@@ -262,7 +262,7 @@ func TestProgressSparesQuietStreams(t *testing.T) {
 func TestProgressCutsStalledBody(t *testing.T) {
 	e := newEnv(t, envOpts{audiences: twoAudiences(func(_, api *listener.Audience) { api.IdleTimeout = 300 * time.Millisecond })})
 	for _, h2 := range []bool{false, true} {
-		cl := e.client(e.root.MustIssue(t, testpki.Opts{CommonName: "svc"}), h2)
+		cl := e.client(e.root.MustIssue(t, pkitest.Opts{CommonName: "svc"}), h2)
 		pr, pw := io.Pipe()
 		defer pw.Close()
 		go pw.Write([]byte("abc")) // then nothing
@@ -285,7 +285,7 @@ func TestProgressMinBodyRate(t *testing.T) {
 		api.IdleTimeout, api.MinBodyRate = 500*time.Millisecond, 100
 	})})
 	for _, h2 := range []bool{false, true} {
-		cl := e.client(e.root.MustIssue(t, testpki.Opts{CommonName: "svc"}), h2)
+		cl := e.client(e.root.MustIssue(t, pkitest.Opts{CommonName: "svc"}), h2)
 		pr, pw := io.Pipe()
 		go func() {
 			defer pw.Close()
@@ -328,7 +328,7 @@ func TestProgressBodyReadAfterHandlerReturned(t *testing.T) {
 		api.IdleTimeout, api.MinBodyRate = 2*time.Second, 100
 	})})
 	for _, h2 := range []bool{false, true} {
-		cl := e.client(e.root.MustIssue(t, testpki.Opts{CommonName: "svc"}), h2)
+		cl := e.client(e.root.MustIssue(t, pkitest.Opts{CommonName: "svc"}), h2)
 		for range 5 {
 			resp, err := cl.Post("https://localhost/early", "application/octet-stream", strings.NewReader(strings.Repeat("z", 4<<20)))
 			if err == nil {

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/crl"
 )
@@ -18,11 +18,11 @@ import (
 func TestCRLEvictsLiveConns(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	inter := e.root.MustIntermediate(t, "devices CA")
-	leafA := inter.MustIssue(t, testpki.Opts{CommonName: "a"})
-	leafB := inter.MustIssue(t, testpki.Opts{CommonName: "b"})
-	leafC := inter.MustIssue(t, testpki.Opts{CommonName: "c"})
+	leafA := inter.MustIssue(t, pkitest.Opts{CommonName: "a"})
+	leafB := inter.MustIssue(t, pkitest.Opts{CommonName: "b"})
+	leafC := inter.MustIssue(t, pkitest.Opts{CommonName: "c"})
 	a, b, c := e.client(leafA, false), e.client(leafB, true), e.client(leafC, false)
-	direct := e.client(e.root.MustIssue(t, testpki.Opts{CommonName: "direct"}), false)
+	direct := e.client(e.root.MustIssue(t, pkitest.Opts{CommonName: "direct"}), false)
 	for _, cl := range []*client{a, b, c, direct} {
 		cl.get(t, "/")
 	}
@@ -31,24 +31,24 @@ func TestCRLEvictsLiveConns(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	listed := []x509.RevocationListEntry{testpki.Revoked(leafA.Cert.SerialNumber, 1)}
-	if _, err := app.Apply(inter.MustCRL(t, testpki.CRLOpts{Number: 1, Entries: listed}), "test"); err != nil {
+	listed := []x509.RevocationListEntry{pkitest.Revoked(leafA.Cert.SerialNumber, 1)}
+	if _, err := app.Apply(inter.MustCRL(t, pkitest.CRLOpts{Number: 1, Entries: listed}), "test"); err != nil {
 		t.Fatal(err)
 	}
 	waitClosed(t, a.conn(0), "a (listed in a small CRL)")
 
 	// More new serials than a change lists: the listener sweeps.
 	for i := 0; i < revoke.MaxListed+10; i++ {
-		listed = append(listed, testpki.Revoked(big.NewInt(int64(1e6+i)), 0))
+		listed = append(listed, pkitest.Revoked(big.NewInt(int64(1e6+i)), 0))
 	}
-	listed = append(listed, testpki.Revoked(leafB.Cert.SerialNumber, 1))
-	res, err := app.Apply(inter.MustCRL(t, testpki.CRLOpts{Number: 2, Entries: listed}), "test")
+	listed = append(listed, pkitest.Revoked(leafB.Cert.SerialNumber, 1))
+	res, err := app.Apply(inter.MustCRL(t, pkitest.CRLOpts{Number: 2, Entries: listed}), "test")
 	if err != nil || !res.Sweep {
 		t.Fatalf("second CRL: %+v, %v; want a sweep", res, err)
 	}
 	waitClosed(t, b.conn(0), "b (HTTP/2, in a CRL too big to list)")
 
-	rootCRL := e.root.MustCRL(t, testpki.CRLOpts{Number: 1, Entries: []x509.RevocationListEntry{testpki.Revoked(inter.Cert.SerialNumber, 2)}})
+	rootCRL := e.root.MustCRL(t, pkitest.CRLOpts{Number: 1, Entries: []x509.RevocationListEntry{pkitest.Revoked(inter.Cert.SerialNumber, 2)}})
 	if _, err := app.Apply(rootCRL, "test"); err != nil {
 		t.Fatal(err)
 	}

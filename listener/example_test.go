@@ -10,17 +10,17 @@ import (
 	"sync"
 	"time"
 
-	"github.com/guardian-mtls/guardian/internal/testpki"
 	"github.com/guardian-mtls/guardian/listener"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 )
 
 // Embed guardian's listener in your own http.Server: revoking a key closes the live
 // keep-alive conn of the certificate it names.
 func Example() {
-	ca, _ := testpki.New("example CA") // your CA pool and server certificate
-	server, _ := ca.Issue(testpki.Opts{DNS: []string{"localhost"}})
-	client, _ := ca.Issue(testpki.Opts{CommonName: "alice", URIs: []string{"spiffe://example/alice"}})
+	ca, _ := pkitest.New("example CA") // your CA pool and server certificate
+	server, _ := ca.Issue(pkitest.Opts{DNS: []string{"localhost"}})
+	client, _ := ca.Issue(pkitest.Opts{CommonName: "alice", URIs: []string{"spiffe://example/alice"}})
 
 	set, _ := revoke.NewSet(revoke.SetOptions{}) // fed by Redis, CRLs, OCSP or your own code
 	inner, _ := net.Listen("tcp", "127.0.0.1:0")

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 )
 
 // A flood of clients that connect and never send a ClientHello: past MaxHandshakes the
@@ -25,7 +25,7 @@ func TestHandshakeFloodSheds(t *testing.T) {
 		stalled = append(stalled, c)
 	}
 	waitMetric(t, e, "guardian_handshake_failures_total", 32, "reason", "shed")
-	cl := e.client(e.root.MustIssue(t, testpki.Opts{CommonName: "legit"}), false)
+	cl := e.client(e.root.MustIssue(t, pkitest.Opts{CommonName: "legit"}), false)
 	if got := cl.get(t, "/"); !strings.Contains(got, "cn=legit") {
 		t.Fatalf("legitimate client during the flood: %q", got)
 	}
@@ -63,7 +63,7 @@ func TestSlowHandshakesCutAtTimeout(t *testing.T) {
 		}
 		slow = append(slow, c)
 	}
-	cl := e.client(e.root.MustIssue(t, testpki.Opts{CommonName: "legit"}), false)
+	cl := e.client(e.root.MustIssue(t, pkitest.Opts{CommonName: "legit"}), false)
 	if got := cl.get(t, "/"); !strings.Contains(got, "cn=legit") {
 		t.Fatalf("legitimate client among the slow ones: %q", got)
 	}

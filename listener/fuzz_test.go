@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 )
 
 // Whatever bytes a client sends instead of (or as) a ClientHello, the listener refuses that
@@ -17,7 +17,7 @@ func FuzzHandshakeBytes(f *testing.F) {
 	f.Add([]byte{0x16, 0x03, 0x03, 0xff, 0xff})
 	f.Add([]byte{0x80, 0x2e, 0x01, 0x03, 0x01}) // SSLv2-style hello
 	e := newEnv(f, envOpts{timeout: 200 * time.Millisecond})
-	good := e.client(e.root.MustIssue(f, testpki.Opts{CommonName: "good"}), false)
+	good := e.client(e.root.MustIssue(f, pkitest.Opts{CommonName: "good"}), false)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := net.Dial("tcp", e.addr)
 		if err != nil {

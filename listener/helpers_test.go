@@ -21,16 +21,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/guardian-mtls/guardian/conntrack"
-	"github.com/guardian-mtls/guardian/internal/testpki"
 	"github.com/guardian-mtls/guardian/listener"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 )
 
 // env is a guardian listener under a real net/http server on a loopback port.
 type env struct {
 	t       testing.TB
-	root    *testpki.CA
-	server  *testpki.Leaf
+	root    *pkitest.CA
+	server  *pkitest.Leaf
 	set     *revoke.Set
 	l       *listener.Listener
 	srv     *http.Server
@@ -53,8 +53,8 @@ type envOpts struct {
 func newEnv(t testing.TB, o envOpts) *env {
 	t.Helper()
 	leakCheck(t)
-	e := &env{t: t, root: testpki.NewCA(t), metrics: prometheus.NewRegistry(), streamEnded: make(chan error, 16)}
-	e.server = e.root.MustIssue(t, testpki.Opts{CommonName: "server", DNS: []string{"localhost", "*.api.test", "public.test"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
+	e := &env{t: t, root: pkitest.NewCA(t), metrics: prometheus.NewRegistry(), streamEnded: make(chan error, 16)}
+	e.server = e.root.MustIssue(t, pkitest.Opts{CommonName: "server", DNS: []string{"localhost", "*.api.test", "public.test"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
 	set, err := revoke.NewSet(revoke.SetOptions{Metrics: e.metrics})
 	if err != nil {
 		t.Fatal(err)
@@ -162,7 +162,7 @@ func (c *watchedConn) Close() error {
 	return c.Conn.Close()
 }
 
-func (e *env) client(leaf *testpki.Leaf, h2 bool, tweak ...func(*tls.Config)) *client {
+func (e *env) client(leaf *pkitest.Leaf, h2 bool, tweak ...func(*tls.Config)) *client {
 	cfg := &tls.Config{RootCAs: e.root.Pool(), ServerName: "localhost"}
 	if leaf != nil {
 		cfg.Certificates = []tls.Certificate{leaf.TLS()}

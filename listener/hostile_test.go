@@ -7,15 +7,15 @@ import (
 	"time"
 
 	"github.com/guardian-mtls/guardian/internal/metrictest"
-	"github.com/guardian-mtls/guardian/internal/testpki"
 	"github.com/guardian-mtls/guardian/listener"
+	"github.com/guardian-mtls/guardian/pkitest"
 )
 
 // Hostile handshakes, each refused and counted under its reason, none disturbing a served
 // client: a certificate from another audience's CA, expired and not-yet-valid certificates,
 // a chain longer than MaxChainLength, and an SNI of a thousand bytes.
 func TestHostileHandshakes(t *testing.T) {
-	partners := testpki.NewCA(t)
+	partners := pkitest.NewCA(t)
 	e := newEnv(t, envOpts{audiences: func(e *env) []listener.Audience {
 		return []listener.Audience{
 			{Name: "api", SNI: []string{"localhost"}, Certificates: []tls.Certificate{e.server.TLS()},
@@ -24,7 +24,7 @@ func TestHostileHandshakes(t *testing.T) {
 				ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: partners.Pool()},
 		}
 	}})
-	good := e.client(e.root.MustIssue(t, testpki.Opts{CommonName: "good"}), false)
+	good := e.client(e.root.MustIssue(t, pkitest.Opts{CommonName: "good"}), false)
 	good.get(t, "/")
 
 	deep := e.root
@@ -34,14 +34,14 @@ func TestHostileHandshakes(t *testing.T) {
 	now := time.Now()
 	for _, c := range []struct {
 		name, sni, reason string
-		leaf              *testpki.Leaf
+		leaf              *pkitest.Leaf
 	}{
-		{"a partner's certificate on api", "localhost", "bad_certificate", partners.MustIssue(t, testpki.Opts{CommonName: "partner"})},
-		{"an api certificate on partners", "public.test", "bad_certificate", e.root.MustIssue(t, testpki.Opts{CommonName: "api"})},
-		{"expired", "localhost", "bad_certificate", e.root.MustIssue(t, testpki.Opts{CommonName: "old", NotBefore: now.Add(-2 * time.Hour), NotAfter: now.Add(-time.Hour)})},
-		{"not yet valid", "localhost", "bad_certificate", e.root.MustIssue(t, testpki.Opts{CommonName: "early", NotBefore: now.Add(time.Hour), NotAfter: now.Add(2 * time.Hour)})},
-		{"a chain of 12", "localhost", "chain_too_long", deep.MustIssue(t, testpki.Opts{CommonName: "deep"})},
-		{"a thousand-byte SNI", strings.Repeat("a", 60) + strings.Repeat(".b", 470), "unknown_sni", e.root.MustIssue(t, testpki.Opts{CommonName: "long"})},
+		{"a partner's certificate on api", "localhost", "bad_certificate", partners.MustIssue(t, pkitest.Opts{CommonName: "partner"})},
+		{"an api certificate on partners", "public.test", "bad_certificate", e.root.MustIssue(t, pkitest.Opts{CommonName: "api"})},
+		{"expired", "localhost", "bad_certificate", e.root.MustIssue(t, pkitest.Opts{CommonName: "old", NotBefore: now.Add(-2 * time.Hour), NotAfter: now.Add(-time.Hour)})},
+		{"not yet valid", "localhost", "bad_certificate", e.root.MustIssue(t, pkitest.Opts{CommonName: "early", NotBefore: now.Add(time.Hour), NotAfter: now.Add(2 * time.Hour)})},
+		{"a chain of 12", "localhost", "chain_too_long", deep.MustIssue(t, pkitest.Opts{CommonName: "deep"})},
+		{"a thousand-byte SNI", strings.Repeat("a", 60) + strings.Repeat(".b", 470), "unknown_sni", e.root.MustIssue(t, pkitest.Opts{CommonName: "long"})},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			before := metricValue(t, e, "guardian_handshake_failures_total", "reason", c.reason)

@@ -12,8 +12,8 @@ import (
 
 	"github.com/guardian-mtls/guardian/conntrack"
 	"github.com/guardian-mtls/guardian/internal/metrictest"
-	"github.com/guardian-mtls/guardian/internal/testpki"
 	"github.com/guardian-mtls/guardian/listener"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 )
 
@@ -49,8 +49,8 @@ func (ev *evictions) wait(t *testing.T, n int) []listener.Eviction {
 // the listener or registry is left (leakCheck).
 func TestCloseEndsEnforcementAfterLastConn(t *testing.T) {
 	e := newEnv(t, envOpts{})
-	alice := e.root.MustIssue(t, testpki.Opts{CommonName: "alice"})
-	bob := e.root.MustIssue(t, testpki.Opts{CommonName: "bob"})
+	alice := e.root.MustIssue(t, pkitest.Opts{CommonName: "alice"})
+	bob := e.root.MustIssue(t, pkitest.Opts{CommonName: "bob"})
 	ca, cb := e.client(alice, false), e.client(bob, false)
 	ca.get(t, "/")
 	cb.get(t, "/")
@@ -81,7 +81,7 @@ func TestCloseEndsEnforcementAfterLastConn(t *testing.T) {
 func TestShutdownClosesWhatIsLeft(t *testing.T) {
 	ev := &evictions{}
 	e := newEnv(t, envOpts{onEvict: ev.add})
-	alice := e.root.MustIssue(t, testpki.Opts{CommonName: "alice"})
+	alice := e.root.MustIssue(t, pkitest.Opts{CommonName: "alice"})
 	c := e.client(alice, false)
 	c.get(t, "/")
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
@@ -110,8 +110,8 @@ func TestShutdownClosesWhatIsLeft(t *testing.T) {
 func TestOnEvictAndCloseConn(t *testing.T) {
 	ev := &evictions{}
 	e := newEnv(t, envOpts{onEvict: ev.add})
-	alice := e.root.MustIssue(t, testpki.Opts{CommonName: "alice"})
-	bob := e.root.MustIssue(t, testpki.Opts{CommonName: "bob"})
+	alice := e.root.MustIssue(t, pkitest.Opts{CommonName: "alice"})
+	bob := e.root.MustIssue(t, pkitest.Opts{CommonName: "bob"})
 	ca, cb := e.client(alice, false), e.client(bob, false)
 	ca.get(t, "/")
 	cb.get(t, "/")
@@ -162,9 +162,9 @@ func TestTwoListenersShareARegisterer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca := testpki.NewCA(t)
-	srv := ca.MustIssue(t, testpki.Opts{DNS: []string{"localhost"}})
-	client := ca.MustIssue(t, testpki.Opts{CommonName: "c"})
+	ca := pkitest.NewCA(t)
+	srv := ca.MustIssue(t, pkitest.Opts{DNS: []string{"localhost"}})
+	client := ca.MustIssue(t, pkitest.Opts{CommonName: "c"})
 	var ls []*listener.Listener
 	for _, name := range []string{"data", "admin"} {
 		inner, err := net.Listen("tcp", "127.0.0.1:0")
@@ -231,9 +231,9 @@ func TestUnacceptedConnsAreBounded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca := testpki.NewCA(t)
-	srv := ca.MustIssue(t, testpki.Opts{DNS: []string{"localhost"}})
-	client := ca.MustIssue(t, testpki.Opts{CommonName: "c"})
+	ca := pkitest.NewCA(t)
+	srv := ca.MustIssue(t, pkitest.Opts{DNS: []string{"localhost"}})
+	client := ca.MustIssue(t, pkitest.Opts{CommonName: "c"})
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -13,8 +13,8 @@ import (
 
 	"github.com/guardian-mtls/guardian/internal/fakeclock"
 	"github.com/guardian-mtls/guardian/internal/metrictest"
-	"github.com/guardian-mtls/guardian/internal/testpki"
 	"github.com/guardian-mtls/guardian/listener"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 )
 
@@ -24,8 +24,8 @@ func TestEvictIdleKeepAlive(t *testing.T) {
 	for _, kind := range []revoke.Kind{revoke.KindSerial, revoke.KindSHA256, revoke.KindSPKI, revoke.KindURI} {
 		t.Run(string(kind), func(t *testing.T) {
 			e := newEnv(t, envOpts{})
-			victimCert := e.root.MustIssue(t, testpki.Opts{CommonName: "victim", URIs: []string{"spiffe://prod/victim"}})
-			otherCert := e.root.MustIssue(t, testpki.Opts{CommonName: "other", URIs: []string{"spiffe://prod/other"}})
+			victimCert := e.root.MustIssue(t, pkitest.Opts{CommonName: "victim", URIs: []string{"spiffe://prod/victim"}})
+			otherCert := e.root.MustIssue(t, pkitest.Opts{CommonName: "other", URIs: []string{"spiffe://prod/other"}})
 			victim, other := e.client(victimCert, false), e.client(otherCert, false)
 			if got := victim.get(t, "/"); !strings.Contains(got, "cn=victim") || !strings.Contains(got, "proto=1") {
 				t.Fatalf("victim got %q", got)
@@ -50,8 +50,8 @@ func TestEvictIdleKeepAlive(t *testing.T) {
 
 func TestEvictHTTP2(t *testing.T) {
 	e := newEnv(t, envOpts{})
-	victimCert := e.root.MustIssue(t, testpki.Opts{CommonName: "victim"})
-	otherCert := e.root.MustIssue(t, testpki.Opts{CommonName: "other"})
+	victimCert := e.root.MustIssue(t, pkitest.Opts{CommonName: "victim"})
+	otherCert := e.root.MustIssue(t, pkitest.Opts{CommonName: "other"})
 	victim, other := e.client(victimCert, true), e.client(otherCert, true)
 	if got := victim.get(t, "/"); !strings.Contains(got, "proto=2") {
 		t.Fatalf("want HTTP/2, got %q", got)
@@ -70,7 +70,7 @@ func TestEvictInFlightStream(t *testing.T) {
 	for _, h2 := range []bool{false, true} {
 		t.Run(fmt.Sprintf("h2=%v", h2), func(t *testing.T) {
 			e := newEnv(t, envOpts{})
-			cert := e.root.MustIssue(t, testpki.Opts{CommonName: "streamer"})
+			cert := e.root.MustIssue(t, pkitest.Opts{CommonName: "streamer"})
 			c := e.client(cert, h2)
 			resp, err := c.Get("https://localhost/stream")
 			if err != nil {
@@ -105,9 +105,9 @@ func TestEvictInFlightStream(t *testing.T) {
 func TestEvictIntermediate(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	inter := e.root.MustIntermediate(t, "devices CA")
-	a := e.client(inter.MustIssue(t, testpki.Opts{CommonName: "dev-a"}), false)
-	b := e.client(inter.MustIssue(t, testpki.Opts{CommonName: "dev-b"}), true)
-	direct := e.client(e.root.MustIssue(t, testpki.Opts{CommonName: "direct"}), false)
+	a := e.client(inter.MustIssue(t, pkitest.Opts{CommonName: "dev-a"}), false)
+	b := e.client(inter.MustIssue(t, pkitest.Opts{CommonName: "dev-b"}), true)
+	direct := e.client(e.root.MustIssue(t, pkitest.Opts{CommonName: "direct"}), false)
 	for _, c := range []*client{a, b, direct} {
 		c.get(t, "/")
 	}
@@ -117,7 +117,7 @@ func TestEvictIntermediate(t *testing.T) {
 	if got := direct.get(t, "/"); !strings.Contains(got, "cn=direct") || direct.numConns() != 1 {
 		t.Fatalf("conn outside the revoked CA disturbed: %q, %d conns", got, direct.numConns())
 	}
-	fresh := e.client(inter.MustIssue(t, testpki.Opts{CommonName: "dev-c"}), false)
+	fresh := e.client(inter.MustIssue(t, pkitest.Opts{CommonName: "dev-c"}), false)
 	if _, err := fresh.try("/"); err == nil {
 		t.Fatal("a new cert under the revoked intermediate was served")
 	}
@@ -127,7 +127,7 @@ func TestEvictIntermediate(t *testing.T) {
 // check runs in VerifyConnection, which crypto/tls also calls on resumption.
 func TestResumedSessionAfterRevocation(t *testing.T) {
 	e := newEnv(t, envOpts{})
-	cert := e.root.MustIssue(t, testpki.Opts{CommonName: "resumer"})
+	cert := e.root.MustIssue(t, pkitest.Opts{CommonName: "resumer"})
 	cache := tls.NewLRUClientSessionCache(8)
 	c := e.client(cert, false, func(cfg *tls.Config) {
 		cfg.ClientSessionCache = cache
@@ -156,8 +156,8 @@ func TestExpiry(t *testing.T) {
 		t.Run(fmt.Sprintf("keep=%v", keep), func(t *testing.T) {
 			clk := fakeclock.New(time.Now())
 			e := newEnv(t, envOpts{clock: clk, keepExp: keep})
-			short := e.root.MustIssue(t, testpki.Opts{CommonName: "short", NotAfter: clk.Now().Add(time.Hour)})
-			long := e.root.MustIssue(t, testpki.Opts{CommonName: "long", NotAfter: clk.Now().Add(48 * time.Hour)})
+			short := e.root.MustIssue(t, pkitest.Opts{CommonName: "short", NotAfter: clk.Now().Add(time.Hour)})
+			long := e.root.MustIssue(t, pkitest.Opts{CommonName: "long", NotAfter: clk.Now().Add(48 * time.Hour)})
 			cs, cl := e.client(short, false), e.client(long, false)
 			cs.get(t, "/")
 			cl.get(t, "/")
@@ -201,9 +201,9 @@ func TestExpiry(t *testing.T) {
 func TestRaceHandshakesAndRevocations(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	const certs, workers, perWorker = 16, 8, 12
-	leaves := make([]*testpki.Leaf, certs)
+	leaves := make([]*pkitest.Leaf, certs)
 	for i := range leaves {
-		leaves[i] = e.root.MustIssue(t, testpki.Opts{CommonName: fmt.Sprintf("c%d", i), Serial: big.NewInt(int64(1000 + i))})
+		leaves[i] = e.root.MustIssue(t, pkitest.Opts{CommonName: fmt.Sprintf("c%d", i), Serial: big.NewInt(int64(1000 + i))})
 	}
 	type dialed struct {
 		conn *tls.Conn
@@ -283,9 +283,9 @@ func TestRaceHandshakesAndRevocations(t *testing.T) {
 // The router: exact names, one-label wildcards, a default for clients without SNI, each
 // audience with its own client CA; unknown names are refused.
 func TestRouter(t *testing.T) {
-	var partnerCA *testpki.CA
+	var partnerCA *pkitest.CA
 	e := newEnv(t, envOpts{audiences: func(e *env) []listener.Audience {
-		partnerCA = testpki.NewCA(t)
+		partnerCA = pkitest.NewCA(t)
 		srv := []tls.Certificate{e.server.TLS()}
 		return []listener.Audience{
 			{Name: "public", SNI: []string{"public.test"}, Certificates: srv, ClientAuth: tls.NoClientCert},
@@ -293,11 +293,11 @@ func TestRouter(t *testing.T) {
 			{Name: "partners", Default: true, Certificates: srv, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: partnerCA.Pool()},
 		}
 	}})
-	ours := e.root.MustIssue(t, testpki.Opts{CommonName: "ours"})
-	partner := partnerCA.MustIssue(t, testpki.Opts{CommonName: "partner"})
+	ours := e.root.MustIssue(t, pkitest.Opts{CommonName: "ours"})
+	partner := partnerCA.MustIssue(t, pkitest.Opts{CommonName: "partner"})
 	tests := []struct {
 		name, sni string
-		cert      *testpki.Leaf
+		cert      *pkitest.Leaf
 		want      string // audience, or "" for refused
 	}{
 		{"public without cert", "public.test", nil, "public"},
@@ -384,7 +384,7 @@ func TestTicketsDoNotCrossAudiences(t *testing.T) {
 			{Name: "b", SNI: []string{"b.api.test"}, Certificates: srv, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: e.root.Pool()},
 		}
 	}})
-	cert := e.root.MustIssue(t, testpki.Opts{CommonName: "roamer"})
+	cert := e.root.MustIssue(t, pkitest.Opts{CommonName: "roamer"})
 	cache := &oneTicketCache{}
 	dial := func(sni string) (tls.ConnectionState, error) {
 		conn, err := tls.Dial("tcp", e.addr, &tls.Config{RootCAs: e.root.Pool(), ServerName: sni, MinVersion: tls.VersionTLS13,
@@ -442,7 +442,7 @@ func (c *oneTicketCache) Put(_ string, cs *tls.ClientSessionState) {
 // never finishes, an unknown SNI. Each is counted; Accept keeps going.
 func TestBadInput(t *testing.T) {
 	e := newEnv(t, envOpts{timeout: 300 * time.Millisecond})
-	good := e.client(e.root.MustIssue(t, testpki.Opts{CommonName: "good"}), false)
+	good := e.client(e.root.MustIssue(t, pkitest.Opts{CommonName: "good"}), false)
 	good.get(t, "/")
 
 	garbage, err := net.Dial("tcp", e.addr)
@@ -489,8 +489,8 @@ func TestBadInput(t *testing.T) {
 }
 
 func TestConfigErrors(t *testing.T) {
-	ca := testpki.NewCA(t)
-	srv := []tls.Certificate{ca.MustIssue(t, testpki.Opts{DNS: []string{"a"}}).TLS()}
+	ca := pkitest.NewCA(t)
+	srv := []tls.Certificate{ca.MustIssue(t, pkitest.Opts{DNS: []string{"a"}}).TLS()}
 	set, _ := revoke.NewSet(revoke.SetOptions{})
 	tests := []struct {
 		name    string

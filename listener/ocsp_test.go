@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/guardian-mtls/guardian/internal/testpki"
 	"github.com/guardian-mtls/guardian/listener"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/ocsp"
 )
@@ -42,7 +42,7 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-func startOpensslResponder(t *testing.T, port int, ca *testpki.CA, index string) *opensslResponder {
+func startOpensslResponder(t *testing.T, port int, ca *pkitest.CA, index string) *opensslResponder {
 	t.Helper()
 	dir := t.TempDir()
 	key, err := x509.MarshalPKCS8PrivateKey(ca.Key)
@@ -109,7 +109,7 @@ func (r *opensslResponder) setIndex(index string) {
 	os.Rename(tmp, filepath.Join(r.dir, "index.txt"))
 }
 
-func indexLine(l *testpki.Leaf, revoked bool) string {
+func indexLine(l *pkitest.Leaf, revoked bool) string {
 	serial := fmt.Sprintf("%X", l.Cert.SerialNumber.Bytes()) // openssl looks serials up as even-length upper-case hex
 	if revoked {
 		return fmt.Sprintf("R\t301231235959Z\t251101120000Z,keyCompromise\t%s\tunknown\t/CN=%s\n", serial, l.Cert.Subject.CommonName)
@@ -142,7 +142,7 @@ func TestOCSPWithOpensslResponder(t *testing.T) {
 		}}
 	}})
 	inter := e.root.MustIntermediate(t, "devices CA")
-	a, b, c := inter.MustIssue(t, testpki.Opts{CommonName: "a"}), inter.MustIssue(t, testpki.Opts{CommonName: "b"}), inter.MustIssue(t, testpki.Opts{CommonName: "c"})
+	a, b, c := inter.MustIssue(t, pkitest.Opts{CommonName: "a"}), inter.MustIssue(t, pkitest.Opts{CommonName: "b"}), inter.MustIssue(t, pkitest.Opts{CommonName: "c"})
 	r := startOpensslResponder(t, port, inter, indexLine(a, false)+indexLine(b, false)+indexLine(c, false))
 
 	ctx, cancel := context.WithCancel(context.Background())

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/guardian-mtls/guardian/internal/metrictest"
-	"github.com/guardian-mtls/guardian/internal/testpki"
 	"github.com/guardian-mtls/guardian/listener"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 )
 
@@ -19,7 +19,7 @@ import (
 // conn; conns whose CA left the audience's pool, or whose audience is gone, are closed with
 // reason policy; an invalid set changes nothing, not even later, on the eviction workers.
 func TestSetAudiencesEvictsWhatItNoLongerTrusts(t *testing.T) {
-	other := testpki.NewCA(t)
+	other := pkitest.NewCA(t)
 	var api, pub listener.Audience
 	var mu sync.Mutex
 	var evicted []string // "reason CN" of each conn closed, as OnEvict hears of them
@@ -45,10 +45,10 @@ func TestSetAudiencesEvictsWhatItNoLongerTrusts(t *testing.T) {
 		evicted = append(evicted, ev.Reason+" "+cn)
 		mu.Unlock()
 	}})
-	kept := e.client(e.root.MustIssue(t, testpki.Opts{CommonName: "kept"}), false)
-	dropped := e.client(other.MustIssue(t, testpki.Opts{CommonName: "dropped"}), false)
+	kept := e.client(e.root.MustIssue(t, pkitest.Opts{CommonName: "kept"}), false)
+	dropped := e.client(other.MustIssue(t, pkitest.Opts{CommonName: "dropped"}), false)
 	anon := e.client(nil, false, func(c *tls.Config) { c.ServerName = "public.test" })
-	witnessCert := e.root.MustIssue(t, testpki.Opts{CommonName: "witness"})
+	witnessCert := e.root.MustIssue(t, pkitest.Opts{CommonName: "witness"})
 	witness := e.client(witnessCert, false)
 	for _, c := range []*client{kept, dropped, anon, witness} {
 		c.get(t, "/")

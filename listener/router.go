@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/guardian-mtls/guardian/conntrack"
+	"github.com/guardian-mtls/guardian/internal/clip"
 )
 
 type audience struct {
@@ -201,7 +202,7 @@ func (r *router) lookup(sni string) *audience {
 func (l *Listener) route(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 	a := l.router.Load().lookup(hello.ServerName)
 	if a == nil {
-		return nil, fmt.Errorf("%w %q", ErrUnknownSNI, truncate(hello.ServerName, 64))
+		return nil, fmt.Errorf("%w %q", ErrUnknownSNI, clip.String(hello.ServerName, 64))
 	}
 	c, tracked := hello.Conn.(*conntrack.Conn)
 	if tracked {
@@ -223,12 +224,4 @@ func (l *Listener) route(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 		}
 	}
 	return a.cfg, nil
-}
-
-// TODO(clip): internal/clip's.
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "…"
-	}
-	return s
 }

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 )
 
@@ -103,9 +103,9 @@ func TestParseKeyRefuses(t *testing.T) {
 }
 
 func TestKeysOfChain(t *testing.T) {
-	root := testpki.NewCA(t)
+	root := pkitest.NewCA(t)
 	inter := root.MustIntermediate(t, "inter")
-	leaf := inter.MustIssue(t, testpki.Opts{
+	leaf := inter.MustIssue(t, pkitest.Opts{
 		CommonName: "payments", Serial: big.NewInt(0x0102),
 		URIs: []string{"spiffe://prod/payments"}, DNS: []string{"Pay.Example.com"}, Emails: []string{"ops@Example.com"},
 	})
@@ -143,7 +143,7 @@ func TestKeysOfChain(t *testing.T) {
 	if !strings.HasSuffix(string(serial), ":102") || !want[serial] {
 		t.Errorf("leaf serial key %q not derived from the issuer's subject", serial)
 	}
-	other := root.MustIssue(t, testpki.Opts{CommonName: "other"})
+	other := root.MustIssue(t, pkitest.Opts{CommonName: "other"})
 	for _, k := range revoke.KeysOf(other.Chain) {
 		if k.Kind() == revoke.KindSHA256 || k.Kind() == revoke.KindSubject {
 			if revoke.Matches([][]*x509Cert{chain}, k) {
@@ -157,9 +157,9 @@ func TestKeysOfChain(t *testing.T) {
 // in the chain, and it never matches a certificate of another key with the same DN and
 // serial.
 func TestKeySerialKeys(t *testing.T) {
-	ca1, ca2 := testpki.NewCA(t), testpki.NewCA(t) // one DN, two keys
-	one := ca1.MustIssue(t, testpki.Opts{CommonName: "one", Serial: big.NewInt(5)})
-	two := ca2.MustIssue(t, testpki.Opts{CommonName: "two", Serial: big.NewInt(5)})
+	ca1, ca2 := pkitest.NewCA(t), pkitest.NewCA(t) // one DN, two keys
+	one := ca1.MustIssue(t, pkitest.Opts{CommonName: "one", Serial: big.NewInt(5)})
+	two := ca2.MustIssue(t, pkitest.Opts{CommonName: "two", Serial: big.NewInt(5)})
 	chain1 := []*x509Cert{one.Cert, ca1.Cert}
 	chain2 := []*x509Cert{two.Cert, ca2.Cert}
 	k1 := revoke.KeySerialKey(ca1.Cert.RawSubject, ca1.Cert.RawSubjectPublicKeyInfo, big.NewInt(5))
@@ -188,7 +188,7 @@ func TestKeySerialKeys(t *testing.T) {
 		chain []*x509Cert
 	}{
 		{"the leaf alone", []*x509Cert{one.Cert}},
-		{"a next certificate that is not the issuer", []*x509Cert{one.Cert, testpki.NewCA(t).MustIntermediate(t, "elsewhere").Cert}},
+		{"a next certificate that is not the issuer", []*x509Cert{one.Cert, pkitest.NewCA(t).MustIntermediate(t, "elsewhere").Cert}},
 	} {
 		for _, k := range revoke.KeysOf(c.chain) {
 			if k.Kind() == revoke.KindKeySerial && strings.HasSuffix(string(k), ":5") {
@@ -202,7 +202,7 @@ func TestKeySerialKeys(t *testing.T) {
 }
 
 func TestKeyForMissingField(t *testing.T) {
-	leaf := testpki.NewCA(t).MustIssue(t, testpki.Opts{CommonName: "plain"})
+	leaf := pkitest.NewCA(t).MustIssue(t, pkitest.Opts{CommonName: "plain"})
 	for _, kind := range []revoke.Kind{revoke.KindURI, revoke.KindDNS, revoke.KindEmail} {
 		if k, err := revoke.KeyFor(leaf.Cert, kind); !errors.Is(err, revoke.ErrNoField) {
 			t.Errorf("KeyFor(%s) = %q, %v; want ErrNoField", kind, k, err)
@@ -215,7 +215,7 @@ func TestKeysMatchOpenSSL(t *testing.T) {
 	if _, err := exec.LookPath("openssl"); err != nil {
 		t.Skip("openssl not installed")
 	}
-	leaf := testpki.NewCA(t).MustIssue(t, testpki.Opts{CommonName: "o"})
+	leaf := pkitest.NewCA(t).MustIssue(t, pkitest.Opts{CommonName: "o"})
 	dir := t.TempDir()
 	f := filepath.Join(dir, "c.pem")
 	if err := os.WriteFile(f, leaf.CertPEM(), 0o644); err != nil {
@@ -287,8 +287,8 @@ func FuzzParseKey(f *testing.F) {
 
 // A serial typed by a user (0x, colons, leading zeros) gives the same key as the certificate.
 func TestSerialKeyHex(t *testing.T) {
-	ca := testpki.NewCA(t)
-	leaf := ca.MustIssue(t, testpki.Opts{Serial: big.NewInt(0x0102)})
+	ca := pkitest.NewCA(t)
+	leaf := ca.MustIssue(t, pkitest.Opts{Serial: big.NewInt(0x0102)})
 	want, _ := revoke.KeyFor(leaf.Cert, revoke.KindSerial)
 	for _, in := range []string{"102", "0x0102", "01:02", "000102"} {
 		got, err := revoke.SerialKeyHex(ca.Cert.RawSubject, in)
@@ -304,9 +304,9 @@ func TestSerialKeyHex(t *testing.T) {
 // BenchmarkKeysOfChains is the key derivation a handshake pays once: a leaf with a URI SAN
 // under an intermediate and a root.
 func BenchmarkKeysOfChains(b *testing.B) {
-	root := testpki.NewCA(b)
+	root := pkitest.NewCA(b)
 	inter := root.MustIntermediate(b, "bench intermediate")
-	leaf := inter.MustIssue(b, testpki.Opts{CommonName: "client", URIs: []string{"spiffe://bench/client"}})
+	leaf := inter.MustIssue(b, pkitest.Opts{CommonName: "client", URIs: []string{"spiffe://bench/client"}})
 	chains := [][]*x509.Certificate{append(leaf.Chain, root.Cert)}
 	b.ReportAllocs()
 	for b.Loop() {

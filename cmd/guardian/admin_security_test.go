@@ -19,7 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/guardian-mtls/guardian/internal/redistest"
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 )
 
@@ -261,7 +261,7 @@ func TestAdminReseedRefusesTrailingData(t *testing.T) {
 
 // crossSign returns a copy of ca's certificate (same subject and key) issued by other,
 // as a CA's cross-signed certificate is.
-func crossSign(t *testing.T, ca, other *testpki.CA) *x509.Certificate {
+func crossSign(t *testing.T, ca, other *pkitest.CA) *x509.Certificate {
 	t.Helper()
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 100))
 	if err != nil {
@@ -288,9 +288,9 @@ func crossSign(t *testing.T, ca, other *testpki.CA) *x509.Certificate {
 	return cert
 }
 
-func newNamedCA(t *testing.T, name string) *testpki.CA {
+func newNamedCA(t *testing.T, name string) *pkitest.CA {
 	t.Helper()
-	ca, err := testpki.New(name)
+	ca, err := pkitest.New(name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,7 +313,7 @@ func TestRevokeCertKeyChoice(t *testing.T) {
 	ca := newNamedCA(t, "issuing CA")
 	other := newNamedCA(t, "bridge root")
 	cross := crossSign(t, ca, other)
-	leaf := ca.MustIssue(t, testpki.Opts{CommonName: "leaf", URIs: []string{"spiffe://t/leaf"}})
+	leaf := ca.MustIssue(t, pkitest.Opts{CommonName: "leaf", URIs: []string{"spiffe://t/leaf"}})
 	caFile := writeCertPEM(t, filepath.Join(dir, "ca.pem"), ca.CertPEM())
 	leafFile := writeCertPEM(t, filepath.Join(dir, "leaf.pem"), leaf.CertPEM())
 	key := func(c *x509.Certificate, k revoke.Kind) revoke.Key {
@@ -387,12 +387,12 @@ func TestRevokeCertOfCAClosesCrossSignedConn(t *testing.T) {
 	issuing := newNamedCA(t, "issuing CA") // the CA an operator revokes, as ca2.pem
 	bridge := newNamedCA(t, "bridge root") // the root the node trusts, which cross-signed it
 	cross := crossSign(t, issuing, bridge)
-	victim := issuing.MustIssue(t, testpki.Opts{CommonName: "victim", URIs: []string{"spiffe://guardian.demo/victim"}})
+	victim := issuing.MustIssue(t, pkitest.Opts{CommonName: "victim", URIs: []string{"spiffe://guardian.demo/victim"}})
 	victim.Chain = append(victim.Chain, cross) // it presents the cross-signed copy
 	if err := victim.WriteFiles(dir, "victim"); err != nil {
 		t.Fatal(err)
 	}
-	if err := bridge.MustIssue(t, testpki.Opts{CommonName: "bystander", URIs: []string{"spiffe://guardian.demo/bystander"}}).WriteFiles(dir, "bystander"); err != nil {
+	if err := bridge.MustIssue(t, pkitest.Opts{CommonName: "bystander", URIs: []string{"spiffe://guardian.demo/bystander"}}).WriteFiles(dir, "bystander"); err != nil {
 		t.Fatal(err)
 	}
 	caFile := writeCertPEM(t, filepath.Join(dir, "ca2.pem"), issuing.CertPEM())

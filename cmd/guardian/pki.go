@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 )
 
 // The demo PKI's identities.
@@ -46,7 +46,7 @@ func writePKI(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("create %s: %w", dir, err)
 	}
-	ca, err := testpki.New("guardian demo CA")
+	ca, err := pkitest.New("guardian demo CA")
 	if err != nil {
 		return err
 	}
@@ -63,12 +63,12 @@ func writePKI(dir string) error {
 	year := time.Now().Add(365 * 24 * time.Hour)
 	certs := []struct {
 		name string
-		opts testpki.Opts
+		opts pkitest.Opts
 	}{
-		{"server", testpki.Opts{CommonName: "localhost", DNS: []string{"localhost", "public.localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, NotAfter: year}},
-		{"client", testpki.Opts{CommonName: "client", URIs: []string{clientURI}, NotAfter: year}},
-		{"client2", testpki.Opts{CommonName: "client2", URIs: []string{client2URI}, NotAfter: year}},
-		{"admin", testpki.Opts{CommonName: "admin", URIs: []string{adminURI}, NotAfter: year}},
+		{"server", pkitest.Opts{CommonName: "localhost", DNS: []string{"localhost", "public.localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, NotAfter: year}},
+		{"client", pkitest.Opts{CommonName: "client", URIs: []string{clientURI}, NotAfter: year}},
+		{"client2", pkitest.Opts{CommonName: "client2", URIs: []string{client2URI}, NotAfter: year}},
+		{"admin", pkitest.Opts{CommonName: "admin", URIs: []string{adminURI}, NotAfter: year}},
 	}
 	for _, c := range certs {
 		leaf, err := ca.Issue(c.opts)

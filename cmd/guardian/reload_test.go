@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 )
 
 const reloadConfig = `
@@ -45,13 +45,13 @@ func TestServeReload(t *testing.T) {
 	if err := writePKI(dir); err != nil {
 		t.Fatal(err)
 	}
-	other, _ := testpki.New("partner CA")
+	other, _ := pkitest.New("partner CA")
 	os.WriteFile(filepath.Join(dir, "partner-ca.pem"), other.CertPEM(), 0o644)
-	if err := other.MustIssue(t, testpki.Opts{CommonName: "partner", URIs: []string{"spiffe://partner/x"}}).WriteFiles(dir, "partner"); err != nil {
+	if err := other.MustIssue(t, pkitest.Opts{CommonName: "partner", URIs: []string{"spiffe://partner/x"}}).WriteFiles(dir, "partner"); err != nil {
 		t.Fatal(err)
 	}
 	ca := loadTestCA(t, dir)
-	if err := ca.MustIssue(t, testpki.Opts{CommonName: "localhost", DNS: []string{"localhost"}}).WriteFiles(dir, "server2"); err != nil {
+	if err := ca.MustIssue(t, pkitest.Opts{CommonName: "localhost", DNS: []string{"localhost"}}).WriteFiles(dir, "server2"); err != nil {
 		t.Fatal(err)
 	}
 	s := startServe(t, dir, strings.NewReplacer("%CERT%", "server", "%CAS%", "ca.pem, partner-ca.pem", "%PUB%", pubAudience).Replace(reloadConfig))
@@ -181,16 +181,16 @@ func TestServeReloadTrustsANewCAsCRL(t *testing.T) {
 	if err := writePKI(dir); err != nil {
 		t.Fatal(err)
 	}
-	partner, _ := testpki.New("partner CA")
+	partner, _ := pkitest.New("partner CA")
 	os.WriteFile(filepath.Join(dir, "partner-ca.pem"), partner.CertPEM(), 0o644)
-	listed := partner.MustIssue(t, testpki.Opts{CommonName: "listed"})
-	for name, l := range map[string]*testpki.Leaf{"listed": listed, "unlisted": partner.MustIssue(t, testpki.Opts{CommonName: "unlisted"})} {
+	listed := partner.MustIssue(t, pkitest.Opts{CommonName: "listed"})
+	for name, l := range map[string]*pkitest.Leaf{"listed": listed, "unlisted": partner.MustIssue(t, pkitest.Opts{CommonName: "unlisted"})} {
 		if err := l.WriteFiles(dir, name); err != nil {
 			t.Fatal(err)
 		}
 	}
-	os.WriteFile(filepath.Join(dir, "partner.crl"), partner.MustCRL(t, testpki.CRLOpts{Number: 1,
-		Entries: []x509.RevocationListEntry{testpki.Revoked(listed.Cert.SerialNumber, 1)}}), 0o644)
+	os.WriteFile(filepath.Join(dir, "partner.crl"), partner.MustCRL(t, pkitest.CRLOpts{Number: 1,
+		Entries: []x509.RevocationListEntry{pkitest.Revoked(listed.Cert.SerialNumber, 1)}}), 0o644)
 	config := func(cas string) string {
 		return fmt.Sprintf(`
 listen: "127.0.0.1:0"

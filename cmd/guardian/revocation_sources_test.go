@@ -24,11 +24,11 @@ import (
 
 	"github.com/guardian-mtls/guardian/internal/pemfile"
 	"github.com/guardian-mtls/guardian/internal/redistest"
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 )
 
 // loadTestCA reads the CA that writePKI wrote, to sign CRLs with.
-func loadTestCA(t *testing.T, dir string) *testpki.CA {
+func loadTestCA(t *testing.T, dir string) *pkitest.CA {
 	t.Helper()
 	certs, err := pemfile.LoadCerts(filepath.Join(dir, "ca.pem"))
 	if err != nil {
@@ -43,7 +43,7 @@ func loadTestCA(t *testing.T, dir string) *testpki.CA {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &testpki.CA{Cert: certs[0], Key: key.(crypto.Signer)}
+	return &pkitest.CA{Cert: certs[0], Key: key.(crypto.Signer)}
 }
 
 func serialOf(t *testing.T, dir, name string) *big.Int {
@@ -67,9 +67,9 @@ func TestServeCRLFileAndPush(t *testing.T) {
 	writeCRL := func(number int64, names ...string) {
 		var entries []x509.RevocationListEntry
 		for _, n := range names {
-			entries = append(entries, testpki.Revoked(serialOf(t, dir, n), 1))
+			entries = append(entries, pkitest.Revoked(serialOf(t, dir, n), 1))
 		}
-		der := ca.MustCRL(t, testpki.CRLOpts{Number: number, Entries: entries})
+		der := ca.MustCRL(t, pkitest.CRLOpts{Number: number, Entries: entries})
 		tmp := crlFile + ".tmp"
 		if err := os.WriteFile(tmp, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), 0o644); err != nil {
 			t.Fatal(err)
@@ -93,8 +93,8 @@ func TestServeCRLFileAndPush(t *testing.T) {
 	}
 
 	// A newer CRL of the same CA, pushed through Redis, lists client2 as well.
-	der := ca.MustCRL(t, testpki.CRLOpts{Number: 3, Entries: []x509.RevocationListEntry{
-		testpki.Revoked(serialOf(t, dir, "client"), 1), testpki.Revoked(serialOf(t, dir, "client2"), 1)}})
+	der := ca.MustCRL(t, pkitest.CRLOpts{Number: 3, Entries: []x509.RevocationListEntry{
+		pkitest.Revoked(serialOf(t, dir, "client"), 1), pkitest.Revoked(serialOf(t, dir, "client2"), 1)}})
 	pushed := filepath.Join(dir, "pushed.crl")
 	if err := os.WriteFile(pushed, der, 0o644); err != nil {
 		t.Fatal(err)
@@ -115,9 +115,9 @@ func TestServeCRLFileAndPush(t *testing.T) {
 		t.Fatalf("crl list with a non-admin certificate: exit %d: %s", code, out)
 	}
 	// A CRL signed by another CA is refused by the CLI before it reaches Redis.
-	foreign, _ := testpki.New("guardian demo CA")
+	foreign, _ := pkitest.New("guardian demo CA")
 	bad := filepath.Join(dir, "foreign.crl")
-	os.WriteFile(bad, foreign.MustCRL(t, testpki.CRLOpts{Number: 9}), 0o644)
+	os.WriteFile(bad, foreign.MustCRL(t, pkitest.CRLOpts{Number: 9}), 0o644)
 	if out, code := d.cli(t, "crl", "push", bad, "--redis", srv.URL(), "--issuer-cert", filepath.Join(dir, "ca.pem")); code == 0 || !strings.Contains(out, "signature") {
 		t.Fatalf("a foreign CRL pushed: exit %d: %s", code, out)
 	}
@@ -210,7 +210,7 @@ func TestCLIConfigUsesRedisTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	ca := loadTestCA(t, dir)
-	if err := ca.MustIssue(t, testpki.Opts{CommonName: "redis", DNS: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}}).WriteFiles(dir, "redis"); err != nil {
+	if err := ca.MustIssue(t, pkitest.Opts{CommonName: "redis", DNS: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}}).WriteFiles(dir, "redis"); err != nil {
 		t.Fatal(err)
 	}
 	srv := redistest.Start(t, redistest.Options{
@@ -273,14 +273,14 @@ func TestCRLPushSameDNKeepsBothCRLs(t *testing.T) {
 	}
 	var pems []string
 	for i, name := range []string{"old", "new"} {
-		ca, err := testpki.New("rolling CA")
+		ca, err := pkitest.New("rolling CA")
 		if err != nil {
 			t.Fatal(err)
 		}
 		os.WriteFile(filepath.Join(dir, name+"-ca.pem"), ca.CertPEM(), 0o644)
 		pems = append(pems, name+"-ca.pem")
 		file := filepath.Join(dir, name+".crl")
-		os.WriteFile(file, ca.MustCRL(t, testpki.CRLOpts{Number: int64(10 - 9*i), Entries: []x509.RevocationListEntry{testpki.Revoked(big.NewInt(int64(5+i)), 1)}}), 0o644)
+		os.WriteFile(file, ca.MustCRL(t, pkitest.CRLOpts{Number: int64(10 - 9*i), Entries: []x509.RevocationListEntry{pkitest.Revoked(big.NewInt(int64(5+i)), 1)}}), 0o644)
 		d := &runningDemo{dir: dir}
 		if out, code := d.cli(t, "crl", "push", file, "--redis", srv.URL(), "--issuer-cert", filepath.Join(dir, name+"-ca.pem")); code != 0 {
 			t.Fatalf("crl push %s: %s", name, out)

@@ -4,14 +4,14 @@ import (
 	"testing"
 
 	"github.com/guardian-mtls/guardian/internal/pemfile"
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 )
 
 // Certificate files given to --cert, --issuer-cert and --admin-ca: any bytes give
 // certificates or an error, never a panic.
 func FuzzParseCerts(f *testing.F) {
-	leaf := testpki.NewCA(f).MustIssue(f, testpki.Opts{CommonName: "f", URIs: []string{"spiffe://a/b"}})
+	leaf := pkitest.NewCA(f).MustIssue(f, pkitest.Opts{CommonName: "f", URIs: []string{"spiffe://a/b"}})
 	f.Add(leaf.CertPEM())
 	f.Add(leaf.Cert.Raw)
 	f.Add([]byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"))

@@ -14,8 +14,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
-	"github.com/guardian-mtls/guardian/internal/testpki"
 	"github.com/guardian-mtls/guardian/listener/grpccreds"
+	"github.com/guardian-mtls/guardian/pkitest"
 )
 
 // A handler's peer carries the client certificate that guardian's listener verified.
@@ -82,7 +82,7 @@ func TestSPIFFEID(t *testing.T) {
 		{[]string{"spiffe://test"}, ""},
 		{nil, ""},
 	} {
-		leaf := e.ca.MustIssue(t, testpki.Opts{CommonName: "alice", URIs: tc.uris})
+		leaf := e.ca.MustIssue(t, pkitest.Opts{CommonName: "alice", URIs: tc.uris})
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		_, err := e.dial(leaf).Check(ctx, &healthpb.HealthCheckRequest{})
 		cancel()

@@ -14,9 +14,9 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 
-	"github.com/guardian-mtls/guardian/internal/testpki"
 	"github.com/guardian-mtls/guardian/listener"
 	"github.com/guardian-mtls/guardian/listener/grpccreds"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 )
 
@@ -24,8 +24,8 @@ import (
 // loopback port, with a real revocation Set.
 type env struct {
 	t      *testing.T
-	ca     *testpki.CA
-	server *testpki.Leaf
+	ca     *pkitest.CA
+	server *pkitest.Leaf
 	set    *revoke.Set
 	addr   string
 	health *health.Server
@@ -37,8 +37,8 @@ type env struct {
 // plain grpc.NewServer().
 func newEnv(t *testing.T, creds func(e *env) credentials.TransportCredentials) *env {
 	t.Helper()
-	e := &env{t: t, ca: testpki.NewCA(t), health: health.NewServer(), peers: make(chan *peer.Peer, 16)}
-	e.server = e.ca.MustIssue(t, testpki.Opts{CommonName: "server", DNS: []string{"localhost"}})
+	e := &env{t: t, ca: pkitest.NewCA(t), health: health.NewServer(), peers: make(chan *peer.Peer, 16)}
+	e.server = e.ca.MustIssue(t, pkitest.Opts{CommonName: "server", DNS: []string{"localhost"}})
 	set, err := revoke.NewSet(revoke.SetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -108,13 +108,13 @@ func (h recordingHealth) Check(ctx context.Context, req *healthpb.HealthCheckReq
 }
 
 // issue returns a client certificate named name, with the URI spiffe://test/<name>.
-func (e *env) issue(name string) *testpki.Leaf {
+func (e *env) issue(name string) *pkitest.Leaf {
 	e.t.Helper()
-	return e.ca.MustIssue(e.t, testpki.Opts{CommonName: name, URIs: []string{"spiffe://test/" + name}})
+	return e.ca.MustIssue(e.t, pkitest.Opts{CommonName: name, URIs: []string{"spiffe://test/" + name}})
 }
 
 // dial returns a health client with leaf's certificate, on a conn of its own.
-func (e *env) dial(leaf *testpki.Leaf) healthpb.HealthClient {
+func (e *env) dial(leaf *pkitest.Leaf) healthpb.HealthClient {
 	e.t.Helper()
 	cfg := &tls.Config{RootCAs: e.ca.Pool(), ServerName: "localhost", Certificates: []tls.Certificate{leaf.TLS()}}
 	return dial(e.t, e.addr, cfg)
@@ -131,7 +131,7 @@ func dial(t *testing.T, addr string, cfg *tls.Config) healthpb.HealthClient {
 }
 
 // revokeURI revokes leaf by its URI.
-func (e *env) revokeURI(leaf *testpki.Leaf) {
+func (e *env) revokeURI(leaf *pkitest.Leaf) {
 	e.t.Helper()
 	k, err := revoke.KeyFor(leaf.Cert, revoke.KindURI)
 	if err != nil {

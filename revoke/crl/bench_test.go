@@ -14,7 +14,7 @@ import (
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/crl"
 )
@@ -24,7 +24,7 @@ import (
 // keyCompromise reason on each. Entry i is the same in every CRL bigCRL makes, so a CRL of
 // n+k entries is one of n to which the CA appended k. It writes the DER itself: crypto/x509's
 // CreateRevocationList takes most of a benchmark's time to marshal a million entries.
-func bigCRL(tb testing.TB, ca *testpki.CA, n int, number int64) []byte {
+func bigCRL(tb testing.TB, ca *pkitest.CA, n int, number int64) []byte {
 	tb.Helper()
 	now := time.Now().UTC().Truncate(time.Second)
 	revokedAt := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -89,7 +89,7 @@ var benchSizes = []int{100_000, 1_000_000}
 // BenchmarkParseEntries reads every entry of a CRL: this package's streaming parser (Parse
 // and Each) beside crypto/x509's ParseRevocationList on the same DER.
 func BenchmarkParseEntries(b *testing.B) {
-	ca := testpki.NewCA(b)
+	ca := pkitest.NewCA(b)
 	for _, n := range benchSizes {
 		der := bigCRL(b, ca, n, 1)
 		b.Run(fmt.Sprintf("entries=%d/guardian", n), func(b *testing.B) {
@@ -124,7 +124,7 @@ func BenchmarkParseEntries(b *testing.B) {
 // CRL's DER included, and the bytes allocated during Apply as a multiple of the CRL's size
 // (an upper bound on its peak beyond the DER).
 func BenchmarkApply(b *testing.B) {
-	ca := testpki.NewCA(b)
+	ca := pkitest.NewCA(b)
 	for _, n := range benchSizes {
 		der := bigCRL(b, ca, n, 1)
 		b.Run(fmt.Sprintf("entries=%d", n), func(b *testing.B) {
@@ -166,7 +166,7 @@ func BenchmarkApply(b *testing.B) {
 // BenchmarkApplyUpdate applies the next CRL of a CA that revoked 100 more certificates
 // since its CRL of a million entries: what a node does at every refresh.
 func BenchmarkApplyUpdate(b *testing.B) {
-	ca := testpki.NewCA(b)
+	ca := pkitest.NewCA(b)
 	const n = 1_000_000
 	first, next := bigCRL(b, ca, n, 1), bigCRL(b, ca, n+100, 2)
 	b.ResetTimer()
@@ -192,7 +192,7 @@ func BenchmarkApplyUpdate(b *testing.B) {
 // keyserial key of the CRL's CA key, missed (the common case) and hit, and a serial key,
 // which the CRL's list is not asked about.
 func BenchmarkLookup(b *testing.B) {
-	ca := testpki.NewCA(b)
+	ca := pkitest.NewCA(b)
 	der := bigCRL(b, ca, 1_000_000, 1)
 	set, _ := revoke.NewSet(revoke.SetOptions{})
 	a, _ := crl.NewApplier(crl.Options{Set: set, Issuers: []*x509.Certificate{ca.Cert}})
@@ -231,14 +231,14 @@ func BenchmarkLookup(b *testing.B) {
 // (not revoked) is under a CA with a million-entry CRL in force: its chain's keys derived
 // (KeysOfChains) and looked up (AnyOf), and the lookups alone.
 func BenchmarkHandshakeCheck(b *testing.B) {
-	root := testpki.NewCA(b)
+	root := pkitest.NewCA(b)
 	inter := root.MustIntermediate(b, "bench intermediate")
 	set, _ := revoke.NewSet(revoke.SetOptions{})
 	a, _ := crl.NewApplier(crl.Options{Set: set, Issuers: []*x509.Certificate{root.Cert, inter.Cert}})
 	if _, err := a.Apply(bigCRL(b, inter, 1_000_000, 1), "bench"); err != nil {
 		b.Fatal(err)
 	}
-	leaf := inter.MustIssue(b, testpki.Opts{CommonName: "client", URIs: []string{"spiffe://bench/client"}})
+	leaf := inter.MustIssue(b, pkitest.Opts{CommonName: "client", URIs: []string{"spiffe://bench/client"}})
 	chains := [][]*x509.Certificate{append(leaf.Chain, root.Cert)}
 	keys := revoke.KeysOfChains(chains)
 	b.Run("keys+lookups", func(b *testing.B) {

@@ -14,7 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/guardian-mtls/guardian/internal/metrictest"
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/crl"
 )
@@ -38,20 +38,20 @@ func newApplier(t testing.TB, set *revoke.Set, reg prometheus.Registerer, issuer
 }
 
 // serialKey is the key a CRL of ca revokes serial by: its keyserial key under ca's key.
-func serialKey(ca *testpki.CA, serial int64) revoke.Key {
+func serialKey(ca *pkitest.CA, serial int64) revoke.Key {
 	return revoke.KeySerialKey(ca.Cert.RawSubject, ca.Cert.RawSubjectPublicKeyInfo, big.NewInt(serial))
 }
 
 // The streaming parser reads what crypto/x509 reads: serials, times and reasons, in order.
 func TestParseMatchesStandardLibrary(t *testing.T) {
-	ca := testpki.NewCA(t)
+	ca := pkitest.NewCA(t)
 	big20, _ := new(big.Int).SetString("7fffffffffffffffffffffffffffffffffffff01", 16)
 	highBit, _ := new(big.Int).SetString("ff00000000000001", 16) // DER needs a leading 0x00
 	entries := []x509.RevocationListEntry{
-		testpki.Revoked(big.NewInt(1), 0), testpki.Revoked(big.NewInt(0x1234), 1),
-		testpki.Revoked(big20, 4), testpki.Revoked(highBit, 6), testpki.Revoked(big.NewInt(0), 5),
+		pkitest.Revoked(big.NewInt(1), 0), pkitest.Revoked(big.NewInt(0x1234), 1),
+		pkitest.Revoked(big20, 4), pkitest.Revoked(highBit, 6), pkitest.Revoked(big.NewInt(0), 5),
 	}
-	der := ca.MustCRL(t, testpki.CRLOpts{Number: 42, Entries: entries})
+	der := ca.MustCRL(t, pkitest.CRLOpts{Number: 42, Entries: entries})
 	std, err := x509.ParseRevocationList(der)
 	if err != nil {
 		t.Fatal(err)
@@ -93,16 +93,16 @@ func TestParseMatchesStandardLibrary(t *testing.T) {
 }
 
 func TestApplyLooksUpEverySerialThroughTheSet(t *testing.T) {
-	ca := testpki.NewCA(t)
+	ca := pkitest.NewCA(t)
 	set := newSet(t)
 	var changes []revoke.Change
 	set.Subscribe(func(c revoke.Change) { changes = append(changes, c) })
 	a := newApplier(t, set, nil, ca.Cert)
 	var entries []x509.RevocationListEntry
 	for i := int64(1); i <= 300; i++ {
-		entries = append(entries, testpki.Revoked(big.NewInt(i*1000), 1))
+		entries = append(entries, pkitest.Revoked(big.NewInt(i*1000), 1))
 	}
-	res, err := a.Apply(ca.MustCRL(t, testpki.CRLOpts{Number: 1, Entries: entries}), "test")
+	res, err := a.Apply(ca.MustCRL(t, pkitest.CRLOpts{Number: 1, Entries: entries}), "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +122,7 @@ func TestApplyLooksUpEverySerialThroughTheSet(t *testing.T) {
 	}
 	// The same serial of another issuer is not revoked, nor the serial key, which names the
 	// DN only (it is for operators; a CRL speaks for its key).
-	other, _ := testpki.New("another root")
+	other, _ := pkitest.New("another root")
 	if set.Has(serialKey(other, 1000)) {
 		t.Error("another issuer's serial 1000 is revoked")
 	}
@@ -137,19 +137,19 @@ func TestApplyLooksUpEverySerialThroughTheSet(t *testing.T) {
 // A new CRL is applied as a diff: new serials are reported added, serials that left (a
 // released hold) removed, and the rest is not reported at all.
 func TestApplyDiff(t *testing.T) {
-	ca := testpki.NewCA(t)
+	ca := pkitest.NewCA(t)
 	set := newSet(t)
 	var changes []revoke.Change
 	set.Subscribe(func(c revoke.Change) { changes = append(changes, c) })
 	a := newApplier(t, set, nil, ca.Cert)
-	base := []x509.RevocationListEntry{testpki.Revoked(big.NewInt(1), 1), testpki.Revoked(big.NewInt(2), 6), testpki.Revoked(big.NewInt(3), 0)}
-	if _, err := a.Apply(ca.MustCRL(t, testpki.CRLOpts{Number: 1, Entries: base}), "test"); err != nil {
+	base := []x509.RevocationListEntry{pkitest.Revoked(big.NewInt(1), 1), pkitest.Revoked(big.NewInt(2), 6), pkitest.Revoked(big.NewInt(3), 0)}
+	if _, err := a.Apply(ca.MustCRL(t, pkitest.CRLOpts{Number: 1, Entries: base}), "test"); err != nil {
 		t.Fatal(err)
 	}
 	// Serial 2 leaves hold; 4 is added. Redis also revokes 3, which the next CRL drops.
 	set.Add(revoke.SourceRedis, revoke.Entry{Key: serialKey(ca, 3)})
-	next := []x509.RevocationListEntry{base[0], testpki.Revoked(big.NewInt(4), 1)}
-	res, err := a.Apply(ca.MustCRL(t, testpki.CRLOpts{Number: 2, Entries: next}), "test")
+	next := []x509.RevocationListEntry{base[0], pkitest.Revoked(big.NewInt(4), 1)}
+	res, err := a.Apply(ca.MustCRL(t, pkitest.CRLOpts{Number: 2, Entries: next}), "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,15 +166,15 @@ func TestApplyDiff(t *testing.T) {
 		}
 	}
 	// The same CRL again is no change.
-	if res, err := a.Apply(ca.MustCRL(t, testpki.CRLOpts{Number: 2, Entries: next}), "test"); err != nil || !res.Unchanged {
+	if res, err := a.Apply(ca.MustCRL(t, pkitest.CRLOpts{Number: 2, Entries: next}), "test"); err != nil || !res.Unchanged {
 		t.Errorf("same number again: %+v, %v; want unchanged", res, err)
 	}
 }
 
 // Bad CRLs are refused with a clear error and a metric, and the last good one stays.
 func TestApplyRefusesBadCRLs(t *testing.T) {
-	ca := testpki.NewCA(t)
-	other, err := testpki.New("another root")
+	ca := pkitest.NewCA(t)
+	other, err := pkitest.New("another root")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,15 +182,15 @@ func TestApplyRefusesBadCRLs(t *testing.T) {
 	set := newSet(t)
 	reg := prometheus.NewRegistry()
 	a := newApplier(t, set, reg, ca.Cert, leafCA.Cert)
-	good := ca.MustCRL(t, testpki.CRLOpts{Number: 5, Entries: []x509.RevocationListEntry{testpki.Revoked(big.NewInt(7), 1)}})
+	good := ca.MustCRL(t, pkitest.CRLOpts{Number: 5, Entries: []x509.RevocationListEntry{pkitest.Revoked(big.NewInt(7), 1)}})
 	if _, err := a.Apply(good, "test"); err != nil {
 		t.Fatal(err)
 	}
-	forged := other.MustCRL(t, testpki.CRLOpts{Number: 6})
+	forged := other.MustCRL(t, pkitest.CRLOpts{Number: 6})
 	// A CRL that claims ca's name but is signed by other's key.
-	impostor := &testpki.CA{Cert: ca.Cert, Key: other.Key}
-	badSig := impostor.MustCRL(t, testpki.CRLOpts{Number: 6})
-	dup := ca.MustCRL(t, testpki.CRLOpts{Number: 6, Entries: []x509.RevocationListEntry{testpki.Revoked(big.NewInt(9), 0), testpki.Revoked(big.NewInt(9), 1)}})
+	impostor := &pkitest.CA{Cert: ca.Cert, Key: other.Key}
+	badSig := impostor.MustCRL(t, pkitest.CRLOpts{Number: 6})
+	dup := ca.MustCRL(t, pkitest.CRLOpts{Number: 6, Entries: []x509.RevocationListEntry{pkitest.Revoked(big.NewInt(9), 0), pkitest.Revoked(big.NewInt(9), 1)}})
 	delta := mustCRLExt(t, ca, 6, pkix.Extension{Id: asn1.ObjectIdentifier{2, 5, 29, 27}, Critical: true, Value: []byte{2, 1, 5}})
 	unknownCrit := mustCRLExt(t, ca, 6, pkix.Extension{Id: asn1.ObjectIdentifier{1, 2, 3, 4}, Critical: true, Value: []byte{5, 0}})
 	for _, c := range []struct {
@@ -199,8 +199,8 @@ func TestApplyRefusesBadCRLs(t *testing.T) {
 	}{
 		{"another CA", "untrusted", "none of the configured CAs", forged},
 		{"bad signature", "signature", "signature", badSig},
-		{"lower number", "rollback", "lower than the applied 5", ca.MustCRL(t, testpki.CRLOpts{Number: 4})},
-		{"future", "future", "in the future", ca.MustCRL(t, testpki.CRLOpts{Number: 6, ThisUpdate: time.Now().Add(time.Hour), NextUpdate: time.Now().Add(2 * time.Hour)})},
+		{"lower number", "rollback", "lower than the applied 5", ca.MustCRL(t, pkitest.CRLOpts{Number: 4})},
+		{"future", "future", "in the future", ca.MustCRL(t, pkitest.CRLOpts{Number: 6, ThisUpdate: time.Now().Add(time.Hour), NextUpdate: time.Now().Add(2 * time.Hour)})},
 		{"truncated", "malformed", "malformed", good[:len(good)-10]},
 		{"trailing data", "malformed", "trailing", append(append([]byte{}, good...), 0)},
 		{"duplicate serial", "unusable", "listed twice", dup},
@@ -223,14 +223,14 @@ func TestApplyRefusesBadCRLs(t *testing.T) {
 			}
 		})
 	}
-	if !errors.Is(mustErr(a.Apply(ca.MustCRL(t, testpki.CRLOpts{Number: 1}), "t")), crl.ErrRollback) {
+	if !errors.Is(mustErr(a.Apply(ca.MustCRL(t, pkitest.CRLOpts{Number: 1}), "t")), crl.ErrRollback) {
 		t.Error("rollback not reported as ErrRollback")
 	}
 }
 
 func mustErr(_ crl.Result, err error) error { return err }
 
-func mustCRLExt(t *testing.T, ca *testpki.CA, number int64, ext pkix.Extension) []byte {
+func mustCRLExt(t *testing.T, ca *pkitest.CA, number int64, ext pkix.Extension) []byte {
 	t.Helper()
 	der, err := x509.CreateRevocationList(nil, &x509.RevocationList{
 		Number: big.NewInt(number), ThisUpdate: time.Now().Add(-time.Minute), NextUpdate: time.Now().Add(time.Hour),
@@ -244,7 +244,7 @@ func mustCRLExt(t *testing.T, ca *testpki.CA, number int64, ext pkix.Extension) 
 
 // A first load bigger than a Change lists is a sweep, and every serial is still found.
 func TestLargeCRLSweeps(t *testing.T) {
-	ca := testpki.NewCA(t)
+	ca := pkitest.NewCA(t)
 	set := newSet(t)
 	var sweeps int
 	set.Subscribe(func(c revoke.Change) {
@@ -256,9 +256,9 @@ func TestLargeCRLSweeps(t *testing.T) {
 	n := revoke.MaxListed + 100
 	entries := make([]x509.RevocationListEntry, n)
 	for i := range entries {
-		entries[i] = testpki.Revoked(big.NewInt(int64(i+1)), 0)
+		entries[i] = pkitest.Revoked(big.NewInt(int64(i+1)), 0)
 	}
-	if _, err := a.Apply(ca.MustCRL(t, testpki.CRLOpts{Number: 1, Entries: entries}), "t"); err != nil {
+	if _, err := a.Apply(ca.MustCRL(t, pkitest.CRLOpts{Number: 1, Entries: entries}), "t"); err != nil {
 		t.Fatal(err)
 	}
 	if sweeps != 1 {
@@ -272,14 +272,14 @@ func TestLargeCRLSweeps(t *testing.T) {
 }
 
 func TestStaleAfterNextUpdate(t *testing.T) {
-	ca := testpki.NewCA(t)
+	ca := pkitest.NewCA(t)
 	now := time.Now()
 	clock := now
 	a, err := crl.NewApplier(crl.Options{Set: newSet(t), Issuers: []*x509.Certificate{ca.Cert}, Now: func() time.Time { return clock }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.Apply(ca.MustCRL(t, testpki.CRLOpts{Number: 1, ThisUpdate: now.Add(-time.Minute), NextUpdate: now.Add(time.Hour)}), "t"); err != nil {
+	if _, err := a.Apply(ca.MustCRL(t, pkitest.CRLOpts{Number: 1, ThisUpdate: now.Add(-time.Minute), NextUpdate: now.Add(time.Hour)}), "t"); err != nil {
 		t.Fatal(err)
 	}
 	if s := a.Stale(); len(s) != 0 {

@@ -6,24 +6,24 @@ import (
 	"testing"
 	"time"
 
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke/crl"
 )
 
 // FuzzParseCRL feeds arbitrary bytes to the parser and the table: never a panic, and when
 // crypto/x509 also accepts the input, both read the same serials, and the table finds each.
 func FuzzParseCRL(f *testing.F) {
-	ca, err := testpki.New("fuzz root")
+	ca, err := pkitest.New("fuzz root")
 	if err != nil {
 		f.Fatal(err)
 	}
 	big20, _ := new(big.Int).SetString("8affffffffffffffffffffffffffffffffffff02", 16)
 	for _, entries := range [][]x509.RevocationListEntry{
 		nil,
-		{testpki.Revoked(big.NewInt(1), 1)},
-		{testpki.Revoked(big.NewInt(1), 0), testpki.Revoked(big20, 6), testpki.Revoked(big.NewInt(1<<40), 8)},
+		{pkitest.Revoked(big.NewInt(1), 1)},
+		{pkitest.Revoked(big.NewInt(1), 0), pkitest.Revoked(big20, 6), pkitest.Revoked(big.NewInt(1<<40), 8)},
 	} {
-		der, err := ca.CRL(testpki.CRLOpts{Number: 3, Entries: entries})
+		der, err := ca.CRL(pkitest.CRLOpts{Number: 3, Entries: entries})
 		if err != nil {
 			f.Fatal(err)
 		}

@@ -12,7 +12,7 @@ import (
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 )
 
@@ -32,12 +32,12 @@ var rfc5280Reasons = []struct {
 // code 0, so the CRL is built here). removeFromCRL (8) revokes nothing: its certificate is
 // served.
 func TestCRLReasonNames(t *testing.T) {
-	ca := testpki.NewCA(t)
+	ca := pkitest.NewCA(t)
 	var codes []int
-	leaves := map[int]*testpki.Leaf{}
+	leaves := map[int]*pkitest.Leaf{}
 	for _, rc := range rfc5280Reasons {
 		codes = append(codes, rc.code)
-		leaves[rc.code] = ca.MustIssue(t, testpki.Opts{CommonName: string(rc.name), Serial: big.NewInt(int64(100 + rc.code))})
+		leaves[rc.code] = ca.MustIssue(t, pkitest.Opts{CommonName: string(rc.name), Serial: big.NewInt(int64(100 + rc.code))})
 	}
 	set := newSet(t)
 	a := newApplier(t, set, nil, ca.Cert)
@@ -55,7 +55,7 @@ func TestCRLReasonNames(t *testing.T) {
 
 // crlWithReasons is ca's CRL number 1 revoking serial 100+code with that reason code, for
 // each of codes, every one in a reasonCode extension.
-func crlWithReasons(t *testing.T, ca *testpki.CA, codes []int) []byte {
+func crlWithReasons(t *testing.T, ca *pkitest.CA, codes []int) []byte {
 	t.Helper()
 	now := time.Now().UTC().Truncate(time.Second)
 	utc := func(b *cryptobyte.Builder, t time.Time) {

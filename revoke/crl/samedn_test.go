@@ -8,14 +8,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/crl"
 )
 
 // verified returns leaf's chains as crypto/tls hands them to the listener: verified against
 // roots, with the intermediates the client sent (leaf.Chain).
-func verified(t *testing.T, leaf *testpki.Leaf, roots ...*x509.Certificate) [][]*x509.Certificate {
+func verified(t *testing.T, leaf *pkitest.Leaf, roots ...*x509.Certificate) [][]*x509.Certificate {
 	t.Helper()
 	pool, inter := x509.NewCertPool(), x509.NewCertPool()
 	for _, r := range roots {
@@ -39,7 +39,7 @@ func denied(set *revoke.Set, chains [][]*x509.Certificate) (revoke.Entry, bool) 
 func serials(ns ...int64) []x509.RevocationListEntry {
 	var out []x509.RevocationListEntry
 	for _, n := range ns {
-		out = append(out, testpki.Revoked(big.NewInt(n), 1))
+		out = append(out, pkitest.Revoked(big.NewInt(n), 1))
 	}
 	return out
 }
@@ -57,29 +57,29 @@ func mustApply(t *testing.T, a *crl.Applier, der []byte, what string) crl.Result
 // numbered far ahead, neither replaces the first's list nor lifts what it revokes, and the
 // first's next CRL is no rollback.
 func TestSameDNCRLDoesNotReplaceAnotherKeysList(t *testing.T) {
-	ca1, err := testpki.New("shared name CA")
+	ca1, err := pkitest.New("shared name CA")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca2, err := testpki.New("shared name CA")
+	ca2, err := pkitest.New("shared name CA")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if string(ca1.Cert.RawSubject) != string(ca2.Cert.RawSubject) {
 		t.Fatal("the two CAs' subject DNs differ; the test needs them equal")
 	}
-	one5 := ca1.MustIssue(t, testpki.Opts{CommonName: "one-5", Serial: big.NewInt(5)})
-	one6 := ca1.MustIssue(t, testpki.Opts{CommonName: "one-6", Serial: big.NewInt(6)})
-	two9 := ca2.MustIssue(t, testpki.Opts{CommonName: "two-9", Serial: big.NewInt(9)})
+	one5 := ca1.MustIssue(t, pkitest.Opts{CommonName: "one-5", Serial: big.NewInt(5)})
+	one6 := ca1.MustIssue(t, pkitest.Opts{CommonName: "one-6", Serial: big.NewInt(6)})
+	two9 := ca2.MustIssue(t, pkitest.Opts{CommonName: "two-9", Serial: big.NewInt(9)})
 	set := newSet(t)
 	a := newApplier(t, set, nil, ca1.Cert, ca2.Cert)
 
-	mustApply(t, a, ca1.MustCRL(t, testpki.CRLOpts{Number: 1, Entries: serials(5)}), "CA1's CRL 1")
+	mustApply(t, a, ca1.MustCRL(t, pkitest.CRLOpts{Number: 1, Entries: serials(5)}), "CA1's CRL 1")
 	if _, ok := denied(set, verified(t, one5, ca1.Cert, ca2.Cert)); !ok {
 		t.Fatal("CA1's CRL 1 lists serial 5, but CA1's certificate with serial 5 is served")
 	}
 
-	mustApply(t, a, ca2.MustCRL(t, testpki.CRLOpts{Number: 1000, Entries: serials(9)}), "CA2's CRL 1000")
+	mustApply(t, a, ca2.MustCRL(t, pkitest.CRLOpts{Number: 1000, Entries: serials(9)}), "CA2's CRL 1000")
 	if _, ok := denied(set, verified(t, one5, ca1.Cert, ca2.Cert)); !ok {
 		t.Error("CA2's CRL 1000 lifted CA1's revocation of serial 5: CA1's revoked certificate is served again")
 	}
@@ -87,10 +87,10 @@ func TestSameDNCRLDoesNotReplaceAnotherKeysList(t *testing.T) {
 		t.Error("CA2's CRL 1000 lists serial 9, but CA2's certificate with serial 9 is served")
 	}
 
-	if _, err := a.Apply(ca1.MustCRL(t, testpki.CRLOpts{Number: 2, Entries: serials(5, 6)}), "test"); err != nil {
+	if _, err := a.Apply(ca1.MustCRL(t, pkitest.CRLOpts{Number: 2, Entries: serials(5, 6)}), "test"); err != nil {
 		t.Errorf("CA1's CRL 2 after CA2's CRL 1000: %v; want it applied (another key's number is no rollback)", err)
 	}
-	for _, l := range []*testpki.Leaf{one5, one6} {
+	for _, l := range []*pkitest.Leaf{one5, one6} {
 		if _, ok := denied(set, verified(t, l, ca1.Cert, ca2.Cert)); !ok {
 			t.Errorf("%s: listed in CA1's CRL 2, but served", l.Cert.Subject.CommonName)
 		}
@@ -105,7 +105,7 @@ func TestSameDNCRLDoesNotReplaceAnotherKeysList(t *testing.T) {
 	if len(numbers) != 2 || !numbers["2"] || !numbers["1000"] {
 		t.Errorf("CRLs in force have numbers %v; want CA1's 2 and CA2's 1000", numbers)
 	}
-	if !errors.Is(mustErr(a.Apply(ca1.MustCRL(t, testpki.CRLOpts{Number: 1, Entries: serials(5)}), "test")), crl.ErrRollback) {
+	if !errors.Is(mustErr(a.Apply(ca1.MustCRL(t, pkitest.CRLOpts{Number: 1, Entries: serials(5)}), "test")), crl.ErrRollback) {
 		t.Error("CA1's CRL 1 after its CRL 2 was not refused as a rollback")
 	}
 }
@@ -114,22 +114,22 @@ func TestSameDNCRLDoesNotReplaceAnotherKeysList(t *testing.T) {
 // signed it: CA1's CRL listing serial 5 leaves CA2's certificate with serial 5 alone, on a
 // new handshake and in the change that closes live conns.
 func TestSameDNCRLDeniesOnlyItsOwnKeysCertificates(t *testing.T) {
-	ca1, err := testpki.New("shared name CA")
+	ca1, err := pkitest.New("shared name CA")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca2, err := testpki.New("shared name CA")
+	ca2, err := pkitest.New("shared name CA")
 	if err != nil {
 		t.Fatal(err)
 	}
-	one5 := ca1.MustIssue(t, testpki.Opts{CommonName: "one-5", Serial: big.NewInt(5)})
-	two5 := ca2.MustIssue(t, testpki.Opts{CommonName: "two-5", Serial: big.NewInt(5)})
+	one5 := ca1.MustIssue(t, pkitest.Opts{CommonName: "one-5", Serial: big.NewInt(5)})
+	two5 := ca2.MustIssue(t, pkitest.Opts{CommonName: "two-5", Serial: big.NewInt(5)})
 	set := newSet(t)
 	var changes []revoke.Change
 	set.Subscribe(func(c revoke.Change) { changes = append(changes, c) })
 	a := newApplier(t, set, nil, ca1.Cert, ca2.Cert)
 
-	mustApply(t, a, ca1.MustCRL(t, testpki.CRLOpts{Number: 1, Entries: serials(5)}), "CA1's CRL")
+	mustApply(t, a, ca1.MustCRL(t, pkitest.CRLOpts{Number: 1, Entries: serials(5)}), "CA1's CRL")
 	one, two := verified(t, one5, ca1.Cert, ca2.Cert), verified(t, two5, ca1.Cert, ca2.Cert)
 	if _, ok := denied(set, one); !ok {
 		t.Error("CA1's certificate with serial 5 is served; CA1's CRL lists it")
@@ -162,25 +162,25 @@ func TestSameDNCRLDeniesOnlyItsOwnKeysCertificates(t *testing.T) {
 // while certificates of both are live. Both lists are in force at once, each with its own
 // CRL number sequence.
 func TestKeyRolloverBothCRLsInForce(t *testing.T) {
-	root := testpki.NewCA(t)
+	root := pkitest.NewCA(t)
 	oldCA := root.MustIntermediate(t, "issuing CA")
 	newCA := root.MustIntermediate(t, "issuing CA")
-	oldLeaf := oldCA.MustIssue(t, testpki.Opts{CommonName: "old-5", Serial: big.NewInt(5)})
-	newLeaf := newCA.MustIssue(t, testpki.Opts{CommonName: "new-7", Serial: big.NewInt(7)})
-	old8 := oldCA.MustIssue(t, testpki.Opts{CommonName: "old-8", Serial: big.NewInt(8)})
-	new8 := newCA.MustIssue(t, testpki.Opts{CommonName: "new-8", Serial: big.NewInt(8)})
+	oldLeaf := oldCA.MustIssue(t, pkitest.Opts{CommonName: "old-5", Serial: big.NewInt(5)})
+	newLeaf := newCA.MustIssue(t, pkitest.Opts{CommonName: "new-7", Serial: big.NewInt(7)})
+	old8 := oldCA.MustIssue(t, pkitest.Opts{CommonName: "old-8", Serial: big.NewInt(8)})
+	new8 := newCA.MustIssue(t, pkitest.Opts{CommonName: "new-8", Serial: big.NewInt(8)})
 	set := newSet(t)
 	a := newApplier(t, set, nil, root.Cert, oldCA.Cert, newCA.Cert)
-	check := func(when string, l *testpki.Leaf, want bool) {
+	check := func(when string, l *pkitest.Leaf, want bool) {
 		t.Helper()
 		if _, got := denied(set, verified(t, l, root.Cert)); got != want {
 			t.Errorf("%s: %s denied = %v; want %v", when, l.Cert.Subject.CommonName, got, want)
 		}
 	}
 
-	mustApply(t, a, oldCA.MustCRL(t, testpki.CRLOpts{Number: 10, Entries: serials(5)}), "old key's CRL 10")
+	mustApply(t, a, oldCA.MustCRL(t, pkitest.CRLOpts{Number: 10, Entries: serials(5)}), "old key's CRL 10")
 	// The new key starts its own sequence, below the old key's.
-	if _, err := a.Apply(newCA.MustCRL(t, testpki.CRLOpts{Number: 1, Entries: serials(7)}), "test"); err != nil {
+	if _, err := a.Apply(newCA.MustCRL(t, pkitest.CRLOpts{Number: 1, Entries: serials(7)}), "test"); err != nil {
 		t.Errorf("new key's CRL 1 after the old key's CRL 10: %v; want it applied", err)
 	}
 	check("both first CRLs", oldLeaf, true)
@@ -188,10 +188,10 @@ func TestKeyRolloverBothCRLsInForce(t *testing.T) {
 	check("both first CRLs", old8, false)
 	check("both first CRLs", new8, false)
 
-	if _, err := a.Apply(oldCA.MustCRL(t, testpki.CRLOpts{Number: 11, Entries: serials(5, 8)}), "test"); err != nil {
+	if _, err := a.Apply(oldCA.MustCRL(t, pkitest.CRLOpts{Number: 11, Entries: serials(5, 8)}), "test"); err != nil {
 		t.Errorf("old key's CRL 11: %v", err)
 	}
-	if _, err := a.Apply(newCA.MustCRL(t, testpki.CRLOpts{Number: 2, Entries: serials(7)}), "test"); err != nil {
+	if _, err := a.Apply(newCA.MustCRL(t, pkitest.CRLOpts{Number: 2, Entries: serials(7)}), "test"); err != nil {
 		t.Errorf("new key's CRL 2: %v", err)
 	}
 	check("old 11, new 2", oldLeaf, true)
@@ -201,10 +201,10 @@ func TestKeyRolloverBothCRLsInForce(t *testing.T) {
 
 	for _, c := range []struct {
 		name string
-		ca   *testpki.CA
+		ca   *pkitest.CA
 		n    int64
 	}{{"old key's CRL 10 again", oldCA, 10}, {"new key's CRL 1 again", newCA, 1}} {
-		if err := mustErr(a.Apply(c.ca.MustCRL(t, testpki.CRLOpts{Number: c.n}), "test")); !errors.Is(err, crl.ErrRollback) {
+		if err := mustErr(a.Apply(c.ca.MustCRL(t, pkitest.CRLOpts{Number: c.n}), "test")); !errors.Is(err, crl.ErrRollback) {
 			t.Errorf("%s: %v; want ErrRollback", c.name, err)
 		}
 	}
@@ -218,9 +218,9 @@ func TestKeyRolloverBothCRLsInForce(t *testing.T) {
 // A CRL too big for a change to list makes the listener sweep its live conns through a
 // Sweeper, which finds CA1's listed certificate and not CA2's with the same DN and serial.
 func TestSameDNSweep(t *testing.T) {
-	ca1, ca2 := testpki.NewCA(t), testpki.NewCA(t) // one DN, two keys
-	one5 := ca1.MustIssue(t, testpki.Opts{CommonName: "one-5", Serial: big.NewInt(5)})
-	two5 := ca2.MustIssue(t, testpki.Opts{CommonName: "two-5", Serial: big.NewInt(5)})
+	ca1, ca2 := pkitest.NewCA(t), pkitest.NewCA(t) // one DN, two keys
+	one5 := ca1.MustIssue(t, pkitest.Opts{CommonName: "one-5", Serial: big.NewInt(5)})
+	two5 := ca2.MustIssue(t, pkitest.Opts{CommonName: "two-5", Serial: big.NewInt(5)})
 	set := newSet(t)
 	var sweeps int
 	set.Subscribe(func(c revoke.Change) {
@@ -231,9 +231,9 @@ func TestSameDNSweep(t *testing.T) {
 	a := newApplier(t, set, nil, ca1.Cert, ca2.Cert)
 	entries := serials(5)
 	for i := 0; i < revoke.MaxListed+10; i++ {
-		entries = append(entries, testpki.Revoked(big.NewInt(int64(1000+i)), 0))
+		entries = append(entries, pkitest.Revoked(big.NewInt(int64(1000+i)), 0))
 	}
-	mustApply(t, a, ca1.MustCRL(t, testpki.CRLOpts{Number: 1, Entries: entries}), "CA1's big CRL")
+	mustApply(t, a, ca1.MustCRL(t, pkitest.CRLOpts{Number: 1, Entries: entries}), "CA1's big CRL")
 	if sweeps != 1 {
 		t.Fatalf("sweeps = %d; want 1", sweeps)
 	}
@@ -251,8 +251,8 @@ func TestSameDNSweep(t *testing.T) {
 
 // A table that no Applier bound to a verifying key is no list for the Set.
 func TestUnboundTableRefused(t *testing.T) {
-	ca := testpki.NewCA(t)
-	c, err := crl.Parse(ca.MustCRL(t, testpki.CRLOpts{Number: 1, Entries: serials(5)}))
+	ca := pkitest.NewCA(t)
+	c, err := crl.Parse(ca.MustCRL(t, pkitest.CRLOpts{Number: 1, Entries: serials(5)}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,10 +273,10 @@ func TestUnboundTableRefused(t *testing.T) {
 // last CRL stays in force but its passing nextUpdate makes nothing stale; the new key's
 // does.
 func TestRetiredKeyCRLNotStale(t *testing.T) {
-	root := testpki.NewCA(t)
+	root := pkitest.NewCA(t)
 	oldCA := root.MustIntermediate(t, "issuing CA")
 	newCA := root.MustIntermediate(t, "issuing CA")
-	oldLeaf := oldCA.MustIssue(t, testpki.Opts{CommonName: "old-5", Serial: big.NewInt(5)})
+	oldLeaf := oldCA.MustIssue(t, pkitest.Opts{CommonName: "old-5", Serial: big.NewInt(5)})
 	now := time.Now()
 	clock := now
 	set := newSet(t)
@@ -284,8 +284,8 @@ func TestRetiredKeyCRLNotStale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mustApply(t, a, oldCA.MustCRL(t, testpki.CRLOpts{Number: 9, ThisUpdate: now.Add(-time.Minute), NextUpdate: now.Add(time.Hour), Entries: serials(5)}), "old key's CRL")
-	mustApply(t, a, newCA.MustCRL(t, testpki.CRLOpts{Number: 1, ThisUpdate: now.Add(-time.Minute), NextUpdate: now.Add(3 * time.Hour)}), "new key's CRL")
+	mustApply(t, a, oldCA.MustCRL(t, pkitest.CRLOpts{Number: 9, ThisUpdate: now.Add(-time.Minute), NextUpdate: now.Add(time.Hour), Entries: serials(5)}), "old key's CRL")
+	mustApply(t, a, newCA.MustCRL(t, pkitest.CRLOpts{Number: 1, ThisUpdate: now.Add(-time.Minute), NextUpdate: now.Add(3 * time.Hour)}), "new key's CRL")
 	clock = now.Add(2 * time.Hour)
 	if st := a.Stale(); len(st) != 1 || st[0].IssuerKey != revoke.SPKIHash(oldCA.Cert.RawSubjectPublicKeyInfo) {
 		t.Fatalf("Stale() = %v; want the old key's CRL, its CA still configured", ids(st))

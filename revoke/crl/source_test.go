@@ -18,7 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/guardian-mtls/guardian/internal/metrictest"
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke/crl"
 )
 
@@ -36,7 +36,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // A CRL file is applied at Load and re-read when it changes; a missing or broken file
 // leaves the last good CRL in force.
 func TestFileSource(t *testing.T) {
-	ca := testpki.NewCA(t)
+	ca := pkitest.NewCA(t)
 	set := newSet(t)
 	reg := prometheus.NewRegistry()
 	path := filepath.Join(t.TempDir(), "ca.crl")
@@ -47,10 +47,10 @@ func TestFileSource(t *testing.T) {
 	write := func(number int64, serials ...int64) {
 		var entries []x509.RevocationListEntry
 		for _, s := range serials {
-			entries = append(entries, testpki.Revoked(big.NewInt(s), 1))
+			entries = append(entries, pkitest.Revoked(big.NewInt(s), 1))
 		}
 		tmp := path + ".tmp"
-		if err := os.WriteFile(tmp, ca.MustCRL(t, testpki.CRLOpts{Number: number, Entries: entries}), 0o600); err != nil {
+		if err := os.WriteFile(tmp, ca.MustCRL(t, pkitest.CRLOpts{Number: number, Entries: entries}), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		os.Rename(tmp, path)
@@ -82,9 +82,9 @@ func TestFileSource(t *testing.T) {
 // A CRL URL is fetched conditionally; a server that hangs or errs leaves the last good CRL
 // in force and the fetch is cut at the timeout.
 func TestURLSource(t *testing.T) {
-	ca := testpki.NewCA(t)
+	ca := pkitest.NewCA(t)
 	var mu sync.Mutex
-	body := ca.MustCRL(t, testpki.CRLOpts{Number: 1, Entries: []x509.RevocationListEntry{testpki.Revoked(big.NewInt(5), 1)}})
+	body := ca.MustCRL(t, pkitest.CRLOpts{Number: 1, Entries: []x509.RevocationListEntry{pkitest.Revoked(big.NewInt(5), 1)}})
 	mode, version := "ok", 1
 	var full, notModified atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -145,7 +145,7 @@ func TestURLSource(t *testing.T) {
 	}
 	mu.Lock()
 	mode = "ok"
-	body = ca.MustCRL(t, testpki.CRLOpts{Number: 2, Entries: []x509.RevocationListEntry{testpki.Revoked(big.NewInt(6), 1)}})
+	body = ca.MustCRL(t, pkitest.CRLOpts{Number: 2, Entries: []x509.RevocationListEntry{pkitest.Revoked(big.NewInt(6), 1)}})
 	version = 2
 	mu.Unlock()
 	if err := u.Load(ctx); err != nil || !set.Has(serialKey(ca, 6)) || set.Has(serialKey(ca, 5)) {

@@ -10,7 +10,7 @@ import (
 
 	xocsp "golang.org/x/crypto/ocsp"
 
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/crl"
 	"github.com/guardian-mtls/guardian/revoke/ocsp"
@@ -21,11 +21,11 @@ import (
 // removeFromCRL revoking nothing) and for codes RFC 5280 does not define (both revoke, as
 // unspecified; a CRL carrying one was once refused whole).
 func TestCRLAndOCSPAgreeOnReasons(t *testing.T) {
-	ca := testpki.NewCA(t)
+	ca := pkitest.NewCA(t)
 	for _, code := range []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 200} {
 		t.Run(fmt.Sprint(code), func(t *testing.T) {
 			serial := big.NewInt(int64(1000 + code))
-			leaf := ca.MustIssue(t, testpki.Opts{CommonName: "reasons", Serial: serial})
+			leaf := ca.MustIssue(t, pkitest.Opts{CommonName: "reasons", Serial: serial})
 			key := revoke.KeySerialKey(ca.Cert.RawSubject, ca.Cert.RawSubjectPublicKeyInfo, serial)
 
 			// crypto/x509 writes no reasonCode for 0, and an OCSP answer omits it too: both
@@ -35,7 +35,7 @@ func TestCRLAndOCSPAgreeOnReasons(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			der := ca.MustCRL(t, testpki.CRLOpts{Number: 1, Entries: []x509.RevocationListEntry{testpki.Revoked(serial, code)}})
+			der := ca.MustCRL(t, pkitest.CRLOpts{Number: 1, Entries: []x509.RevocationListEntry{pkitest.Revoked(serial, code)}})
 			if _, err := a.Apply(der, "test"); err != nil {
 				t.Fatalf("CRL with reason code %d refused: %v", code, err)
 			}

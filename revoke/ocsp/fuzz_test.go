@@ -6,17 +6,17 @@ import (
 
 	xocsp "golang.org/x/crypto/ocsp"
 
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 )
 
 // FuzzVerify feeds arbitrary bytes to the response checks: never a panic, and nothing but
 // a response the CA signed for this certificate comes back good or revoked.
 func FuzzVerify(f *testing.F) {
-	ca, err := testpki.New("fuzz CA")
+	ca, err := pkitest.New("fuzz CA")
 	if err != nil {
 		f.Fatal(err)
 	}
-	leaf, err := ca.Issue(testpki.Opts{CommonName: "leaf"})
+	leaf, err := ca.Issue(pkitest.Opts{CommonName: "leaf"})
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -20,7 +20,7 @@ import (
 	xocsp "golang.org/x/crypto/ocsp"
 
 	"github.com/guardian-mtls/guardian/internal/metrictest"
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/ocsp"
 )
@@ -28,7 +28,7 @@ import (
 // responder is a real HTTP OCSP responder whose answers a test sets.
 type responder struct {
 	t       *testing.T
-	ca      *testpki.CA
+	ca      *pkitest.CA
 	srv     *httptest.Server
 	mu      sync.Mutex
 	answer  func(req *xocsp.Request) []byte // nil: good, signed by the CA
@@ -38,7 +38,7 @@ type responder struct {
 	hits    atomic.Int32
 }
 
-func newResponder(t *testing.T, ca *testpki.CA) *responder {
+func newResponder(t *testing.T, ca *pkitest.CA) *responder {
 	r := &responder{t: t, ca: ca, revoked: map[string]bool{}, status: 200}
 	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
 	t.Cleanup(r.srv.Close)
@@ -110,8 +110,8 @@ func newSet(t *testing.T) *revoke.Set {
 }
 
 func TestGoodIsCachedAndShared(t *testing.T) {
-	ca := testpki.NewCA(t)
-	leaf := ca.MustIssue(t, testpki.Opts{CommonName: "a"})
+	ca := pkitest.NewCA(t)
+	leaf := ca.MustIssue(t, pkitest.Opts{CommonName: "a"})
 	r := newResponder(t, ca)
 	r.set(func(r *responder) { r.delay = 100 * time.Millisecond })
 	c := newChecker(t, newSet(t), r.srv.URL, nil)
@@ -136,8 +136,8 @@ func TestGoodIsCachedAndShared(t *testing.T) {
 }
 
 func TestRevokedBecomesASetEntry(t *testing.T) {
-	ca := testpki.NewCA(t)
-	leaf := ca.MustIssue(t, testpki.Opts{CommonName: "a"})
+	ca := pkitest.NewCA(t)
+	leaf := ca.MustIssue(t, pkitest.Opts{CommonName: "a"})
 	r := newResponder(t, ca)
 	r.set(func(r *responder) { r.revoked[leaf.Cert.SerialNumber.String()] = true })
 	set := newSet(t)
@@ -153,10 +153,10 @@ func TestRevokedBecomesASetEntry(t *testing.T) {
 
 // Every bad answer is refused with a reason, counted, and never mistaken for good.
 func TestBadResponsesAreRefused(t *testing.T) {
-	ca := testpki.NewCA(t)
-	other, _ := testpki.New("another CA")
-	leaf := ca.MustIssue(t, testpki.Opts{CommonName: "a"})
-	noEKU := ca.MustIssue(t, testpki.Opts{CommonName: "not a responder"})
+	ca := pkitest.NewCA(t)
+	other, _ := pkitest.New("another CA")
+	leaf := ca.MustIssue(t, pkitest.Opts{CommonName: "a"})
+	noEKU := ca.MustIssue(t, pkitest.Opts{CommonName: "not a responder"})
 	good := func(issuerForID *x509.Certificate, responder *x509.Certificate, key crypto.Signer, serial *big.Int, next time.Time) []byte {
 		tmpl := xocsp.Response{Status: xocsp.Good, SerialNumber: serial, ThisUpdate: time.Now().Add(-time.Hour), NextUpdate: next}
 		if responder != ca.Cert {
@@ -169,7 +169,7 @@ func TestBadResponsesAreRefused(t *testing.T) {
 		return der
 	}
 	hour := time.Now().Add(time.Hour)
-	delegate := ca.MustIssue(t, testpki.Opts{CommonName: "ocsp responder", EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning}})
+	delegate := ca.MustIssue(t, pkitest.Opts{CommonName: "ocsp responder", EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageOCSPSigning}})
 	r := newResponder(t, ca)
 	r.set(func(r *responder) {
 		r.answer = func(*xocsp.Request) []byte {
@@ -182,7 +182,7 @@ func TestBadResponsesAreRefused(t *testing.T) {
 	// An intermediate that answers itself and sends its own certificate, as openssl ocsp
 	// -rsigner CA.pem does.
 	inter := ca.MustIntermediate(t, "devices CA")
-	ileaf := inter.MustIssue(t, testpki.Opts{CommonName: "device"})
+	ileaf := inter.MustIssue(t, pkitest.Opts{CommonName: "device"})
 	r2 := newResponder(t, inter)
 	r2.set(func(r *responder) {
 		r.answer = func(*xocsp.Request) []byte {
@@ -232,8 +232,8 @@ func TestBadResponsesAreRefused(t *testing.T) {
 // A hanging responder costs a handshake at most the timeout, and later handshakes nothing
 // until RetryAfter; soft lets them through, hard refuses, revoked is refused in both.
 func TestModesAndAHangingResponder(t *testing.T) {
-	ca := testpki.NewCA(t)
-	leaf := ca.MustIssue(t, testpki.Opts{CommonName: "a"})
+	ca := pkitest.NewCA(t)
+	leaf := ca.MustIssue(t, pkitest.Opts{CommonName: "a"})
 	r := newResponder(t, ca)
 	r.set(func(r *responder) { r.delay = time.Hour })
 	reg := prometheus.NewRegistry()
@@ -273,12 +273,12 @@ func TestModesAndAHangingResponder(t *testing.T) {
 // Run re-asks about the certificates live conns hold before their answers expire: a
 // revocation reaches the Set; an outage does not.
 func TestRevalidation(t *testing.T) {
-	ca := testpki.NewCA(t)
-	a, b := ca.MustIssue(t, testpki.Opts{CommonName: "a"}), ca.MustIssue(t, testpki.Opts{CommonName: "b"})
+	ca := pkitest.NewCA(t)
+	a, b := ca.MustIssue(t, pkitest.Opts{CommonName: "a"}), ca.MustIssue(t, pkitest.Opts{CommonName: "b"})
 	r := newResponder(t, ca)
 	set := newSet(t)
 	c := newChecker(t, set, r.srv.URL, nil, func(o *ocsp.Options) { o.MaxAge = 300 * time.Millisecond; o.RetryAfter = 50 * time.Millisecond })
-	for _, l := range []*testpki.Leaf{a, b} {
+	for _, l := range []*pkitest.Leaf{a, b} {
 		if res := c.Check(context.Background(), l.Cert, ca.Cert); res.Status != ocsp.Good {
 			t.Fatalf("first check: %v", res.Status)
 		}

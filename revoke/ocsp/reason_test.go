@@ -7,7 +7,7 @@ import (
 
 	xocsp "golang.org/x/crypto/ocsp"
 
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/ocsp"
 )
@@ -27,10 +27,10 @@ var rfc5280Reasons = []struct {
 // its RFC 5280 name: every code from 0 to 10 (aACompromise was once read as unspecified).
 // removeFromCRL (8) revokes nothing, as in a CRL: the answer counts as good.
 func TestRevokedReasonNames(t *testing.T) {
-	ca := testpki.NewCA(t)
+	ca := pkitest.NewCA(t)
 	for _, rc := range rfc5280Reasons {
 		t.Run(string(rc.name), func(t *testing.T) {
-			leaf := ca.MustIssue(t, testpki.Opts{CommonName: "reason"})
+			leaf := ca.MustIssue(t, pkitest.Opts{CommonName: "reason"})
 			r := newResponder(t, ca)
 			r.set(func(r *responder) {
 				r.answer = func(req *xocsp.Request) []byte {

@@ -6,7 +6,7 @@ import (
 	"math/big"
 	"testing"
 
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/ocsp"
 )
@@ -17,18 +17,18 @@ import (
 // CA2's responder revokes; and the Set entry that revocation makes denies only CA2's
 // certificate, not CA1's of the same DN and serial.
 func TestSameDNAnswersAreKeptApart(t *testing.T) {
-	ca1, err := testpki.New("same-dn")
+	ca1, err := pkitest.New("same-dn")
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca2, err := testpki.New("same-dn")
+	ca2, err := pkitest.New("same-dn")
 	if err != nil {
 		t.Fatal(err)
 	}
 	r1, r2 := newResponder(t, ca1), newResponder(t, ca2)
 	r2.set(func(r *responder) { r.revoked["5"] = true })
-	l1 := ca1.MustIssue(t, testpki.Opts{CommonName: "one", Serial: big.NewInt(5), OCSP: []string{r1.srv.URL}})
-	l2 := ca2.MustIssue(t, testpki.Opts{CommonName: "two", Serial: big.NewInt(5), OCSP: []string{r2.srv.URL}})
+	l1 := ca1.MustIssue(t, pkitest.Opts{CommonName: "one", Serial: big.NewInt(5), OCSP: []string{r1.srv.URL}})
+	l2 := ca2.MustIssue(t, pkitest.Opts{CommonName: "two", Serial: big.NewInt(5), OCSP: []string{r2.srv.URL}})
 	set := newSet(t)
 	c := newChecker(t, set, "", nil)
 	if res := c.Check(context.Background(), l1.Cert, ca1.Cert); res.Status != ocsp.Good {

@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/guardian-mtls/guardian/internal/redistest"
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke/redisfeed"
 )
 
@@ -18,8 +18,8 @@ import (
 // password fails with Redis's own error.
 func TestTLSAndACL(t *testing.T) {
 	dir := t.TempDir()
-	ca := testpki.NewCA(t)
-	srvCert := ca.MustIssue(t, testpki.Opts{DNS: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
+	ca := pkitest.NewCA(t)
+	srvCert := ca.MustIssue(t, pkitest.Opts{DNS: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
 	if err := srvCert.WriteFiles(dir, "redis"); err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +58,7 @@ func TestTLSAndACL(t *testing.T) {
 	}
 }
 
-func tlsConfig(ca *testpki.CA) *tls.Config {
+func tlsConfig(ca *pkitest.CA) *tls.Config {
 	// No ServerName: the URL's host (127.0.0.1, an IP SAN of the test certificate) is used.
 	return &tls.Config{RootCAs: ca.Pool(), MinVersion: tls.VersionTLS12}
 }

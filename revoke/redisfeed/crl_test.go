@@ -11,14 +11,14 @@ import (
 
 	"github.com/guardian-mtls/guardian/internal/metrictest"
 	"github.com/guardian-mtls/guardian/internal/redistest"
-	"github.com/guardian-mtls/guardian/internal/testpki"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/crl"
 	"github.com/guardian-mtls/guardian/revoke/redisfeed"
 )
 
 // startCRLNode is a node whose feed hands pushed CRLs to a CRL applier that trusts ca.
-func startCRLNode(t *testing.T, srv *redistest.Server, ca *testpki.CA) *node {
+func startCRLNode(t *testing.T, srv *redistest.Server, ca *pkitest.CA) *node {
 	t.Helper()
 	n := &node{metrics: prometheus.NewRegistry()}
 	n.set, _ = revoke.NewSet(revoke.SetOptions{})
@@ -42,7 +42,7 @@ func startCRLNode(t *testing.T, srv *redistest.Server, ca *testpki.CA) *node {
 // garbage push is refused by every node, which keeps the CRL it had.
 func TestPushedCRLReachesEveryNode(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	ca := testpki.NewCA(t)
+	ca := pkitest.NewCA(t)
 	store := redisfeed.NewStore(client(t, srv), "", 0)
 	issuer := revoke.IssuerHash(ca.Cert.RawSubject)
 	k1 := revoke.KeySerialKey(ca.Cert.RawSubject, ca.Cert.RawSubjectPublicKeyInfo, big.NewInt(11))
@@ -56,14 +56,14 @@ func TestPushedCRLReachesEveryNode(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	push(ca.MustCRL(t, testpki.CRLOpts{Number: 1, Entries: []x509.RevocationListEntry{testpki.Revoked(big.NewInt(11), 1)}}))
+	push(ca.MustCRL(t, pkitest.CRLOpts{Number: 1, Entries: []x509.RevocationListEntry{pkitest.Revoked(big.NewInt(11), 1)}}))
 	eventually(t, "node a applies the pushed CRL", func() bool { return a.set.Has(k1) })
 
 	b := startCRLNode(t, srv, ca)
 	if !b.set.Has(k1) {
 		t.Fatal("a node started after the push did not load the CRL at sync")
 	}
-	push(ca.MustCRL(t, testpki.CRLOpts{Number: 2, Entries: []x509.RevocationListEntry{testpki.Revoked(big.NewInt(22), 1)}}))
+	push(ca.MustCRL(t, pkitest.CRLOpts{Number: 2, Entries: []x509.RevocationListEntry{pkitest.Revoked(big.NewInt(22), 1)}}))
 	for name, n := range map[string]*node{"a": a, "b": b} {
 		eventually(t, "node "+name+" applies the second push", func() bool { return n.set.Has(k2) && !n.set.Has(k1) })
 	}

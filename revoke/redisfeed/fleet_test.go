@@ -13,8 +13,8 @@ import (
 
 	"github.com/guardian-mtls/guardian/internal/idleserver"
 	"github.com/guardian-mtls/guardian/internal/redistest"
-	"github.com/guardian-mtls/guardian/internal/testpki"
 	"github.com/guardian-mtls/guardian/listener"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/redisfeed"
 )
@@ -26,7 +26,7 @@ type guardedNode struct {
 	addr string
 }
 
-func startGuarded(t testing.TB, srv *redistest.Server, ca *testpki.CA, server *testpki.Leaf) *guardedNode {
+func startGuarded(t testing.TB, srv *redistest.Server, ca *pkitest.CA, server *pkitest.Leaf) *guardedNode {
 	t.Helper()
 	n := startNode(t, srv, "")
 	inner, err := net.Listen("tcp", "127.0.0.1:0")
@@ -49,7 +49,7 @@ func startGuarded(t testing.TB, srv *redistest.Server, ca *testpki.CA, server *t
 	return &guardedNode{node: n, addr: inner.Addr().String()}
 }
 
-func dialTLS(t testing.TB, addr string, ca *testpki.CA, leaf *testpki.Leaf) *tls.Conn {
+func dialTLS(t testing.TB, addr string, ca *pkitest.CA, leaf *pkitest.Leaf) *tls.Conn {
 	t.Helper()
 	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost",
 		Certificates: []tls.Certificate{leaf.TLS()}, NextProtos: []string{"http/1.1"}})
@@ -74,10 +74,10 @@ func closedWithin(c *tls.Conn, d time.Duration) bool {
 // other conn anywhere.
 func TestFleetEvictsOnEveryNode(t *testing.T) {
 	srv := redistest.Start(t, redistest.Options{})
-	ca := testpki.NewCA(t)
-	server := ca.MustIssue(t, testpki.Opts{DNS: []string{"localhost"}})
-	victim := ca.MustIssue(t, testpki.Opts{CommonName: "victim", URIs: []string{"spiffe://fleet/victim"}})
-	other := ca.MustIssue(t, testpki.Opts{CommonName: "other"})
+	ca := pkitest.NewCA(t)
+	server := ca.MustIssue(t, pkitest.Opts{DNS: []string{"localhost"}})
+	victim := ca.MustIssue(t, pkitest.Opts{CommonName: "victim", URIs: []string{"spiffe://fleet/victim"}})
+	other := ca.MustIssue(t, pkitest.Opts{CommonName: "other"})
 	var victims, others []*tls.Conn
 	for i := 0; i < 3; i++ {
 		g := startGuarded(t, srv, ca, server)
@@ -107,16 +107,16 @@ func TestFleetEvictsOnEveryNode(t *testing.T) {
 // client's blocked Read failing, one node, one conn of the revoked cert among 100 others.
 func BenchmarkPublishToClose(b *testing.B) {
 	srv := redistest.Start(b, redistest.Options{})
-	ca := testpki.NewCA(b)
-	server := ca.MustIssue(b, testpki.Opts{DNS: []string{"localhost"}})
+	ca := pkitest.NewCA(b)
+	server := ca.MustIssue(b, pkitest.Opts{DNS: []string{"localhost"}})
 	g := startGuarded(b, srv, ca, server)
 	for i := 0; i < 100; i++ {
-		dialTLS(b, g.addr, ca, ca.MustIssue(b, testpki.Opts{CommonName: fmt.Sprintf("b%d", i)}))
+		dialTLS(b, g.addr, ca, ca.MustIssue(b, pkitest.Opts{CommonName: fmt.Sprintf("b%d", i)}))
 	}
 	st := redisfeed.NewStore(client(b, srv), "", 0)
-	leaves := make([]*testpki.Leaf, 32)
+	leaves := make([]*pkitest.Leaf, 32)
 	for i := range leaves {
-		leaves[i] = ca.MustIssue(b, testpki.Opts{CommonName: fmt.Sprintf("v%d", i)})
+		leaves[i] = ca.MustIssue(b, pkitest.Opts{CommonName: fmt.Sprintf("v%d", i)})
 	}
 	ctx := context.Background()
 	var samples []time.Duration

@@ -13,8 +13,8 @@ import (
 
 	"github.com/guardian-mtls/guardian/internal/idleserver"
 	"github.com/guardian-mtls/guardian/internal/redistest"
-	"github.com/guardian-mtls/guardian/internal/testpki"
 	"github.com/guardian-mtls/guardian/listener"
+	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/redisfeed"
 )
@@ -28,17 +28,17 @@ type faultRig struct {
 	srv    *redistest.Server
 	proxy  *redistest.Proxy
 	n      *node
-	ca     *testpki.CA
+	ca     *pkitest.CA
 	addr   string
 	direct *redisfeed.Store
 }
 
 func newFaultRig(t *testing.T, staleAfter time.Duration) *faultRig {
 	t.Helper()
-	r := &faultRig{t: t, srv: redistest.Start(t, redistest.Options{}), ca: testpki.NewCA(t)}
+	r := &faultRig{t: t, srv: redistest.Start(t, redistest.Options{}), ca: pkitest.NewCA(t)}
 	r.proxy = redistest.NewProxy(t, r.srv.Addr())
 	r.direct = redisfeed.NewStore(client(t, r.srv), "", 0)
-	server := r.ca.MustIssue(t, testpki.Opts{DNS: []string{"open.test", "closed.test"}})
+	server := r.ca.MustIssue(t, pkitest.Opts{DNS: []string{"open.test", "closed.test"}})
 
 	r.n = &node{metrics: prometheus.NewRegistry()}
 	r.n.set, _ = revoke.NewSet(revoke.SetOptions{})
@@ -77,7 +77,7 @@ func newFaultRig(t *testing.T, staleAfter time.Duration) *faultRig {
 
 // dial opens a conn to the audience sni with leaf and writes a byte; it fails if the node
 // refused the handshake.
-func (r *faultRig) dial(sni string, leaf *testpki.Leaf) (*tls.Conn, error) {
+func (r *faultRig) dial(sni string, leaf *pkitest.Leaf) (*tls.Conn, error) {
 	c, err := tls.Dial("tcp", r.addr, &tls.Config{RootCAs: r.ca.Pool(), ServerName: sni,
 		Certificates: []tls.Certificate{leaf.TLS()}, NextProtos: []string{"http/1.1"}})
 	if err != nil {
@@ -96,7 +96,7 @@ func (r *faultRig) dial(sni string, leaf *testpki.Leaf) (*tls.Conn, error) {
 	return c, nil
 }
 
-func (r *faultRig) mustDial(sni string, leaf *testpki.Leaf) *tls.Conn {
+func (r *faultRig) mustDial(sni string, leaf *pkitest.Leaf) *tls.Conn {
 	r.t.Helper()
 	c, err := r.dial(sni, leaf)
 	if err != nil {
@@ -106,7 +106,7 @@ func (r *faultRig) mustDial(sni string, leaf *testpki.Leaf) *tls.Conn {
 }
 
 // revoke writes a revocation of leaf straight to Redis.
-func (r *faultRig) revoke(leaf *testpki.Leaf) {
+func (r *faultRig) revoke(leaf *pkitest.Leaf) {
 	r.t.Helper()
 	k, _ := revoke.KeyFor(leaf.Cert, revoke.KindSerial)
 	if _, err := r.direct.Revoke(context.Background(), revoke.Entry{Key: k}); err != nil {
@@ -116,7 +116,7 @@ func (r *faultRig) revoke(leaf *testpki.Leaf) {
 
 // policiesWhileStale checks the stale node's policies: the closed audience refuses a new
 // handshake, the open one serves it.
-func (r *faultRig) policiesWhileStale(leaf *testpki.Leaf) {
+func (r *faultRig) policiesWhileStale(leaf *pkitest.Leaf) {
 	r.t.Helper()
 	if _, err := r.dial("closed.test", leaf); err == nil {
 		r.t.Fatal("on_stale: closed audience accepted a handshake while stale")
@@ -131,8 +131,8 @@ func (r *faultRig) policiesWhileStale(leaf *testpki.Leaf) {
 // effect as soon as the partition heals.
 func TestPartitionStalenessPolicies(t *testing.T) {
 	r := newFaultRig(t, time.Second)
-	victim := r.ca.MustIssue(t, testpki.Opts{CommonName: "victim"})
-	other := r.ca.MustIssue(t, testpki.Opts{CommonName: "other"})
+	victim := r.ca.MustIssue(t, pkitest.Opts{CommonName: "victim"})
+	other := r.ca.MustIssue(t, pkitest.Opts{CommonName: "other"})
 	victimConn := r.mustDial("open.test", victim)
 	otherConn := r.mustDial("closed.test", other)
 
@@ -164,9 +164,9 @@ func TestPartitionStalenessPolicies(t *testing.T) {
 func TestSlowRedis(t *testing.T) {
 	const staleAfter = 3 * time.Second
 	r := newFaultRig(t, staleAfter)
-	victims := []*testpki.Leaf{r.ca.MustIssue(t, testpki.Opts{CommonName: "victim-1"}),
-		r.ca.MustIssue(t, testpki.Opts{CommonName: "victim-2"})}
-	other := r.ca.MustIssue(t, testpki.Opts{CommonName: "other"})
+	victims := []*pkitest.Leaf{r.ca.MustIssue(t, pkitest.Opts{CommonName: "victim-1"}),
+		r.ca.MustIssue(t, pkitest.Opts{CommonName: "victim-2"})}
+	other := r.ca.MustIssue(t, pkitest.Opts{CommonName: "other"})
 	conns := []*tls.Conn{r.mustDial("open.test", victims[0]), r.mustDial("closed.test", victims[1])}
 	otherConns := []*tls.Conn{r.mustDial("open.test", other), r.mustDial("closed.test", other)}
 

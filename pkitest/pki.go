@@ -1,4 +1,4 @@
-package testpki
+package pkitest
 
 import (
 	"crypto"
@@ -17,6 +17,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/ocsp"
 )
 
 // CA is a certificate authority: a root, or an intermediate under another CA.
@@ -176,7 +178,7 @@ func (ca *CA) Issue(o Opts) (*Leaf, error) {
 	for _, s := range o.URIs {
 		u, err := url.Parse(s)
 		if err != nil {
-			return nil, fmt.Errorf("testpki: URI SAN %q: %w", s, err)
+			return nil, fmt.Errorf("pkitest: URI SAN %q: %w", s, err)
 		}
 		tmpl.URIs = append(tmpl.URIs, u)
 	}
@@ -290,4 +292,30 @@ func (ca *CA) MustCRL(tb testing.TB, o CRLOpts) []byte {
 // Revoked is a CRL entry for serial, revoked an hour ago with reason code reason (0: none).
 func Revoked(serial *big.Int, reason int) x509.RevocationListEntry {
 	return x509.RevocationListEntry{SerialNumber: serial, RevocationTime: time.Now().Add(-time.Hour).UTC().Truncate(time.Second), ReasonCode: reason}
+}
+
+// OCSPOpts describes an OCSP answer for CA.OCSP.
+type OCSPOpts struct {
+	// Status is ocsp.Good, ocsp.Revoked or ocsp.Unknown (golang.org/x/crypto/ocsp).
+	Status int
+	// RevokedAt and Reason (an RFC 5280 CRLReason code) are for ocsp.Revoked.
+	RevokedAt time.Time
+	Reason    int
+	// Zero times mean a minute ago and an hour from now.
+	ThisUpdate, NextUpdate time.Time
+}
+
+// OCSP returns the CA's signed OCSP response about leaf, which it issued.
+func (ca *CA) OCSP(leaf *x509.Certificate, o OCSPOpts) ([]byte, error) {
+	now := time.Now()
+	if o.ThisUpdate.IsZero() {
+		o.ThisUpdate = now.Add(-time.Minute)
+	}
+	if o.NextUpdate.IsZero() {
+		o.NextUpdate = now.Add(time.Hour)
+	}
+	return ocsp.CreateResponse(ca.Cert, ca.Cert, ocsp.Response{
+		Status: o.Status, SerialNumber: leaf.SerialNumber, RevokedAt: o.RevokedAt, RevocationReason: o.Reason,
+		ThisUpdate: o.ThisUpdate, NextUpdate: o.NextUpdate,
+	}, ca.Key)
 }
