@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/guardian-mtls/guardian/clock"
 )
 
 // Tokens accepts a request only with a JWT bearer token (RFC 6750) bound to the conn's
@@ -37,8 +39,8 @@ type Tokens struct {
 	Keys []any
 	// Leeway absorbs clock skew in exp and nbf; 0 means 30s.
 	Leeway time.Duration
-	// Now is the clock; nil means time.Now.
-	Now     func() time.Time
+	// Clock is the time source for exp and nbf; nil means the real clock.
+	Clock   clock.Clock
 	Metrics *Metrics
 	Logger  *slog.Logger
 }
@@ -66,10 +68,7 @@ func (t *Tokens) Wrap(next http.Handler) (http.Handler, error) {
 	if leeway == 0 {
 		leeway = 30 * time.Second
 	}
-	now := t.Now
-	if now == nil {
-		now = time.Now
-	}
+	now := clock.Or(t.Clock).Now
 	log := t.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/guardian-mtls/guardian/clock"
 	"github.com/guardian-mtls/guardian/internal/promreg"
 )
 
@@ -53,8 +54,8 @@ type Options struct {
 	// owner or by an eviction, tracked or not, outside the registry's locks. The listener
 	// keeps its admission counts with it.
 	OnClose func(*Conn)
-	// Clock decides expiry; nil means SystemClock.
-	Clock Clock
+	// Clock decides expiry; nil means the real clock.
+	Clock clock.Clock
 	// Workers bounds the goroutines that close evicted conns; 0 means 4×GOMAXPROCS.
 	Workers int
 	// Metrics, if non-nil, receives the registry's metrics.
@@ -82,7 +83,7 @@ type shard struct {
 // Registry tracks live conns. Create one with New.
 type Registry struct {
 	opts   Options
-	clock  Clock
+	clock  clock.Clock
 	seed   maphash.Seed
 	shards [numShards]shard
 	next   atomic.Uint32
@@ -115,9 +116,7 @@ type victim struct {
 func New(opts Options) (*Registry, error) {
 	r := &Registry{opts: opts, clock: opts.Clock, seed: maphash.MakeSeed(),
 		poke: make(chan struct{}, 1), stop: make(chan struct{})}
-	if r.clock == nil {
-		r.clock = SystemClock{}
-	}
+	r.clock = clock.Or(r.clock)
 	m, err := newMetrics(opts.Metrics)
 	if err != nil {
 		return nil, err

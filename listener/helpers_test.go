@@ -20,7 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/guardian-mtls/guardian/conntrack"
+	"github.com/guardian-mtls/guardian/clock"
 	"github.com/guardian-mtls/guardian/listener"
 	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
@@ -42,7 +42,7 @@ type env struct {
 
 type envOpts struct {
 	audiences func(e *env) []listener.Audience
-	clock     conntrack.Clock
+	clock     clock.Clock
 	keepExp   bool
 	timeout   time.Duration
 	maxHS     int

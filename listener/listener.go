@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/guardian-mtls/guardian/clock"
 	"github.com/guardian-mtls/guardian/conntrack"
 	"github.com/guardian-mtls/guardian/revoke"
 )
@@ -90,7 +91,7 @@ type Config struct {
 	// KeepExpired disables eviction of conns whose certificate expires (expired: keep).
 	KeepExpired bool
 	// Clock decides expiry, for the TLS verification as well; nil means the real clock.
-	Clock conntrack.Clock
+	Clock clock.Clock
 	// Metrics, if set, receives the listener's metrics. Listeners sharing one Registerer
 	// count into the same metrics.
 	Metrics prometheus.Registerer
@@ -135,7 +136,7 @@ type Listener struct {
 	base     *tls.Config
 	router   atomic.Pointer[router] // replaced whole by SetAudiences
 	reloadMu sync.Mutex             // serialises SetAudiences
-	clock    conntrack.Clock
+	clock    clock.Clock
 	timeout  time.Duration
 	keepExp  bool
 	stale    func() bool
@@ -181,9 +182,7 @@ func New(inner net.Listener, cfg Config) (*Listener, error) {
 		handshakes: map[*conntrack.Conn]*list.Element{},
 		maxHS:      cfg.MaxHandshakes, maxChain: cfg.MaxChainLength, adm: newAdmission(cfg.MaxConns),
 	}
-	if l.clock == nil {
-		l.clock = conntrack.SystemClock{}
-	}
+	l.clock = clock.Or(l.clock)
 	if l.timeout <= 0 {
 		l.timeout = 10 * time.Second
 	}

@@ -1,3 +1,3 @@
 // Package fakeclock is a manually advanced clock for tests of expiry and staleness. It
-// satisfies conntrack.Clock; it never reads the real time after New.
+// satisfies clock.Clock; it never reads the real time after New.
 package fakeclock

@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/guardian-mtls/guardian/clock"
 	"github.com/guardian-mtls/guardian/revoke"
 )
 
@@ -39,8 +40,8 @@ type Options struct {
 	// MaxSkew is how far in the future a CRL's thisUpdate may lie (the CA's clock running
 	// ahead of this node's); 0 means one minute.
 	MaxSkew time.Duration
-	// Now is the clock; nil means time.Now.
-	Now     func() time.Time
+	// Clock is the time source; nil means the real clock.
+	Clock   clock.Clock
 	Logger  *slog.Logger
 	Metrics prometheus.Registerer
 }
@@ -91,12 +92,9 @@ func NewApplier(opts Options) (*Applier, error) {
 	if opts.Set == nil {
 		return nil, errors.New("crl: Options.Set is required")
 	}
-	a := &Applier{set: opts.Set, skew: opts.MaxSkew, now: opts.Now, log: opts.Logger, applied: map[string]*Applied{}}
+	a := &Applier{set: opts.Set, skew: opts.MaxSkew, now: clock.Or(opts.Clock).Now, log: opts.Logger, applied: map[string]*Applied{}}
 	if a.skew <= 0 {
 		a.skew = time.Minute
-	}
-	if a.now == nil {
-		a.now = time.Now
 	}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/guardian-mtls/guardian/internal/fakeclock"
 	"github.com/guardian-mtls/guardian/internal/metrictest"
 	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
@@ -274,8 +275,8 @@ func TestLargeCRLSweeps(t *testing.T) {
 func TestStaleAfterNextUpdate(t *testing.T) {
 	ca := pkitest.NewCA(t)
 	now := time.Now()
-	clock := now
-	a, err := crl.NewApplier(crl.Options{Set: newSet(t), Issuers: []*x509.Certificate{ca.Cert}, Now: func() time.Time { return clock }})
+	clk := fakeclock.New(now)
+	a, err := crl.NewApplier(crl.Options{Set: newSet(t), Issuers: []*x509.Certificate{ca.Cert}, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,7 +286,7 @@ func TestStaleAfterNextUpdate(t *testing.T) {
 	if s := a.Stale(); len(s) != 0 {
 		t.Fatalf("stale right after loading: %+v", s)
 	}
-	clock = now.Add(2 * time.Hour)
+	clk.Advance(2 * time.Hour) // now+2h
 	if s := a.Stale(); len(s) != 1 || !strings.Contains(s[0].Subject, "guardian test root") {
 		t.Fatalf("Stale() = %+v; want the one CRL, named by its issuer", s)
 	}

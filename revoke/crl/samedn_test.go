@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/guardian-mtls/guardian/internal/fakeclock"
 	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/crl"
@@ -278,15 +279,15 @@ func TestRetiredKeyCRLNotStale(t *testing.T) {
 	newCA := root.MustIntermediate(t, "issuing CA")
 	oldLeaf := oldCA.MustIssue(t, pkitest.Opts{CommonName: "old-5", Serial: big.NewInt(5)})
 	now := time.Now()
-	clock := now
+	clk := fakeclock.New(now)
 	set := newSet(t)
-	a, err := crl.NewApplier(crl.Options{Set: set, Issuers: []*x509.Certificate{root.Cert, oldCA.Cert, newCA.Cert}, Now: func() time.Time { return clock }})
+	a, err := crl.NewApplier(crl.Options{Set: set, Issuers: []*x509.Certificate{root.Cert, oldCA.Cert, newCA.Cert}, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
 	mustApply(t, a, oldCA.MustCRL(t, pkitest.CRLOpts{Number: 9, ThisUpdate: now.Add(-time.Minute), NextUpdate: now.Add(time.Hour), Entries: serials(5)}), "old key's CRL")
 	mustApply(t, a, newCA.MustCRL(t, pkitest.CRLOpts{Number: 1, ThisUpdate: now.Add(-time.Minute), NextUpdate: now.Add(3 * time.Hour)}), "new key's CRL")
-	clock = now.Add(2 * time.Hour)
+	clk.Advance(2 * time.Hour) // now+2h
 	if st := a.Stale(); len(st) != 1 || st[0].IssuerKey != revoke.SPKIHash(oldCA.Cert.RawSubjectPublicKeyInfo) {
 		t.Fatalf("Stale() = %v; want the old key's CRL, its CA still configured", ids(st))
 	}
@@ -297,7 +298,7 @@ func TestRetiredKeyCRLNotStale(t *testing.T) {
 	if _, ok := denied(set, verified(t, oldLeaf, root.Cert)); !ok {
 		t.Error("the old key's CRL is no longer in force")
 	}
-	clock = now.Add(4 * time.Hour)
+	clk.Advance(2 * time.Hour) // now+4h
 	if st := a.Stale(); len(st) != 1 || st[0].IssuerKey != revoke.SPKIHash(newCA.Cert.RawSubjectPublicKeyInfo) {
 		t.Errorf("Stale() = %v; want the new key's CRL", ids(st))
 	}

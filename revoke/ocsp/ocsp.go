@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	xocsp "golang.org/x/crypto/ocsp"
 
+	"github.com/guardian-mtls/guardian/clock"
 	"github.com/guardian-mtls/guardian/revoke"
 )
 
@@ -100,8 +101,8 @@ type Options struct {
 	Responder string
 	// Client is the HTTP client; nil means one with no other settings.
 	Client *http.Client
-	// Now is the clock; nil means time.Now.
-	Now     func() time.Time
+	// Clock is the time source; nil means the real clock.
+	Clock   clock.Clock
 	Logger  *slog.Logger
 	Metrics prometheus.Registerer
 }
@@ -148,9 +149,7 @@ func New(o Options) (*Checker, error) {
 	if o.Client == nil {
 		o.Client = &http.Client{}
 	}
-	if o.Now == nil {
-		o.Now = time.Now
-	}
+	o.Clock = clock.Or(o.Clock)
 	c := &Checker{o: o, log: o.Logger, cache: map[revoke.Key]*entry{}, inflight: map[revoke.Key]*call{}}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
@@ -169,7 +168,7 @@ func (c *Checker) Check(ctx context.Context, leaf, issuer *x509.Certificate) Res
 	// Keyed by the issuer's key too: two CAs may share a DN, and an answer speaks only for
 	// the certificates of the key that issued them.
 	k := revoke.KeySerialKey(leaf.RawIssuer, issuer.RawSubjectPublicKeyInfo, leaf.SerialNumber)
-	now := c.o.Now()
+	now := c.o.Clock.Now()
 	c.mu.Lock()
 	if e := c.cache[k]; e != nil && now.Before(e.expires) {
 		c.mu.Unlock()
@@ -202,7 +201,7 @@ func (c *Checker) fetch(k revoke.Key, leaf, issuer *x509.Certificate, cl *call) 
 	ctx, cancel := context.WithTimeout(context.Background(), c.o.Timeout)
 	defer cancel()
 	res := c.ask(ctx, leaf, issuer)
-	now := c.o.Now()
+	now := c.o.Clock.Now()
 	e := &entry{res: res}
 	switch {
 	case res.Status == Unavailable:
@@ -268,7 +267,7 @@ func (c *Checker) ask(ctx context.Context, leaf, issuer *x509.Certificate) Resul
 	if int64(len(body)) > c.o.MaxResponseSize {
 		return Result{Err: fmt.Errorf("ocsp: %s: response larger than %d bytes", url, c.o.MaxResponseSize)}
 	}
-	res, err := verify(body, leaf, issuer, c.o.Now())
+	res, err := verify(body, leaf, issuer, c.o.Clock.Now())
 	if err != nil {
 		return Result{Err: fmt.Errorf("ocsp: %s: %w", url, err)}
 	}
@@ -524,7 +523,7 @@ func (c *Checker) Run(ctx context.Context, every time.Duration, live func(yield 
 			return
 		case <-t.C:
 		}
-		now := c.o.Now()
+		now := c.o.Clock.Now()
 		seen := map[revoke.Key]bool{}
 		live(func(leaf, issuer *x509.Certificate) {
 			k := revoke.KeySerialKey(leaf.RawIssuer, issuer.RawSubjectPublicKeyInfo, leaf.SerialNumber)

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/guardian-mtls/guardian/clock"
 	"github.com/guardian-mtls/guardian/internal/clip"
 	"github.com/guardian-mtls/guardian/internal/ratelog"
 	"github.com/guardian-mtls/guardian/revoke"
@@ -26,8 +27,8 @@ type FeedOptions struct {
 	// Block is how long one XREAD waits for records; it also bounds how stale a node can
 	// be before it notices. 0 means 2s.
 	Block time.Duration
-	// Now is the clock for staleness; nil means time.Now.
-	Now func() time.Time
+	// Clock is the time source for staleness; nil means the real clock.
+	Clock clock.Clock
 	// OnCRL, if set, receives each CRL pushed through Redis (Store.PushCRL), by the hash of
 	// its issuer, on the feed's goroutine: at start-up and every resync those not yet
 	// delivered, then each push as its record arrives. It checks and applies the CRL
@@ -94,9 +95,7 @@ func NewFeed(store *Store, set *revoke.Set, opts FeedOptions) (*Feed, error) {
 	if opts.Block <= 0 {
 		opts.Block = 2 * time.Second
 	}
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
+	opts.Clock = clock.Or(opts.Clock)
 	f := &Feed{store: store, set: set, opts: opts, log: opts.Logger, synced: make(chan struct{}), crlSeen: map[string]uint64{},
 		cursor: "0-0"}
 	if f.log == nil {
@@ -132,7 +131,7 @@ func (f *Feed) Staleness() time.Duration {
 	if h.IsZero() {
 		return time.Duration(1<<63 - 1)
 	}
-	return f.opts.Now().Sub(h)
+	return f.opts.Clock.Now().Sub(h)
 }
 
 // StaleAfter returns a function reporting whether the feed has been unheard for longer than
@@ -149,7 +148,7 @@ func (f *Feed) heard() time.Time {
 	return time.Unix(0, n)
 }
 
-func (f *Feed) markHeard() { f.lastHeard.Store(f.opts.Now().UnixNano()) }
+func (f *Feed) markHeard() { f.lastHeard.Store(f.opts.Clock.Now().UnixNano()) }
 
 // Resync pacing: the first resync after progress runs at once; each further one before the
 // feed reads the stream cleanly waits twice as long as the last, from resyncBackoffMin up to
@@ -659,7 +658,7 @@ func newFeedMetrics(reg prometheus.Registerer, f *Feed) (*feedMetrics, error) {
 		if h.IsZero() {
 			return -1
 		}
-		return f.opts.Now().Sub(h).Seconds()
+		return f.opts.Clock.Now().Sub(h).Seconds()
 	})
 	regressed := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "guardian_feed_regressed", Help: "1 while Redis holds less than this node has seen (until a reseed).",
