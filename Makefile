@@ -15,7 +15,7 @@ FUZZ_TARGETS = \
 	./revoke/ocsp:FuzzVerify \
 	./internal/pemfile:FuzzParseCerts \
 	./daemon/admin:FuzzRevokeRequest \
-	./cmd/guardian:FuzzParseConfig \
+	./daemon:FuzzParseConfig \
 	./internal/clip:FuzzString \
 	./binding:FuzzTokens \
 	./binding:FuzzSessionCookie \

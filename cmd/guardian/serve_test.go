@@ -351,23 +351,6 @@ audiences:
 	}
 }
 
-func FuzzParseConfig(f *testing.F) {
-	f.Add([]byte(fmt.Sprintf(serveConfig, "store: memory", "")))
-	f.Add([]byte("audiences: [ { name: a } ]"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		c, err := daemon.Parse("f.yaml", b)
-		if err != nil {
-			if !strings.HasPrefix(err.Error(), "f.yaml") {
-				t.Fatalf("error does not name the file: %v", err)
-			}
-			return
-		}
-		if len(c.Audiences) == 0 || c.Revocation.Store == "" {
-			t.Fatalf("accepted an incomplete config: %+v", c)
-		}
-	})
-}
-
 func eventuallyT(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
@@ -422,16 +405,6 @@ func TestServeReseedAfterEmptyRedis(t *testing.T) {
 }
 
 // The example configuration in the repository stays valid.
-func TestExampleConfigParses(t *testing.T) {
-	c, err := daemon.Load(filepath.Join("..", "..", "examples", "guardian.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(c.Audiences) != 2 || c.Revocation.Store != "embedded" || c.Admin.Listen == "" {
-		t.Fatalf("example config parsed as %+v", c)
-	}
-}
-
 // Configurations that would open an audience or the admin API are refused at start-up,
 // naming the field; risky ones that can be meant start with one warning each, naming it.
 func TestConfigVetRefusesAndWarns(t *testing.T) {

@@ -1,0 +1,77 @@
+package daemon
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const seedConfig = `
+listen: "127.0.0.1:0"
+admin: { listen: "127.0.0.1:0", cert: server.pem, key: server.key, client_ca: [ca.pem], allow: ["uri:spiffe://guardian.demo/admin"] }
+revocation: { store: memory, max_staleness: 5s }
+audiences:
+  - { name: api, sni: [localhost], cert: server.pem, key: server.key, client_auth: require, client_ca: [ca.pem], on_stale: closed }
+`
+
+// The configuration parser, on any bytes: a Config with its defaults, or an error naming
+// the file; never a panic, never a half-filled Config.
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte(seedConfig))
+	f.Add([]byte("audiences: [ { name: a } ]"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := Parse("f.yaml", b)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "f.yaml") {
+				t.Fatalf("error does not name the file: %v", err)
+			}
+			return
+		}
+		if len(c.Audiences) == 0 || c.Revocation.Store == "" {
+			t.Fatalf("accepted an incomplete config: %+v", c)
+		}
+	})
+}
+
+// Defaults are applied before validation, which changes nothing: validating twice, or
+// applying the defaults again, leaves the same Config.
+func TestDefaultsThenPureValidate(t *testing.T) {
+	c, err := Parse("g.yaml", []byte(seedConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := c.Audiences[0]
+	if c.Listen != "127.0.0.1:0" || c.HandshakeTimeout == 0 || c.ShutdownTimeout == 0 || a.IdleTimeout == 0 || a.MaxConnsPerClient == nil || a.OCSP.Mode != "" {
+		t.Fatalf("defaults not applied: %+v", c)
+	}
+	before := *c
+	c.applyDefaults()
+	if err := c.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != before.Listen || c.Audiences[0].IdleTimeout != a.IdleTimeout || *c.Audiences[0].MaxConnsPerClient != *a.MaxConnsPerClient {
+		t.Fatalf("a second pass changed the config: %+v; was %+v", c, before)
+	}
+	// A Config built in code gets the same defaults from New's path.
+	code := &Config{Audiences: []AudienceConfig{{Name: "x", SNI: []string{"x"}, Cert: "c", Key: "k", ClientAuth: "none"}}}
+	code.applyDefaults()
+	if err := code.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if code.Listen != ":8443" || code.Revocation.Store != "embedded" || *code.Audiences[0].MaxConnsPerClient != 256 || code.Audiences[0].IdleTimeout != Duration(30e9) {
+		t.Fatalf("code-built config defaults: %+v %+v", code, code.Audiences[0])
+	}
+	if strings.Contains(code.name(), ".yaml") {
+		t.Fatalf("a code-built config is named %q in errors", code.name())
+	}
+}
+
+func TestExampleConfigParses(t *testing.T) {
+	c, err := Load(filepath.Join("..", "examples", "guardian.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Audiences) != 2 || c.Revocation.Store != "embedded" || c.Admin.Listen == "" {
+		t.Fatalf("example config parsed as %+v", c)
+	}
+}
