@@ -18,7 +18,7 @@ import (
 // Kind names one way a certificate can be denied.
 type Kind string
 
-// The key kinds of DESIGN.md.
+// The key kinds (docs/architecture.md, "Keys").
 const (
 	KindSerial Kind = "serial"
 	// KindKeySerial names a certificate by its issuer's DN and public key and its serial:
