@@ -315,3 +315,45 @@ func TestPKIInitVerifiesWithOpenSSL(t *testing.T) {
 		t.Fatalf("client.key mode %v, %v; want 0600", st.Mode().Perm(), err)
 	}
 }
+
+// guardian conns lists each live conn with its ID; --close ID ends that conn alone, and
+// revokes nothing: the client connects again at once.
+func TestDemoConnsCloseByID(t *testing.T) {
+	d := startDemo(t)
+	first := openStream(t, d.client(t, "client"), d.addr)
+	second := openStream(t, d.client(t, "client2"), d.addr)
+	out, code := d.cli(t, append([]string{"conns"}, d.adminArgs("admin")...)...)
+	if code != 0 {
+		t.Fatalf("conns: exit %d:\n%s", code, out)
+	}
+	id := ""
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) >= 5 && f[4] == clientURI {
+			id = f[0]
+		}
+	}
+	if id == "" {
+		t.Fatalf("conns lists no conn of %s:\n%s", clientURI, out)
+	}
+	out, code = d.cli(t, append([]string{"conns", "--close", id}, d.adminArgs("admin")...)...)
+	if code != 0 || !strings.Contains(out, "closed conn "+id) {
+		t.Fatalf("conns --close %s: exit %d:\n%s", id, code, out)
+	}
+	if !streamEnds(first, 10*time.Second) {
+		t.Fatal("the closed conn's stream still running 10s later")
+	}
+	if streamEnds(second, 300*time.Millisecond) {
+		t.Fatal("another client's stream ended too")
+	}
+	if out, code := d.cli(t, append([]string{"conns", "--close", id}, d.adminArgs("admin")...)...); code == 0 || !strings.Contains(out, "no live conn") {
+		t.Fatalf("closing a closed conn again: exit %d:\n%s", code, out)
+	}
+	resp, err := d.client(t, "client").Get("https://" + local(d.addr) + "/")
+	if err != nil {
+		t.Fatalf("the client of a closed (not revoked) conn could not connect again: %v", err)
+	}
+	resp.Body.Close()
+	if !strings.Contains(d.log.String(), "reason=manual") {
+		t.Errorf("no eviction log line with reason manual:\n%s", d.log)
+	}
+}
