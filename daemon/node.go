@@ -70,12 +70,24 @@ type Node struct {
 // listens on its addresses; nothing is served until Run. ctx bounds the start: the first
 // load of each CRL and the wait for Redis's first snapshot. Nothing is left running when New
 // fails.
-func New(ctx context.Context, cfg *Config, opts Options) (_ *Node, err error) {
+func New(ctx context.Context, cfg *Config, opts Options) (*Node, error) {
 	cfg.applyDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, log: opts.Logger, metrics: opts.Metrics}
+	if err := n.open(ctx); err != nil {
+		// What was opened is closed again: a failed New leaves nothing running.
+		n.Shutdown(context.Background())
+		return nil, err
+	}
+	return n, nil
+}
+
+// open opens what New promises, in order; on an error the caller shuts down what it
+// opened.
+func (n *Node) open(ctx context.Context) error {
+	cfg := n.cfg
 	if n.log == nil {
 		n.log = slog.New(slog.DiscardHandler)
 	}
@@ -88,21 +100,21 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Node, err error) {
 	// The audiences' files are read again below, with the OCSP checker; a bad one fails
 	// here, before any store is opened.
 	if _, err := cfg.audiences(nil); err != nil {
-		return nil, err
+		return err
 	}
 	warnings, err := cfg.Vet()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for _, w := range warnings {
 		n.log.Warn("configuration: " + w)
 	}
 	if n.hm, err = newHandlerMetrics(n.metrics); err != nil {
-		return nil, err
+		return err
 	}
 	h, err := audienceHandler(cfg, n.hm, n.clog)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	n.handler.Store(&h)
 	m0 := cfg.ocspModes()
@@ -111,21 +123,16 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Node, err error) {
 		Name: "guardian_config_reloads_total", Help: "Configuration reloads (SIGHUP), by result (ok, error).",
 	}, []string{"result"})
 	if err := n.metrics.Register(n.reloads); err != nil {
-		return nil, err
+		return err
 	}
 
 	bgctx, cancel := context.WithCancel(context.Background())
 	n.bgCancel = cancel
-	defer func() {
-		if err != nil {
-			n.Shutdown(context.Background())
-		}
-	}()
 	if n.rev, err = openRevocation(ctx, cfg, n.metrics, n.log); err != nil {
-		return nil, err
+		return err
 	}
 	if err := n.listenData(); err != nil {
-		return nil, err
+		return err
 	}
 	n.id = cfg.Revocation.Redis.NodeID
 	if n.id == "" {
@@ -134,10 +141,10 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Node, err error) {
 		n.id = host + ":" + port
 	}
 	if err := n.listenAdmin(); err != nil {
-		return nil, err
+		return err
 	}
 	n.background(bgctx)
-	return n, nil
+	return nil
 }
 
 // listenData opens the data port: the audiences' listener and its HTTP server.

@@ -69,7 +69,7 @@ type Eviction struct {
 	// (CloseConn): the conntrack.Reason… constants.
 	Reason string
 	// Key is the revocation key that hit the conn; "" but for revoked.
-	Key string
+	Key revoke.Key
 	// Age is how long the conn had been served.
 	Age time.Duration
 	// Latency runs from the event (a revocation's arrival, say) to the raw conn's close.
@@ -110,7 +110,7 @@ func (l *Listener) onEvict(e conntrack.Eviction) {
 		age = l.clock.Now().Sub(since)
 	}
 	if l.onEv != nil {
-		l.onEv(Eviction{Conn: info, Reason: e.Reason, Key: e.Key, Age: age, Latency: e.Latency})
+		l.onEv(Eviction{Conn: info, Reason: e.Reason, Key: revoke.Key(e.Key), Age: age, Latency: e.Latency})
 	}
 	if l.log.Enabled(context.Background(), slog.LevelInfo) {
 		l.log.Info("conn evicted", "key", e.Key, "reason", e.Reason, "audience", info.Audience(),

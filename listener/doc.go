@@ -9,5 +9,11 @@
 // application byte is served. A failing handshake closes that conn only; Accept returns an
 // error only when the wrapped listener is closed.
 //
+// Whatever serves on the listener gets the same enforcement: net/http (ConnContext,
+// ConnState and Progress add per-request identity, idle timeouts and progress), gRPC
+// through listener/grpccreds, or a raw TCP protocol reading FromConn. Close stops accepting
+// and leaves enforcement running until the last served conn is gone; Shutdown closes what is
+// left at its deadline. Conns, CloseConn and Config.OnEvict list, close and report conns.
+//
 // listener never parses configuration files, talks to Redis, or serves HTTP.
 package listener

@@ -149,7 +149,7 @@ func TestOnEvictAndCloseConn(t *testing.T) {
 	got = ev.wait(t, 2)
 	b := got[1]
 	if b.Reason != conntrack.ReasonRevoked || b.Conn.Audience() != "api" || b.Conn.Leaf().Subject.CommonName != "bob" ||
-		b.Key != string(keyOf(t, bob.Cert, revoke.KindSerial)) || b.Age <= 0 || b.Conn.RemoteAddr().(*net.TCPAddr).IP.String() != "127.0.0.1" {
+		b.Key != keyOf(t, bob.Cert, revoke.KindSerial) || b.Age <= 0 || b.Conn.RemoteAddr().(*net.TCPAddr).IP.String() != "127.0.0.1" {
 		t.Fatalf("got %+v (remote %v); want bob's conn in api, reason revoked, his serial key, an age", b, b.Conn.RemoteAddr())
 	}
 }

@@ -408,7 +408,9 @@ func printable(s string) bool {
 // keyserial, sha256 and spki keys of every certificate in the chain (leaf first, then each
 // CA), and the leaf's uri, dns, email and subject keys. Duplicates are removed. A
 // certificate has a keyserial key when its issuer is in the chain: the next certificate, or
-// itself when it is the last and self-issued.
+// itself when it is the last and self-issued. CRLs and OCSP deny by keyserial key, so pass
+// the verified chain (tls.ConnectionState.VerifiedChains, ConnInfo.Chains): a leaf alone
+// matches none of their revocations.
 func KeysOf(chain []*x509.Certificate) []Key {
 	if len(chain) == 0 {
 		return nil

@@ -432,3 +432,84 @@ func waitPort(tb testing.TB, addr string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// StartMain runs a plain redis-server on a free loopback port outside a test, for a
+// TestMain (an example has no testing.T to hand to Start). stop kills it and removes its
+// directory. err wraps exec.ErrNotFound when redis-server is not installed.
+func StartMain() (url string, stop func(), err error) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		return "", nil, err
+	}
+	dir, err := os.MkdirTemp("", "redistest-")
+	if err != nil {
+		return "", nil, err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			os.RemoveAll(dir)
+			return "", nil, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		cmd := exec.Command("redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
+			"--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", filepath.Join(dir, "redis.log"))
+		if err := cmd.Start(); err != nil {
+			os.RemoveAll(dir)
+			return "", nil, fmt.Errorf("start redis-server: %w", err)
+		}
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		stop := func() {
+			cmd.Process.Signal(syscall.SIGKILL)
+			<-done
+			os.RemoveAll(dir)
+		}
+		if answers(addr, done, deadline) {
+			return "redis://" + addr + "/0", stop, nil
+		}
+		select {
+		case <-done:
+			if time.Now().Before(deadline) {
+				continue // it could not bind the port, taken meanwhile: try another
+			}
+		default:
+		}
+		log, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
+		stop()
+		return "", nil, fmt.Errorf("redis-server on %s did not answer within 10s; log:\n%s", addr, log)
+	}
+}
+
+// answers waits until the Redis at addr answers PING (true), or its process has exited
+// (done is closed) or deadline has passed (false).
+func answers(addr string, done <-chan struct{}, deadline time.Time) bool {
+	for time.Now().Before(deadline) {
+		select {
+		case <-done:
+			return false
+		default:
+		}
+		if pong(addr) {
+			return true
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return false
+}
+
+// pong reports whether a Redis at addr answers PING.
+func pong(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "PING\r\n")
+	buf := make([]byte, 16)
+	c.SetReadDeadline(time.Now().Add(time.Second))
+	n, _ := c.Read(buf)
+	return string(buf[:n]) == "+PONG\r\n"
+}

@@ -83,7 +83,7 @@ var ErrNotGood = errors.New("ocsp: client certificate status is not good")
 
 // Options configures a Checker.
 type Options struct {
-	// Set receives a revoked answer as a serial entry with source "ocsp", which closes the
+	// Set receives a revoked answer as a keyserial entry with source "ocsp", which closes the
 	// certificate's live conns. Required.
 	Set *revoke.Set
 	// Timeout bounds how long a handshake waits for an answer that is not cached, and one

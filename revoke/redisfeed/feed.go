@@ -172,7 +172,8 @@ func resyncDelay(tries int) time.Duration {
 }
 
 // Run follows Redis until ctx ends. Errors from Redis are retried with backoff, never
-// returned; Run returns ctx's error.
+// returned; Run returns ctx's error, once the read in progress ends: up to
+// FeedOptions.Block after ctx does.
 func (f *Feed) Run(ctx context.Context) error {
 	needSync, why := true, "start"
 	var lastVerify time.Time

@@ -1,0 +1,126 @@
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/guardian-mtls/guardian/pkitest"
+)
+
+// testPKI writes a CA, a localhost server certificate and a client certificate to a new
+// directory.
+func testPKI(t *testing.T) (dir string, ca *pkitest.CA, client *pkitest.Leaf) {
+	t.Helper()
+	dir = t.TempDir()
+	ca = pkitest.NewCA(t)
+	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), ca.CertPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	server := ca.MustIssue(t, pkitest.Opts{CommonName: "localhost", DNS: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}})
+	if err := server.WriteFiles(dir, "server"); err != nil {
+		t.Fatal(err)
+	}
+	return dir, ca, ca.MustIssue(t, pkitest.Opts{CommonName: "client", URIs: []string{"spiffe://test/client"}})
+}
+
+func testConfig(dir, admin string) *Config {
+	f := func(name string) string { return filepath.Join(dir, name) }
+	return &Config{
+		Listen:     "127.0.0.1:0",
+		Admin:      AdminConfig{Listen: admin, Cert: f("server.pem"), Key: f("server.key"), ClientCA: []string{f("ca.pem")}, Allow: []string{"uri:spiffe://test/admin"}},
+		Revocation: RevocationConfig{Store: "memory"},
+		Audiences: []AudienceConfig{{Name: "api", SNI: []string{"localhost"}, Cert: f("server.pem"), Key: f("server.key"),
+			ClientCA: []string{f("ca.pem")}}},
+	}
+}
+
+// goroutines waits until the process runs at most n goroutines, and returns how many it runs.
+func goroutines(n int) int {
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > n && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return runtime.NumGoroutine()
+}
+
+// A Node built in code serves, is reachable at Addr, and Shutdown leaves nothing running.
+func TestNodeRunsAndShutsDown(t *testing.T) {
+	dir, ca, client := testPKI(t)
+	before := runtime.NumGoroutine()
+	n, err := New(context.Background(), testConfig(dir, "127.0.0.1:0"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{client.TLS()}},
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, n.Addr().String())
+		}}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Get("https://localhost/") // the SNI/Host guard wants them equal
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("got %s; want 200 from the identity echo", resp.Status)
+	}
+	if n.AdminAddr() == nil {
+		t.Fatal("no admin address")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run = %v; want nil", err)
+	}
+	tr.CloseIdleConnections()
+	if got := goroutines(before); got > before {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("%d goroutines after Shutdown; %d before New:\n%s", got, before, buf[:runtime.Stack(buf, true)])
+	}
+	// A second Shutdown returns at once.
+	if err := n.Shutdown(context.Background()); err != nil {
+		t.Fatalf("second Shutdown = %v", err)
+	}
+}
+
+// A New that fails half-way — the admin port is taken — closes what it opened: the data
+// port is free again and no goroutine is left.
+func TestNewFailingLeavesNothingRunning(t *testing.T) {
+	dir, _, _ := testPKI(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dataAddr := free.Addr().String()
+	free.Close()
+	before := runtime.NumGoroutine()
+	cfg := testConfig(dir, taken.Addr().String())
+	cfg.Listen = dataAddr
+	if _, err := New(context.Background(), cfg, Options{}); err == nil || !strings.Contains(err.Error(), "admin.listen") {
+		t.Fatalf("New = %v; want an error naming admin.listen", err)
+	}
+	ln, err := net.Listen("tcp", dataAddr)
+	if err != nil {
+		t.Fatalf("the data port is still held after New failed: %v", err)
+	}
+	ln.Close()
+	if got := goroutines(before); got > before {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("%d goroutines after a failed New; %d before:\n%s", got, before, buf[:runtime.Stack(buf, true)])
+	}
+}
