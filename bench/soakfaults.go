@@ -172,14 +172,7 @@ func startSoakRig(ctx context.Context, h *harness) (_ *soakRig, err error) {
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		checker.Run(rctx, time.Second, func(yield func(leaf, issuer *x509.Certificate)) {
-			r.l.Conns(func(info *listener.ConnInfo) bool {
-				if ch := info.Chains(); len(ch) > 0 && len(ch[0]) > 1 {
-					yield(ch[0][0], ch[0][1])
-				}
-				return true
-			})
-		})
+		checker.Run(rctx, time.Second, r.l.ClientCerts(nil))
 	}()
 	r.http = &http.Server{Handler: okHandler, ConnContext: r.l.ConnContext, ReadHeaderTimeout: 10 * time.Second, ErrorLog: discardLog}
 	go r.http.Serve(r.l)

@@ -248,7 +248,10 @@ func (n *Node) background(ctx context.Context) {
 		go func() { defer n.bg.Done(); f() }()
 	}
 	if n.rev.ocsp != nil {
-		run(func() { n.rev.ocsp.Run(ctx, time.Duration(n.cfg.Revocation.OCSP.Recheck), liveCerts(n.data, &n.modes)) })
+		usesOCSP := func(audience string) bool { _, ok := (*n.modes.Load())[audience]; return ok }
+		run(func() {
+			n.rev.ocsp.Run(ctx, time.Duration(n.cfg.Revocation.OCSP.Recheck), n.data.ClientCerts(usesOCSP))
+		})
 	}
 	if n.rev.rstore != nil {
 		run(func() { n.rev.heartbeat(ctx, n.id, n.data.Len, n.log) })

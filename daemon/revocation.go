@@ -7,13 +7,11 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/guardian-mtls/guardian/daemon/admin"
-	"github.com/guardian-mtls/guardian/listener"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/boltstore"
 	"github.com/guardian-mtls/guardian/revoke/crl"
@@ -205,22 +203,6 @@ func (n *revocation) openCRLs(ctx context.Context, cfg *Config, metrics *prometh
 	}
 	n.close = append(n.close, func() { cancel(); wg.Wait() })
 	return nil
-}
-
-// liveCerts yields, for ocsp.Checker.Run, the client certificate and its issuer of every
-// live conn in an audience that uses OCSP.
-func liveCerts(l *listener.Listener, modes *atomic.Pointer[map[string]ocsp.Mode]) func(yield func(leaf, issuer *x509.Certificate)) {
-	return func(yield func(leaf, issuer *x509.Certificate)) {
-		m := *modes.Load()
-		l.Conns(func(info *listener.ConnInfo) bool {
-			if _, ok := m[info.Audience()]; ok {
-				if ch := info.Chains(); len(ch) > 0 && len(ch[0]) > 1 {
-					yield(ch[0][0], ch[0][1])
-				}
-			}
-			return true
-		})
-	}
 }
 
 // crlViews lists the CRLs in force, by ID.

@@ -85,6 +85,22 @@ func (l *Listener) Conns(fn func(*ConnInfo) bool) {
 	})
 }
 
+// ClientCerts returns, for ocsp.Checker.Run, a function that yields the client certificate
+// and its issuer of each live conn whose audience in accepts (nil: every audience). A conn
+// without a certificate, or whose chain holds no issuer, is skipped.
+func (l *Listener) ClientCerts(in func(audience string) bool) func(yield func(leaf, issuer *x509.Certificate)) {
+	return func(yield func(leaf, issuer *x509.Certificate)) {
+		l.Conns(func(info *ConnInfo) bool {
+			if in == nil || in(info.Audience()) {
+				if ch := info.chains; len(ch) > 0 && len(ch[0]) > 1 {
+					yield(ch[0][0], ch[0][1])
+				}
+			}
+			return true
+		})
+	}
+}
+
 // CloseConn closes the live conn with this ID without revoking its certificate (a client
 // holding a stale session, say), as an eviction with reason manual. It reports whether
 // such a conn was live. The close itself happens on an eviction worker, at once.

@@ -148,14 +148,7 @@ func TestOCSPWithOpensslResponder(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		checker.Run(ctx, 100*time.Millisecond, func(yield func(leaf, issuer *x509.Certificate)) {
-			e.l.Conns(func(info *listener.ConnInfo) bool {
-				if ch := info.Chains(); len(ch) > 0 && len(ch[0]) > 1 {
-					yield(ch[0][0], ch[0][1])
-				}
-				return true
-			})
-		})
+		checker.Run(ctx, 100*time.Millisecond, e.l.ClientCerts(nil))
 		close(done)
 	}()
 	defer func() { cancel(); <-done }()
