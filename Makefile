@@ -23,7 +23,7 @@ FUZZ_TARGETS = \
 	./binding:FuzzParseKey \
 	./listener:FuzzHandshakeBytes
 
-.PHONY: all build demo test lint fuzz bench bench-peers bench-pkg soak soak-short clean
+.PHONY: all build demo setup test lint fuzz bench bench-peers bench-pkg soak soak-short clean
 
 all: lint test
 
@@ -35,8 +35,14 @@ build:
 demo: build
 	./bin/guardian demo --dir $(DEMO_DIR)
 
-## test: vet, formatting, and every test under the race detector in random order.
-test: lint
+## setup: what the tests need beside Go, make and git — a C compiler for -race, redis-server,
+## redis-cli, openssl, curl, python3 — installed with apt-get when run as root, else named.
+setup:
+	@bash scripts/setup.sh
+
+## test: vet, formatting, and every test of every module under the race detector in random
+## order; no test skips for want of a tool (setup brings them).
+test: setup lint
 	@set -e; for m in $(MODULES); do echo "== go test ($$m)"; (cd $$m && $(GO) test -race -shuffle=on -count=1 -timeout 5m ./...); done
 
 lint:
@@ -66,7 +72,7 @@ bench:
 soak:
 	cd bench && $(GO) run . -scenarios soak -denylist 0 $(SOAK_FLAGS)
 
-soak-short:
+soak-short: setup
 	cd bench && $(GO) run . -scenarios soak -denylist 0 -soak-duration 30s $(SOAK_FLAGS)
 
 ## bench-peers: install nginx and HAProxy (Debian packages) if missing, then run the peers

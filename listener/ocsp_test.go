@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/guardian-mtls/guardian/internal/need"
 	"github.com/guardian-mtls/guardian/listener"
 	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
@@ -122,9 +123,7 @@ func indexLine(l *pkitest.Leaf, revoked bool) string {
 // next background re-check, and its new handshakes are refused; when the responder is gone,
 // a certificate with no cached answer is refused and live conns stay.
 func TestOCSPWithOpensslResponder(t *testing.T) {
-	if _, err := exec.LookPath("openssl"); err != nil {
-		t.Skip("openssl not installed")
-	}
+	need.Tool(t, "openssl")
 	port := freePort(t)
 	var checker *ocsp.Checker
 	e := newEnv(t, envOpts{audiences: func(e *env) []listener.Audience {

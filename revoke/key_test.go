@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/guardian-mtls/guardian/internal/need"
 	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 )
@@ -212,9 +213,7 @@ func TestKeyForMissingField(t *testing.T) {
 
 // The sha256 and spki keys equal what openssl prints for the same certificate.
 func TestKeysMatchOpenSSL(t *testing.T) {
-	if _, err := exec.LookPath("openssl"); err != nil {
-		t.Skip("openssl not installed")
-	}
+	need.Tool(t, "openssl")
 	leaf := pkitest.NewCA(t).MustIssue(t, pkitest.Opts{CommonName: "o"})
 	dir := t.TempDir()
 	f := filepath.Join(dir, "c.pem")

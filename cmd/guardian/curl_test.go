@@ -8,14 +8,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/guardian-mtls/guardian/internal/need"
 )
 
 // The lines the demo prints work with the real curl: a `curl -N .../stream` ends when
 // `guardian revoke --cert client.pem` runs.
 func TestDemoWithRealCurl(t *testing.T) {
-	if _, err := exec.LookPath("curl"); err != nil {
-		t.Skip("curl not installed")
-	}
+	need.Tool(t, "curl")
 	d := startDemo(t)
 	port := d.addr[strings.LastIndexByte(d.addr, ':')+1:]
 	cmd := exec.Command("curl", "-sSN", "--cacert", filepath.Join(d.dir, "ca.pem"),
@@ -57,9 +57,7 @@ func TestDemoWithRealCurl(t *testing.T) {
 // good with client.pem and gets 401 with client2.pem; the public audience on the same port
 // answers without a certificate and answers 421 when asked for the mTLS audience's host.
 func TestDemoTourWithRealCurl(t *testing.T) {
-	if _, err := exec.LookPath("curl"); err != nil {
-		t.Skip("curl not installed")
-	}
+	need.Tool(t, "curl")
 	d := startDemo(t)
 	_, port, _ := net.SplitHostPort(d.addr)
 	jar := filepath.Join(t.TempDir(), "jar")

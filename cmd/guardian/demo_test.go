@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/guardian-mtls/guardian/internal/need"
 	"github.com/guardian-mtls/guardian/internal/pemfile"
 )
 
@@ -298,9 +299,7 @@ func TestPKIInitVerifiesWithOpenSSL(t *testing.T) {
 	if code := run([]string{"pki", "init", dir}, &out, &out); code != 0 {
 		t.Fatalf("pki init: exit %d: %s", code, out.String())
 	}
-	if _, err := exec.LookPath("openssl"); err != nil {
-		t.Skip("openssl not installed")
-	}
+	need.Tool(t, "openssl")
 	for _, name := range []string{"server", "client", "client2", "admin"} {
 		cmd := exec.Command("openssl", "verify", "-CAfile", filepath.Join(dir, "ca.pem"), filepath.Join(dir, name+".pem"))
 		if b, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(b), ": OK") {

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/guardian-mtls/guardian/internal/need"
 )
 
 // Server is a redis-server process owned by a test.
@@ -45,13 +47,11 @@ type Options struct {
 // TLSFiles are the server's certificate, key and the CA that clients trust.
 type TLSFiles struct{ Cert, Key, CA string }
 
-// Start runs a redis-server on a free port; it is killed when the test ends. The test is
-// skipped if redis-server is not installed.
+// Start runs a redis-server on a free port; it is killed when the test ends. The test
+// fails, saying how to install it, if redis-server is not installed.
 func Start(tb testing.TB, o Options) *Server {
 	tb.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		tb.Skip("redis-server not installed (apt-get install redis-server)")
-	}
+	need.Tool(tb, "redis-server")
 	s := &Server{tb: tb, dir: tb.TempDir(), opts: o}
 	s.port = freePort(tb)
 	s.start()
@@ -388,9 +388,7 @@ func (s *Sentinel) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.
 // with redis-cli --cluster create.
 func StartCluster(tb testing.TB, n int) []*Server {
 	tb.Helper()
-	if _, err := exec.LookPath("redis-cli"); err != nil {
-		tb.Skip("redis-cli not installed (apt-get install redis-tools)")
-	}
+	need.Tool(tb, "redis-cli")
 	var servers []*Server
 	args := []string{"--cluster", "create"}
 	for i := 0; i < n; i++ {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/guardian-mtls/guardian/internal/need"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/crl"
 )
@@ -26,9 +27,7 @@ type opensslCA struct {
 
 func newOpensslCA(t *testing.T) *opensslCA {
 	t.Helper()
-	if _, err := exec.LookPath("openssl"); err != nil {
-		t.Skip("openssl not installed")
-	}
+	need.Tool(t, "openssl")
 	dir := t.TempDir()
 	o := &opensslCA{t: t, dir: dir}
 	o.run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
