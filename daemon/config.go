@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"reflect"
 	"strings"
 	"time"
 
@@ -243,6 +244,12 @@ const maxConfigBytes = 4 << 20
 func Parse(file string, b []byte) (*Config, error) {
 	if len(b) > maxConfigBytes {
 		return nil, fmt.Errorf("%s: larger than %d bytes", file, maxConfigBytes)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err == nil {
+		if err := unknownField(&doc, reflect.TypeFor[Config](), ""); err != nil {
+			return nil, fmt.Errorf("%s:%w", file, err)
+		}
 	}
 	var c Config
 	dec := yaml.NewDecoder(bytes.NewReader(b))

@@ -75,3 +75,28 @@ func TestExampleConfigParses(t *testing.T) {
 		t.Fatalf("example config parsed as %+v", c)
 	}
 }
+
+// An unknown key is named with its line, its field path and the field likely meant, not a
+// Go type.
+func TestUnknownFieldsNamePathAndHint(t *testing.T) {
+	for _, tt := range []struct {
+		name, yaml, want string
+	}{
+		{"audience", "audiences:\n  - name: api\n    client_auht: require\n", `g.yaml:3: audiences[0]: unknown field "client_auht" (did you mean "client_auth"?)`},
+		{"top level", "listn: ':1'\n", `g.yaml:1: unknown field "listn" (did you mean "listen"?)`},
+		{"nested", "revocation:\n  redis: { urll: 'redis://x' }\n", `g.yaml:2: revocation.redis: unknown field "urll" (did you mean "url"?)`},
+		{"second audience, deep", "audiences:\n  - name: a\n  - name: b\n    token_binding: { issuer: i, algorithm: [ES256] }\n", `g.yaml:4: audiences[1].token_binding: unknown field "algorithm" (did you mean "algorithms"?)`},
+		{"no near field", "audiences:\n  - name: a\n    frobnicate: 1\n", `g.yaml:3: audiences[0]: unknown field "frobnicate"`},
+		{"in a merged mapping", "base: &b { name: a, clientauth: none }\n", `g.yaml:1: unknown field "base"`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("g.yaml", []byte(tt.yaml))
+			if err == nil || err.Error() != tt.want && !strings.HasPrefix(err.Error(), tt.want) {
+				t.Fatalf("got %v; want %s", err, tt.want)
+			}
+			if strings.Contains(tt.want, "did you mean") != strings.Contains(err.Error(), "did you mean") {
+				t.Fatalf("got %v; want a hint only where a field is near", err)
+			}
+		})
+	}
+}

@@ -22,7 +22,8 @@ Usage:
   guardian revoke   TARGET SELECTOR [--reason R] [--wait 5s]
   guardian unrevoke TARGET SELECTOR
   guardian list     TARGET
-  guardian conns    --admin URL --admin-cert F --admin-key F --admin-ca F
+  guardian conns    --admin URL --admin-cert F --admin-key F --admin-ca F [-v] [--close ID]
+  guardian conns    --redis URL [--prefix P] | --config guardian.yaml
   guardian reseed   --admin URL --admin-cert F --admin-key F --admin-ca F [--yes]
   guardian crl push FILE (--redis URL | --config F) [--prefix P] [--issuer-cert CA.pem]
   guardian crl list --admin URL --admin-cert F --admin-key F --admin-ca F
@@ -100,9 +101,32 @@ func version() string {
 	return v
 }
 
+// commands says what each command does, for its -h.
+var commands = map[string]string{
+	"demo":     "runs guardian on its embedded default: a fresh PKI in DIR, two audiences on one port\n(mTLS and public), the admin API, revocations in memory; prints the commands to try.",
+	"serve":    "runs guardian from a configuration file: audiences by SNI proxied to their upstreams,\nthe admin API, revocations from the configured store, CRLs and OCSP. SIGHUP reloads the\naudiences; SIGTERM drains and stops.",
+	"pki init": "writes a throw-away development PKI to DIR: ca.pem, server.pem/.key (localhost),\nclient.pem/.key, client2.pem/.key and admin.pem/.key. Keys are unencrypted: for trying\nthings out only.",
+	"revoke":   "revokes one key — derived from a certificate, or named — through a node's admin API or\nstraight in the fleet's Redis; every live conn it matches is closed, on every node.\nTARGET and SELECTOR as in guardian -h.",
+	"unrevoke": "lifts a revocation made by revoke, through a node's admin API or the fleet's Redis.",
+	"list":     "lists the revocations in force: a node's (--admin), or the fleet's Redis.",
+	"conns":    "with --admin, lists a node's live conns (ID, remote, audience, age, identity) and, with\n--close ID, closes one without revoking its certificate; with --redis or --config, lists\neach live node's heartbeat.",
+	"reseed":   "shows the entries this node holds that Redis lacks (after Redis lost data) and, with\n--yes, writes them back so that every node resyncs.",
+	"crl push": "stores a CRL in the fleet's Redis: every node checks it against its trusted CAs and\napplies it, as it does a CRL from a file or a URL.",
+	"crl list": "lists the CRLs in force on a node: issuer, verifying key, number, entries, updates.",
+}
+
 func newFlags(name string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("guardian "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "guardian %s: %s\n\n", name, commands[name])
+		n := 0
+		fs.VisitAll(func(*flag.Flag) { n++ })
+		if n > 0 {
+			fmt.Fprintln(fs.Output(), "Flags:")
+			fs.PrintDefaults()
+		}
+	}
 	return fs
 }
 

@@ -3,6 +3,8 @@ package main
 import (
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -27,6 +29,9 @@ func runPKI(args []string, stdout, stderr io.Writer) error {
 	}
 	fs := newFlags("pki init", stderr)
 	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
 		return errUsage
 	}
 	if fs.NArg() != 1 {

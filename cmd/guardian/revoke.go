@@ -6,7 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -29,7 +31,29 @@ func (a *adminFlags) register(fs *flag.FlagSet) {
 }
 
 func (a *adminFlags) client() (*admin.Client, error) {
+	if err := flagURL("--admin", a.url, "the admin API's URL, e.g. https://127.0.0.1:9443 (it speaks HTTPS only)", "https"); err != nil {
+		return nil, err
+	}
 	return admin.NewClient(admin.ClientConfig{URL: a.url, Cert: a.cert, Key: a.key, CA: a.ca})
+}
+
+// flagURL says what is wrong with a flag's URL, naming the flag and the accepted forms.
+func flagURL(name, v, want string, schemes ...string) error {
+	if v == "" {
+		return nil // "required" is the caller's to say
+	}
+	u, err := url.Parse(v)
+	switch {
+	case !strings.Contains(v, "://"):
+		return fmt.Errorf("%s %q: not a URL; want %s", name, v, want)
+	case err != nil:
+		return fmt.Errorf("%s %q: %v; want %s", name, v, errors.Unwrap(err), want)
+	case !slices.Contains(schemes, u.Scheme):
+		return fmt.Errorf("%s %q: scheme %s; want %s", name, v, u.Scheme, want)
+	case u.Host == "" && u.Scheme != "unix":
+		return fmt.Errorf("%s %q: no host; want %s", name, v, want)
+	}
+	return nil
 }
 
 type selector struct {
@@ -66,6 +90,11 @@ func (s *selector) resolve() (revoke.Key, string, error) {
 		return "", "", errors.New("--by applies to --cert only")
 	}
 	if s.cert != "" {
+		switch revoke.Kind(strings.ToLower(strings.TrimSpace(s.by))) {
+		case "", revoke.KindSerial, revoke.KindSHA256, revoke.KindSPKI, revoke.KindURI, revoke.KindDNS, revoke.KindEmail, revoke.KindSubject:
+		default:
+			return "", "", fmt.Errorf("--by %q: unknown kind; with --cert use serial, sha256 or spki (for a leaf also uri, dns, email or subject)", s.by)
+		}
 		return s.certKey()
 	}
 	key, err := s.flagKey()
@@ -186,6 +215,9 @@ func (t *targetFlags) open() (target, error) {
 			return nil, err
 		}
 		return &adminTarget{c}, nil
+	}
+	if err := flagURL("--redis", t.redis, "redis://host:port[/db], rediss://host:port for TLS, or unix:///path/to/redis.sock", "redis", "rediss", "unix"); err != nil {
+		return nil, err
 	}
 	cc := redisfeed.ClientConfig{URL: t.redis}
 	prefix := t.prefix
