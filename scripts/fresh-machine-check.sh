@@ -51,7 +51,7 @@ git clone -q --no-local "$repo" "$root/src/guardian"
 echo "== make demo (until it prints its tour; the first build downloads the modules)"
 run 'cd /src/guardian && { make demo DEMO_DIR=/tmp/demo > /tmp/demo.out 2>&1 & pid=$!; }
   for i in $(seq 300); do grep -q "Try it:" /tmp/demo.out && break; kill -0 $pid 2>/dev/null || break; sleep 1; done
-  pkill -f "guardian demo" ; wait $pid
+  for p in /proc/[0-9]*; do tr "\0" " " < $p/cmdline 2>/dev/null | grep -q "^./bin/guardian demo" && kill ${p#/proc/}; done; wait $pid
   grep -q "Try it:" /tmp/demo.out && grep -q "listening on" /tmp/demo.out' \
   || { echo "make demo did not print its tour:"; cat "$root/tmp/demo.out"; exit 1; }
 sed -n '1,4p' "$root/tmp/demo.out"
