@@ -1,14 +1,18 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -55,7 +59,8 @@ func goroutines(n int) int {
 func TestNodeRunsAndShutsDown(t *testing.T) {
 	dir, ca, client := testPKI(t)
 	before := runtime.NumGoroutine()
-	n, err := New(context.Background(), testConfig(dir, "127.0.0.1:0"), Options{})
+	logs := &syncBuffer{}
+	n, err := New(context.Background(), testConfig(dir, "127.0.0.1:0"), Options{Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,6 +82,20 @@ func TestNodeRunsAndShutsDown(t *testing.T) {
 	}
 	if n.AdminAddr() == nil {
 		t.Fatal("no admin address")
+	}
+	// A client without a certificate is refused, and that leaves a trace at the default
+	// level, with the reason and the client's address.
+	if c, err := tls.Dial("tcp", n.Addr().String(), &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost"}); err == nil {
+		c.Read(make([]byte, 1)) // TLS 1.3: the refusal arrives after the client's handshake
+		c.Close()
+	}
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(logs.String(), `msg="handshake refused: bad_certificate"`); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no refusal logged at Info:\n%s", logs)
+		}
+	}
+	if !strings.Contains(logs.String(), "remote=127.0.0.1:") || !strings.Contains(logs.String(), "level=INFO") {
+		t.Fatalf("the refusal's line lacks the level or the client address:\n%s", logs)
 	}
 	cancel()
 	if err := <-done; err != nil {
@@ -122,5 +141,58 @@ func TestNewFailingLeavesNothingRunning(t *testing.T) {
 	if got := goroutines(before); got > before {
 		buf := make([]byte, 1<<20)
 		t.Fatalf("%d goroutines after a failed New; %d before:\n%s", got, before, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a node's goroutines to write while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// With Redis down, the go-redis client's own complaints go through the node's logger:
+// JSON stays JSON, and they are rate-limited rather than several a second.
+func TestRedisClientLogsAreTheNodes(t *testing.T) {
+	dir, _, _ := testPKI(t)
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := dead.Addr().String()
+	dead.Close()
+	cfg := testConfig(dir, "")
+	cfg.Revocation = RevocationConfig{Store: "redis", Redis: RedisConfig{URL: "redis://" + addr}}
+	out := &syncBuffer{}
+	n, err := New(context.Background(), cfg, Options{Logger: slog.New(slog.NewJSONHandler(out, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Shutdown(context.Background())
+	time.Sleep(2 * time.Second) // New waited 5s for Redis; the feed keeps retrying meanwhile
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	client := 0
+	for _, l := range lines {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(l), &rec); err != nil {
+			t.Fatalf("a line that is not JSON: %q", l)
+		}
+		if rec["msg"] == "redis client" {
+			client++
+		}
+	}
+	if client == 0 || client > 4 {
+		t.Fatalf("%d redis client lines in 7s; want a few (a burst of 3, then one per 10s):\n%s", client, out)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/guardian-mtls/guardian/daemon/admin"
+	"github.com/guardian-mtls/guardian/internal/ratelog"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/boltstore"
 	"github.com/guardian-mtls/guardian/revoke/crl"
@@ -31,6 +32,7 @@ type revocation struct {
 	ocsp   *ocsp.Checker // nil unless an audience uses OCSP
 	close  []func()
 	pruned prometheus.Counter
+	start  time.Time // when the node started, for a feed that never reached Redis
 
 	mu        sync.Mutex
 	matched   map[string]int // recently revoked keys: conns each change matched
@@ -102,7 +104,7 @@ func openRevocation(ctx context.Context, cfg *Config, metrics *prometheus.Regist
 	if err != nil {
 		return nil, err
 	}
-	n := &revocation{set: set, pruned: prometheus.NewCounter(prometheus.CounterOpts{
+	n := &revocation{set: set, start: time.Now(), pruned: prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "guardian_revocations_pruned_total",
 		Help: "Revocations dropped once past their expiry (OCSP revoked answers, held until the leaf certificate expires).",
 	})}
@@ -142,6 +144,9 @@ func openRevocation(ctx context.Context, cfg *Config, metrics *prometheus.Regist
 		if err != nil {
 			return nil, err
 		}
+		// The client library's own lines, a few a second while Redis is down, go through
+		// the node's logger (JSON stays JSON), rate-limited.
+		redisfeed.SetLogger(ratelog.Logger(log, 3, 10*time.Second))
 		rdb, err := redisfeed.NewClient(cc)
 		if err != nil {
 			return nil, configError(cfg.name(), "revocation.redis", "%v", err)
@@ -276,10 +281,13 @@ func (n *revocation) ready(max time.Duration) string {
 	if n.feed == nil {
 		return ""
 	}
-	if s := n.feed.Staleness(); s > max {
+	st := n.feed.Status()
+	if st.LastHeard.IsZero() {
+		// Nothing loaded yet: not ready at once, whatever max_staleness says.
+		return fmt.Sprintf("revocation feed stale: Redis never reached since start-up (%s ago)", time.Since(n.start).Round(time.Second))
+	} else if s := n.feed.Staleness(); s > max {
 		return fmt.Sprintf("revocation feed stale: Redis unheard for %s (max_staleness %s)", s.Round(time.Second), max)
 	}
-	st := n.feed.Status()
 	if st.Regressed {
 		return "redis regressed: " + st.Reason + "; check it, then run guardian reseed"
 	}

@@ -3,6 +3,7 @@ package daemon
 import (
 	"crypto/x509"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/guardian-mtls/guardian/pkitest"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/crl"
+	"github.com/guardian-mtls/guardian/revoke/redisfeed"
 )
 
 // A CRL past its nextUpdate makes stale only the audiences whose client CAs its signer chains
@@ -75,5 +77,32 @@ func TestPruneDropsExpiredEntries(t *testing.T) {
 	}
 	if v := metrictest.Value(t, reg, "guardian_revocations_pruned_total"); v != 1 {
 		t.Fatalf("guardian_revocations_pruned_total = %v; want 1", v)
+	}
+}
+
+// A node that never reached Redis is not ready, and says so in words — not as an unheard
+// time of 2562047h.
+func TestReadyNeverReachedRedis(t *testing.T) {
+	set, err := revoke.NewSet(revoke.SetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb, err := redisfeed.NewClient(redisfeed.ClientConfig{URL: "redis://127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	feed, err := redisfeed.NewFeed(redisfeed.NewStore(rdb, "", 0), set, redisfeed.FeedOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, err := crl.NewApplier(crl.Options{Set: set})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &revocation{set: set, feed: feed, crl: app, start: time.Now().Add(-3 * time.Second)}
+	got := n.ready(time.Minute)
+	if !strings.Contains(got, "Redis never reached since start-up (3s ago)") {
+		t.Fatalf("ready = %q; want it to say Redis was never reached, 3s ago", got)
 	}
 }

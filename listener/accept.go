@@ -197,7 +197,9 @@ func (l *Listener) refuse(c *conntrack.Conn, info *ConnInfo, err error) {
 	}
 	l.m.failures.WithLabelValues(reason).Inc()
 	c.Close()
-	l.log.Debug("handshake refused", "reason", reason, "audience", aud, "remote", c.RemoteAddr().String(), "err", err)
+	// At Info, so that a client refused for no certificate or the wrong CA leaves a trace;
+	// rate-limited per reason (refusedLog), as any client can cause them.
+	l.refusedLog.Info("handshake refused: "+reason, "reason", reason, "audience", aud, "remote", c.RemoteAddr().String(), "err", err)
 }
 
 func classify(err error) string {

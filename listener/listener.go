@@ -16,6 +16,7 @@ import (
 
 	"github.com/guardian-mtls/guardian/clock"
 	"github.com/guardian-mtls/guardian/conntrack"
+	"github.com/guardian-mtls/guardian/internal/ratelog"
 	"github.com/guardian-mtls/guardian/revoke"
 )
 
@@ -143,9 +144,11 @@ type Listener struct {
 	onRev    func(revoke.Change, int)
 	onEv     func(Eviction)
 	log      *slog.Logger
-	m        *metrics
-	unsub    func()
-	nextID   atomic.Uint64
+	// refusedLog is log rate-limited per message, for refused handshakes.
+	refusedLog *slog.Logger
+	m          *metrics
+	unsub      func()
+	nextID     atomic.Uint64
 
 	done      chan struct{} // closed by Close: no more Accept
 	closeOnce sync.Once
@@ -195,6 +198,7 @@ func New(inner net.Listener, cfg Config) (*Listener, error) {
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
 	}
+	l.refusedLog = ratelog.Logger(l.log, 10, time.Second)
 	r, err := l.newRouter(cfg.Audiences, nil)
 	if err != nil {
 		return nil, err
