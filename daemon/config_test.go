@@ -100,3 +100,34 @@ func TestUnknownFieldsNamePathAndHint(t *testing.T) {
 		})
 	}
 }
+
+// A Config built in code is held to what YAML refuses as it reads: no negative duration,
+// each named by its field path; a Redis URL as go-redis reads it.
+func TestValidateCodeBuilt(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		mod  func(*Config)
+		want string // "" means valid
+	}{
+		{"negative idle", func(c *Config) { c.Audiences[0].IdleTimeout = -1 }, "audiences[0].idle_timeout: negative duration"},
+		{"negative staleness", func(c *Config) { c.Revocation.MaxStaleness = -1 }, "revocation.max_staleness: negative duration"},
+		{"negative dial", func(c *Config) { c.Audiences[0].Upstream, c.Audiences[0].UpstreamTimeouts.Dial = "http://x", -1 }, "audiences[0].upstream_timeouts.dial: negative duration"},
+		{"negative leeway", func(c *Config) {
+			c.Audiences[0].TokenBinding = &TokenBindingConfig{Issuer: "i", Audience: "a", Keys: []string{"k"}, Algorithms: []string{"ES256"}, Leeway: -1}
+		}, "audiences[0].token_binding.leeway: negative duration"},
+		{"redis without host", func(c *Config) { c.Revocation.Store, c.Revocation.Redis.URL = "redis", "redis:///0" }, ""},
+		{"redis unix", func(c *Config) { c.Revocation.Store, c.Revocation.Redis.URL = "redis", "unix:///run/redis.sock" }, ""},
+		{"redis unix relative", func(c *Config) { c.Revocation.Store, c.Revocation.Redis.URL = "redis", "unix:redis.sock" }, "revocation.redis.url"},
+		{"redis http", func(c *Config) { c.Revocation.Store, c.Revocation.Redis.URL = "redis", "http://x" }, "revocation.redis.url"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &Config{Audiences: []AudienceConfig{{Name: "x", SNI: []string{"x"}, Cert: "c", Key: "k", ClientAuth: "none"}}}
+			tt.mod(c)
+			c.applyDefaults()
+			err := c.validate()
+			if tt.want == "" && err != nil || tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)) {
+				t.Fatalf("validate = %v; want %q", err, tt.want)
+			}
+		})
+	}
+}

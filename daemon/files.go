@@ -129,6 +129,7 @@ func (c *Config) pool(files []string, field string) (*x509.CertPool, error) {
 // audience or the admin API without saying so; what is risky but can be meant comes back
 // as warnings, each naming its field, for serve to log once.
 func (c *Config) Vet() (warnings []string, err error) {
+	c.applyDefaults() // a Config built in code has none yet
 	f := c.name()
 	if c.Admin.Listen != "" && len(c.Admin.Allow) == 0 {
 		admin, err := c.certs(c.Admin.ClientCA, "admin.client_ca")

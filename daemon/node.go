@@ -41,8 +41,9 @@ type Options struct {
 // context ends, Reload applies the configuration file again, Shutdown stops it.
 type Node struct {
 	log     *slog.Logger
-	clog    *slog.Logger // for lines clients can cause: rate-limited
-	metrics *prometheus.Registry
+	clog    *slog.Logger         // for lines clients can cause: rate-limited
+	metrics *prometheus.Registry // gathered for /metrics
+	reg     *registry            // what the node registered in metrics
 	rev     *revocation
 	hm      *handlerMetrics
 	reloads *prometheus.CounterVec
@@ -66,9 +67,10 @@ type Node struct {
 	shutdownErr  error
 }
 
-// New checks cfg (applying its defaults), opens its revocation store and sources, and
-// listens on its addresses; nothing is served until Run. ctx bounds the start: the first
-// load of each CRL and the wait for Redis's first snapshot. Nothing is left running when New
+// New checks cfg (applying its defaults to it), opens its revocation store and sources, and
+// listens on its addresses; nothing is served until Run. The Node keeps cfg: do not change
+// it afterwards. ctx bounds the start: the first load of each CRL and the wait for Redis's
+// first snapshot. Nothing is left running, or registered in Options.Metrics, when New
 // fails.
 func New(ctx context.Context, cfg *Config, opts Options) (*Node, error) {
 	cfg.applyDefaults()
@@ -95,6 +97,7 @@ func (n *Node) open(ctx context.Context) error {
 		n.metrics = prometheus.NewRegistry()
 		n.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
+	n.reg = &registry{Registerer: n.metrics}
 	// Lines that clients can cause, one per request or conn, go through a rate limit.
 	n.clog = ratelog.Logger(n.log, 10, time.Second)
 	// The audiences' files are read again below, with the OCSP checker; a bad one fails
@@ -109,7 +112,7 @@ func (n *Node) open(ctx context.Context) error {
 	for _, w := range warnings {
 		n.log.Warn("configuration: " + w)
 	}
-	if n.hm, err = newHandlerMetrics(n.metrics); err != nil {
+	if n.hm, err = newHandlerMetrics(n.reg); err != nil {
 		return err
 	}
 	h, err := audienceHandler(cfg, n.hm, n.clog)
@@ -122,13 +125,13 @@ func (n *Node) open(ctx context.Context) error {
 	n.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "guardian_config_reloads_total", Help: "Configuration reloads (SIGHUP), by result (ok, error).",
 	}, []string{"result"})
-	if err := n.metrics.Register(n.reloads); err != nil {
+	if err := n.reg.Register(n.reloads); err != nil {
 		return err
 	}
 
 	bgctx, cancel := context.WithCancel(context.Background())
 	n.bgCancel = cancel
-	if n.rev, err = openRevocation(ctx, cfg, n.metrics, n.log); err != nil {
+	if n.rev, err = openRevocation(ctx, cfg, n.reg, n.log); err != nil {
 		return err
 	}
 	if err := n.listenData(); err != nil {
@@ -168,7 +171,7 @@ func (n *Node) listenData() error {
 	}
 	n.data, err = listener.New(ln, listener.Config{Audiences: auds, Set: n.rev.set, HandshakeTimeout: time.Duration(cfg.HandshakeTimeout),
 		MaxHandshakes: cfg.MaxHandshakes, MaxConns: maxConns, KeepExpired: cfg.Revocation.Expired == "keep",
-		Metrics: n.metrics, Logger: n.log, OnRevocation: n.rev.onRevocation})
+		Metrics: n.reg.listenerMetrics("data"), Logger: n.log, OnRevocation: n.rev.onRevocation})
 	if err != nil {
 		ln.Close()
 		return err
@@ -203,7 +206,7 @@ func (n *Node) listenAdmin() error {
 	}
 	// Bounded as an audience is: any certificate of the admin CA can connect before
 	// admin.allow refuses it, and its conns must not take the data port's descriptors.
-	n.admin, err = listener.New(ln, listener.Config{Set: n.rev.set, Logger: n.log, Metrics: n.metrics, MaxConns: cfg.adminMaxConns(), Audiences: []listener.Audience{{
+	n.admin, err = listener.New(ln, listener.Config{Set: n.rev.set, Logger: n.log, Metrics: n.reg.listenerMetrics("admin"), MaxConns: cfg.adminMaxConns(), Audiences: []listener.Audience{{
 		Name: "admin", Default: true, SNI: []string{"localhost"}, Certificates: []tls.Certificate{cert},
 		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool, IdleTimeout: time.Minute,
 		// A certificate admin.allow does not list is refused in the handshake, so it
@@ -217,7 +220,7 @@ func (n *Node) listenAdmin() error {
 	maxStale := time.Duration(cfg.Revocation.MaxStaleness)
 	api, err := admin.New(admin.Options{Set: n.rev.set, Store: n.rev.store, Conns: n.data, Allowed: allowed,
 		Ready: func() string { return n.rev.ready(maxStale) }, CRLs: n.rev.crlViews, Feed: n.rev.feed,
-		Fleet: n.fleet, Logger: n.clog, Metrics: n.metrics})
+		Fleet: n.fleet, Logger: n.clog, Metrics: n.reg, Gatherer: n.metrics})
 	if err != nil {
 		return err
 	}
@@ -249,9 +252,8 @@ func (n *Node) background(ctx context.Context) {
 	}
 	if n.rev.ocsp != nil {
 		usesOCSP := func(audience string) bool { _, ok := (*n.modes.Load())[audience]; return ok }
-		run(func() {
-			n.rev.ocsp.Run(ctx, time.Duration(n.cfg.Revocation.OCSP.Recheck), n.data.ClientCerts(usesOCSP))
-		})
+		every := time.Duration(n.cfg.Revocation.OCSP.Recheck) // read here: Reload replaces n.cfg
+		run(func() { n.rev.ocsp.Run(ctx, every, n.data.ClientCerts(usesOCSP)) })
 	}
 	if n.rev.rstore != nil {
 		run(func() { n.rev.heartbeat(ctx, n.id, n.data.Len, n.log) })
@@ -270,10 +272,15 @@ func (n *Node) AdminAddr() net.Addr {
 	return n.admin.Addr()
 }
 
-// Set returns the node's revocation Set.
+// Set returns the node's revocation Set, for reading. A change made to it directly is this
+// node's alone and lasts until a restart: Store is where revocations are written.
 func (n *Node) Set() *revoke.Set { return n.rev.set }
 
-// Config returns the configuration in force.
+// Store returns the configured store (embedded, Redis or memory): a revocation written there
+// reaches this node's Set, and with Redis every node's.
+func (n *Node) Store() revoke.Store { return n.rev.store }
+
+// Config returns the configuration in force; it must not be changed.
 func (n *Node) Config() *Config {
 	n.reloadMu.Lock()
 	defer n.reloadMu.Unlock()
@@ -340,6 +347,9 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		n.bg.Wait()
 		if n.rev != nil {
 			n.rev.shutdown()
+		}
+		if n.reg != nil {
+			n.reg.unregisterAll()
 		}
 	})
 	return n.shutdownErr

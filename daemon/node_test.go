@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/guardian-mtls/guardian/pkitest"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // testPKI writes a CA, a localhost server certificate and a client certificate to a new
@@ -195,4 +196,37 @@ func TestRedisClientLogsAreTheNodes(t *testing.T) {
 	if client == 0 || client > 4 {
 		t.Fatalf("%d redis client lines in 7s; want a few (a burst of 3, then one per 10s):\n%s", client, out)
 	}
+}
+
+// An embedder's registry takes a Node again after a failed New, and after Shutdown: what a
+// Node registers, it takes out.
+func TestNodeMetricsLeaveTheRegistry(t *testing.T) {
+	dir, _, _ := testPKI(t)
+	reg := prometheus.NewRegistry()
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	if _, err := New(context.Background(), testConfig(dir, taken.Addr().String()), Options{Metrics: reg}); err == nil {
+		t.Fatal("New on a taken admin port succeeded")
+	}
+	n, err := New(context.Background(), testConfig(dir, "127.0.0.1:0"), Options{Metrics: reg})
+	if err != nil {
+		t.Fatalf("New after a failed one, same registry: %v", err)
+	}
+	if mfs, _ := reg.Gather(); len(mfs) == 0 {
+		t.Fatal("the node registered nothing")
+	}
+	if err := n.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if mfs, _ := reg.Gather(); len(mfs) != 0 {
+		t.Fatalf("%d metric families left after Shutdown, the first %s", len(mfs), mfs[0].GetName())
+	}
+	n, err = New(context.Background(), testConfig(dir, "127.0.0.1:0"), Options{Metrics: reg})
+	if err != nil {
+		t.Fatalf("New after Shutdown, same registry: %v", err)
+	}
+	n.Shutdown(context.Background())
 }

@@ -99,7 +99,7 @@ func (n *revocation) heartbeat(ctx context.Context, id string, conns func() int,
 
 // openRevocation builds the Set and the configured store, loading what it holds, and
 // starts the sources; they run until shutdown. ctx bounds the start only.
-func openRevocation(ctx context.Context, cfg *Config, metrics *prometheus.Registry, log *slog.Logger) (_ *revocation, err error) {
+func openRevocation(ctx context.Context, cfg *Config, metrics prometheus.Registerer, log *slog.Logger) (_ *revocation, err error) {
 	set, err := revoke.NewSet(revoke.SetOptions{Metrics: metrics})
 	if err != nil {
 		return nil, err
@@ -177,7 +177,7 @@ func openRevocation(ctx context.Context, cfg *Config, metrics *prometheus.Regist
 // openCRLs builds the CRL applier and the configured sources, loads each once — so their
 // revocations are in force before the first conn is accepted — and keeps them current.
 // A source that cannot be read now leaves the node stale until it can.
-func (n *revocation) openCRLs(ctx context.Context, cfg *Config, metrics *prometheus.Registry, log *slog.Logger) error {
+func (n *revocation) openCRLs(ctx context.Context, cfg *Config, metrics prometheus.Registerer, log *slog.Logger) error {
 	issuers, err := cfg.crlIssuers()
 	if err != nil {
 		return err

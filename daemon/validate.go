@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"reflect"
 	"slices"
 	"strings"
 
@@ -31,6 +32,12 @@ func checkURL(raw string, schemes ...string) string {
 // changes nothing.
 func (c *Config) validate() error {
 	f := c.name()
+	// YAML refuses a negative duration as it reads one; a Config built in code is checked
+	// here: a negative idle_timeout would mean none, a negative dial timeout every dial
+	// failing.
+	if path := negativeDuration(reflect.ValueOf(c).Elem(), ""); path != "" {
+		return configError(f, path, "negative duration")
+	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return configError(f, "listen", "%q is not host:port", c.Listen)
 	}
@@ -54,8 +61,10 @@ func (c *Config) validate() error {
 		case rc.URL != "" && len(rc.Addrs) > 0:
 			return configError(f, "revocation.redis", "set url (one server) or addrs (sentinel or cluster), not both")
 		case rc.URL != "":
-			if why := checkURL(rc.URL, "redis", "rediss", "unix"); why != "" {
-				return configError(f, "revocation.redis.url", "%s", why)
+			// redis:///0 is go-redis's localhost:6379; a unix socket is an absolute path.
+			u, err := url.Parse(rc.URL)
+			if err != nil || !slices.Contains([]string{"redis", "rediss", "unix"}, u.Scheme) || (u.Scheme == "unix" && !strings.HasPrefix(u.Path, "/")) {
+				return configError(f, "revocation.redis.url", "%q is not a redis://host:port[/db], rediss://… or unix:///path URL", rc.URL)
 			}
 		}
 	}
@@ -205,4 +214,39 @@ func (c *Config) validateAudience(i int, names map[string]bool) error {
 		}
 	}
 	return nil
+}
+
+// negativeDuration returns the field path of the first negative Duration in v, or "".
+func negativeDuration(v reflect.Value, path string) string {
+	switch v.Kind() {
+	case reflect.Pointer:
+		if !v.IsNil() {
+			return negativeDuration(v.Elem(), path)
+		}
+	case reflect.Struct:
+		t := v.Type()
+		for i := range t.NumField() {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if !f.IsExported() || name == "" || name == "-" {
+				continue
+			}
+			if f.Type == reflect.TypeFor[Duration]() {
+				if v.Field(i).Int() < 0 {
+					return join(path, name)
+				}
+				continue
+			}
+			if p := negativeDuration(v.Field(i), join(path, name)); p != "" {
+				return p
+			}
+		}
+	case reflect.Slice:
+		for i := range v.Len() {
+			if p := negativeDuration(v.Index(i), fmt.Sprintf("%s[%d]", path, i)); p != "" {
+				return p
+			}
+		}
+	}
+	return ""
 }

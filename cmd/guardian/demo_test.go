@@ -243,7 +243,7 @@ func TestDemoAdminRefusesOthers(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{"go_goroutines", "process_open_fds", `guardian_handshake_failures_total{reason="bad_certificate"} 3`, `guardian_handshakes_total{audience="admin",kind="full"}`, `guardian_admin_requests_total{op="revoke",result="ok"} 1`, `guardian_admin_requests_total{op="revoke",result="bad_request"} 3`, "guardian_connections_active"} {
+	for _, want := range []string{"go_goroutines", "process_open_fds", `guardian_handshake_failures_total{listener="admin",reason="bad_certificate"} 3`, `guardian_handshakes_total{audience="admin",kind="full",listener="admin"}`, `guardian_admin_requests_total{op="revoke",result="ok"} 1`, `guardian_admin_requests_total{op="revoke",result="bad_request"} 3`, "guardian_connections_active"} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %q", want)
 		}

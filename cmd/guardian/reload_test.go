@@ -123,8 +123,8 @@ func TestServeReload(t *testing.T) {
 	if _, err := d.client(t, "partner").Get("https://" + local(s.addr) + "/"); err == nil {
 		t.Fatal("a partner certificate was served after its CA left the pool")
 	}
-	if metric(`guardian_evictions_total{reason="policy"}`) != "2" {
-		t.Errorf("policy evictions = %q; want 2 (partner, pub)", metric(`guardian_evictions_total{reason="policy"}`))
+	if metric(`guardian_evictions_total{listener="data",reason="policy"}`) != "2" {
+		t.Errorf("policy evictions = %q; want 2 (partner, pub)", metric(`guardian_evictions_total{listener="data",reason="policy"}`))
 	}
 }
 

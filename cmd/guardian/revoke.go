@@ -34,6 +34,9 @@ func (a *adminFlags) client() (*admin.Client, error) {
 	if err := flagURL("--admin", a.url, "the admin API's URL, e.g. https://127.0.0.1:9443 (it speaks HTTPS only)", "https"); err != nil {
 		return nil, err
 	}
+	if a.url == "" || a.cert == "" || a.key == "" || a.ca == "" {
+		return nil, errors.New("--admin, --admin-cert, --admin-key and --admin-ca are all required")
+	}
 	return admin.NewClient(admin.ClientConfig{URL: a.url, Cert: a.cert, Key: a.key, CA: a.ca})
 }
 
@@ -413,6 +416,9 @@ func runConns(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	if *closeID != 0 && tf.url == "" {
+		return errors.New("--close closes a conn on one node: give that node's --admin URL (Redis knows heartbeats, not conns)")
+	}
 	if tf.url == "" {
 		// Redis knows each live node's heartbeat, not its conns one by one.
 		tgt, err := tf.open()

@@ -30,13 +30,16 @@ func runServe(args []string, stdout, stderr io.Writer) error {
 	log := slog.New(h)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// SIGHUP is caught from here on: New can take seconds (a CRL's first fetch, the wait for
+	// Redis), and SIGHUP's default action would end the process (systemctl reload during a
+	// start). One that arrives meanwhile is applied once New returns.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	n, err := daemon.New(ctx, cfg, daemon.Options{Logger: log})
 	if err != nil {
 		return err
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	go func() {
 		for {
 			select {

@@ -37,7 +37,7 @@ type ClientConfig struct {
 // NewClient returns a Client for the API c names.
 func NewClient(c ClientConfig) (*Client, error) {
 	if c.URL == "" || c.Cert == "" || c.Key == "" || c.CA == "" {
-		return nil, errors.New("--admin, --admin-cert, --admin-key and --admin-ca are all required")
+		return nil, errors.New("admin: ClientConfig URL, Cert, Key and CA are all required")
 	}
 	cert, err := tls.LoadX509KeyPair(c.Cert, c.Key)
 	if err != nil {

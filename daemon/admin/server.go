@@ -42,15 +42,17 @@ type Options struct {
 	CRLs func() []CRL
 	// Logger is for lines clients can cause: rate-limit it.
 	Logger *slog.Logger
-	// Metrics, if set, counts the API's requests and is served on /metrics.
-	Metrics *prometheus.Registry
+	// Metrics, if set, counts the API's requests.
+	Metrics prometheus.Registerer
+	// Gatherer, if set, is served on /metrics.
+	Gatherer prometheus.Gatherer
 }
 
 // Server is the operator API: revocations and live conns. It runs behind a listener that
 // verifies client certificates against the admin CA; on top of that it answers only
 // certificates holding one of the allowed identity keys.
 type Server struct {
-	Options
+	opts     Options
 	log      *slog.Logger
 	requests *prometheus.CounterVec
 }
@@ -60,7 +62,7 @@ func New(o Options) (*Server, error) {
 	if o.Set == nil || o.Store == nil || o.Conns == nil {
 		return nil, errors.New("admin: Options.Set, Store and Conns are required")
 	}
-	a := &Server{Options: o, log: o.Logger,
+	a := &Server{opts: o, log: o.Logger,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "guardian_admin_requests_total",
 			Help: "Admin API requests by operation and result (ok, bad_request, forbidden, not_found, cross_origin, unsupported_media_type).",
@@ -92,8 +94,8 @@ func (a *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if a.Ready != nil {
-			if why := a.Ready(); why != "" {
+		if a.opts.Ready != nil {
+			if why := a.opts.Ready(); why != "" {
 				http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 				return
 			}
@@ -101,7 +103,7 @@ func (a *Server) Handler() http.Handler {
 		io.WriteString(w, "ready\n")
 	})
 	mux.HandleFunc("GET /v1/revocations", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, a.Set.Entries())
+		writeJSON(w, http.StatusOK, a.opts.Set.Entries())
 	})
 	mux.HandleFunc("POST /v1/revocations", a.revoke)
 	mux.HandleFunc("DELETE /v1/revocations", a.unrevoke)
@@ -109,26 +111,26 @@ func (a *Server) Handler() http.Handler {
 	mux.HandleFunc("DELETE /v1/conns", a.closeConn)
 	mux.HandleFunc("GET /v1/crls", func(w http.ResponseWriter, r *http.Request) {
 		views := []CRL{}
-		if a.CRLs != nil {
-			views = a.CRLs()
+		if a.opts.CRLs != nil {
+			views = a.opts.CRLs()
 		}
 		writeJSON(w, http.StatusOK, views)
 	})
 	mux.HandleFunc("POST /v1/reseed", a.reseed)
 	mux.HandleFunc("GET /v1/fleet", func(w http.ResponseWriter, r *http.Request) {
-		if a.Fleet == nil {
+		if a.opts.Fleet == nil {
 			writeError(w, http.StatusNotFound, "no fleet status on this node")
 			return
 		}
-		nodes, err := a.Fleet(r.Context())
+		nodes, err := a.opts.Fleet(r.Context())
 		if err != nil {
 			writeError(w, http.StatusServiceUnavailable, err.Error())
 			return
 		}
 		writeJSON(w, http.StatusOK, nodes)
 	})
-	if a.Metrics != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(a.Metrics, promhttp.HandlerOpts{}))
+	if a.opts.Gatherer != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(a.opts.Gatherer, promhttp.HandlerOpts{}))
 	}
 	return a.authorize(a.guard(mux))
 }
@@ -236,12 +238,12 @@ func (a *Server) authorize(next http.Handler) http.Handler {
 			writeError(w, http.StatusForbidden, "admin certificate required")
 			return
 		}
-		if len(a.Allowed) == 0 { // any certificate the admin CA verifies
+		if len(a.opts.Allowed) == 0 { // any certificate the admin CA verifies
 			next.ServeHTTP(w, r)
 			return
 		}
 		for _, k := range revoke.KeysOf(r.TLS.VerifiedChains[0][:1]) {
-			if slices.Contains(a.Allowed, k) {
+			if slices.Contains(a.opts.Allowed, k) {
 				next.ServeHTTP(w, r)
 				return
 			}
@@ -270,14 +272,14 @@ func (a *Server) revoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	matched := 0
-	a.Conns.Conns(func(info *listener.ConnInfo) bool {
+	a.opts.Conns.Conns(func(info *listener.ConnInfo) bool {
 		if revoke.Matches(info.Chains(), key) {
 			matched++
 		}
 		return true
 	})
 	e := revoke.Entry{Key: key, Reason: reason, RevokedAt: time.Now().UTC(), Source: "api"}
-	v, err := a.Store.Revoke(r.Context(), e)
+	v, err := a.opts.Store.Revoke(r.Context(), e)
 	if err != nil {
 		a.log.Error("revoke failed", "key", key, "err", err)
 		writeError(w, http.StatusServiceUnavailable, "store: "+err.Error())
@@ -294,7 +296,7 @@ func (a *Server) unrevoke(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	_, changed, err := a.Store.Unrevoke(r.Context(), key)
+	_, changed, err := a.opts.Store.Unrevoke(r.Context(), key)
 	if err != nil {
 		a.log.Error("unrevoke failed", "key", key, "err", err)
 		writeError(w, http.StatusServiceUnavailable, "store: "+err.Error())
@@ -311,7 +313,7 @@ func (a *Server) unrevoke(w http.ResponseWriter, r *http.Request) {
 // reseed shows (and with apply, writes back) this node's entries that Redis lacks.
 func (a *Server) reseed(w http.ResponseWriter, r *http.Request) {
 	w = &countingWriter{ResponseWriter: w, done: func(code int) { a.count("reseed", code) }}
-	if a.Feed == nil {
+	if a.opts.Feed == nil {
 		writeError(w, http.StatusNotFound, "this node's revocation store is not Redis; nothing to reseed")
 		return
 	}
@@ -320,14 +322,14 @@ func (a *Server) reseed(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad request body: "+err.Error())
 		return
 	}
-	missing, err := a.Feed.Missing(r.Context())
+	missing, err := a.opts.Feed.Missing(r.Context())
 	if err != nil {
 		writeError(w, http.StatusServiceUnavailable, err.Error())
 		return
 	}
 	resp := ReseedResponse{Missing: missing}
 	if req.Apply && len(missing) > 0 {
-		resp.Written, resp.Version, err = a.Feed.Store().Reseed(r.Context(), missing, a.Feed.Status().Applied)
+		resp.Written, resp.Version, err = a.opts.Feed.Store().Reseed(r.Context(), missing, a.opts.Feed.Status().Applied)
 		if err != nil {
 			writeError(w, http.StatusServiceUnavailable, err.Error())
 			return
@@ -339,7 +341,7 @@ func (a *Server) reseed(w http.ResponseWriter, r *http.Request) {
 
 func (a *Server) conns(w http.ResponseWriter, r *http.Request) {
 	out := []Conn{}
-	a.Conns.Conns(func(info *listener.ConnInfo) bool {
+	a.opts.Conns.Conns(func(info *listener.ConnInfo) bool {
 		v := Conn{ID: info.ID(), Remote: info.RemoteAddr().String(), Since: info.Since(), Audience: info.Audience()}
 		if leaf := info.Leaf(); leaf != nil {
 			v.Subject = leaf.Subject.String()
@@ -364,7 +366,7 @@ func (a *Server) closeConn(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "id: want the conn's number, as guardian conns lists it")
 		return
 	}
-	if !a.Conns.CloseConn(id) {
+	if !a.opts.Conns.CloseConn(id) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no live conn %d", id))
 		return
 	}

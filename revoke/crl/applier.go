@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/big"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,9 +27,12 @@ const DefaultMaxSize = 128 << 20
 // Sentinel errors of a refused CRL, checked with errors.Is.
 var (
 	ErrUntrusted = errors.New("crl: no trusted CA issued this CRL")
-	ErrFuture    = errors.New("crl: thisUpdate is in the future")
-	ErrRollback  = errors.New("crl: older than the CRL already applied")
-	ErrTooLarge  = errors.New("crl: larger than the size cap")
+	// ErrPending is a CRL whose issuer no configured CA is and no client has presented
+	// yet: it is held, and applied once a verified chain shows that issuer (Learn).
+	ErrPending  = fmt.Errorf("%w yet", ErrUntrusted)
+	ErrFuture   = errors.New("crl: thisUpdate is in the future")
+	ErrRollback = errors.New("crl: older than the CRL already applied")
+	ErrTooLarge = errors.New("crl: larger than the size cap")
 )
 
 // Options configures an Applier.
@@ -35,7 +40,8 @@ type Options struct {
 	// Set receives each issuer's CRL as a serial list. Required.
 	Set *revoke.Set
 	// Issuers are the CA certificates whose CRLs may be applied: a CRL is applied only if
-	// the certificate whose subject is its issuer signed it.
+	// the certificate whose subject is its issuer signed it. Intermediates that clients
+	// present are learned besides (Learn).
 	Issuers []*x509.Certificate
 	// MaxSkew is how far in the future a CRL's thisUpdate may lie (the CA's clock running
 	// ahead of this node's); 0 means one minute.
@@ -51,6 +57,12 @@ type Options struct {
 type Applier struct {
 	set     *revoke.Set
 	issuers atomic.Pointer[map[string][]*x509.Certificate] // by RawSubject; replaced by SetIssuers
+	// learned are the CAs seen in clients' verified chains, by RawSubject: an intermediate
+	// that chains to a configured CA is trusted for its CRLs as that CA is. Copied on
+	// write: read on every handshake, written once per new CA.
+	learned atomic.Pointer[map[string][]*x509.Certificate]
+	learnMu sync.Mutex
+	pending map[string]pendingCRL // by the CRL's RawIssuer, under mu: waiting for their issuer
 	skew    time.Duration
 	now     func() time.Time
 	log     *slog.Logger
@@ -92,7 +104,9 @@ func NewApplier(opts Options) (*Applier, error) {
 	if opts.Set == nil {
 		return nil, errors.New("crl: Options.Set is required")
 	}
-	a := &Applier{set: opts.Set, skew: opts.MaxSkew, now: clock.Or(opts.Clock).Now, log: opts.Logger, applied: map[string]*Applied{}}
+	a := &Applier{set: opts.Set, skew: opts.MaxSkew, now: clock.Or(opts.Clock).Now, log: opts.Logger, applied: map[string]*Applied{},
+		pending: map[string]pendingCRL{}}
+	a.learned.Store(&map[string][]*x509.Certificate{})
 	if a.skew <= 0 {
 		a.skew = time.Minute
 	}
@@ -122,6 +136,11 @@ func (a *Applier) SetIssuers(issuers []*x509.Certificate) {
 // changes nothing: the last good one stays in force. Every refusal is logged and counted.
 func (a *Applier) Apply(b []byte, origin string) (Result, error) {
 	res, err := a.apply(b, origin)
+	if errors.Is(err, ErrPending) {
+		a.m.refused.WithLabelValues("pending").Inc()
+		a.log.Warn("CRL held until a client presents its issuer; until then its audiences count as stale", "origin", origin, "err", err)
+		return res, err
+	}
 	if err != nil {
 		a.m.refused.WithLabelValues(refusal(err)).Inc()
 		a.log.Error("CRL refused; the last good one stays in force", "origin", origin, "err", err)
@@ -165,7 +184,8 @@ func (a *Applier) apply(b []byte, origin string) (Result, error) {
 	}
 	var signer *x509.Certificate
 	var sigErrs []error
-	for _, ca := range (*a.issuers.Load())[string(c.RawIssuer)] {
+	candidates := append(slices.Clip((*a.issuers.Load())[string(c.RawIssuer)]), (*a.learned.Load())[string(c.RawIssuer)]...)
+	for _, ca := range candidates {
 		if err := c.CheckSignatureFrom(ca); err != nil {
 			sigErrs = append(sigErrs, err)
 			continue
@@ -177,8 +197,12 @@ func (a *Applier) apply(b []byte, origin string) (Result, error) {
 		if len(sigErrs) > 0 {
 			return Result{}, errors.Join(sigErrs...)
 		}
-		return Result{}, fmt.Errorf("%w: its issuer %q is none of the configured CAs", ErrUntrusted, dnString(c.RawIssuer))
+		a.hold(c, b, origin)
+		return Result{}, fmt.Errorf("%w: its issuer %q is none of the configured CAs, and no client has presented it; the CRL is held and applied once a client's verified chain shows that CA — or list the CA's certificate in revocation.crl_issuers (or a client_ca bundle)", ErrPending, dnString(c.RawIssuer))
 	}
+	a.mu.Lock()
+	delete(a.pending, string(c.RawIssuer))
+	a.mu.Unlock()
 	now := a.now()
 	if c.ThisUpdate.After(now.Add(a.skew)) {
 		return Result{}, fmt.Errorf("%w: %s, and this node's clock says %s", ErrFuture, c.ThisUpdate.Format(time.RFC3339), now.UTC().Format(time.RFC3339))
@@ -264,10 +288,10 @@ func (a *Applier) Applied() []Applied {
 // its nextUpdate is no reason to be stale.
 func (a *Applier) Stale() []Applied {
 	now := a.now()
-	issuers := *a.issuers.Load()
+	issuers, learned := *a.issuers.Load(), *a.learned.Load()
 	var out []Applied
 	for _, ap := range a.Applied() {
-		if !ap.NextUpdate.IsZero() && now.After(ap.NextUpdate) && holds(issuers, ap) {
+		if !ap.NextUpdate.IsZero() && now.After(ap.NextUpdate) && (holds(issuers, ap) || holds(learned, ap)) {
 			out = append(out, ap)
 		}
 	}
@@ -333,10 +357,126 @@ func newApplierMetrics(reg prometheus.Registerer, a *Applier) (*applierMetrics, 
 	stale := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "guardian_crl_stale", Help: "Applied CRLs past their nextUpdate.",
 	}, func() float64 { return float64(len(a.Stale())) })
-	for _, c := range []prometheus.Collector{m.loads, m.refused, m.fetchErrors, stale} {
+	pending := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "guardian_crl_pending", Help: "CRLs held until a client presents their issuer (an intermediate no configured CA is); their audiences count as stale.",
+	}, func() float64 { return float64(len(a.Pending())) })
+	for _, c := range []prometheus.Collector{m.loads, m.refused, m.fetchErrors, stale, pending} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("crl: register metrics: %w", err)
 		}
 	}
 	return m, nil
+}
+
+// Bounds on what a node keeps for CRLs of issuers it has not seen: a verified chain can only
+// show CAs a configured CA vouches for, and CRLs come from the configuration's sources, but
+// neither should grow without bound.
+const (
+	maxLearned = 10000
+	maxPending = 64
+)
+
+// pendingCRL is a CRL waiting for its issuer.
+type pendingCRL struct {
+	der     []byte
+	origin  string
+	subject string
+	at      time.Time
+}
+
+// Pending describes a CRL held until a client presents its issuer.
+type Pending struct {
+	Origin string
+	Issuer string // the CRL issuer's DN
+	Since  time.Time
+}
+
+// hold keeps the CRL c (read as der from origin) until its issuer is learned; a later CRL
+// of the same issuer replaces it.
+func (a *Applier) hold(c *CRL, der []byte, origin string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	k := string(c.RawIssuer)
+	if _, ok := a.pending[k]; !ok && len(a.pending) >= maxPending {
+		return // refused, not held: the error still says what to configure
+	}
+	a.pending[k] = pendingCRL{der: slices.Clone(der), origin: origin, subject: dnString(c.RawIssuer), at: a.now()}
+}
+
+// Pending returns the CRLs held until a client presents their issuer.
+func (a *Applier) Pending() []Pending {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]Pending, 0, len(a.pending))
+	for _, p := range a.pending {
+		out = append(out, Pending{Origin: p.origin, Issuer: p.subject, Since: p.at})
+	}
+	slices.SortFunc(out, func(x, y Pending) int { return strings.Compare(x.Origin, y.Origin) })
+	return out
+}
+
+// InForce reports whether a CRL read from origin is in force.
+func (a *Applier) InForce(origin string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, ap := range a.applied {
+		if ap.Origin == origin {
+			return true
+		}
+	}
+	return false
+}
+
+// Learn takes note of the CA certificates in a client's verified chains — intermediates,
+// which client_ca need not list, and their roots — as issuers whose CRLs may be applied:
+// each chains to a CA the audience trusts. A CRL held for one of them is applied at once,
+// before Learn returns, so that when the listener calls Learn ahead of its revocation
+// check (listener.Config.OnVerified) the first client a held CRL revokes is refused. It
+// costs a map lookup per CA certificate when they are known.
+func (a *Applier) Learn(chains [][]*x509.Certificate) {
+	var fresh []*x509.Certificate
+	for _, ch := range chains {
+		for _, c := range ch[min(1, len(ch)):] {
+			if !a.knows(c) && !slices.Contains(fresh, c) {
+				fresh = append(fresh, c)
+			}
+		}
+	}
+	if len(fresh) == 0 {
+		return
+	}
+	a.learnMu.Lock()
+	old := *a.learned.Load()
+	next := make(map[string][]*x509.Certificate, len(old)+len(fresh))
+	n := 0
+	for k, v := range old {
+		next[k] = v
+		n += len(v)
+	}
+	var added []*x509.Certificate
+	for _, c := range fresh {
+		if n >= maxLearned || slices.ContainsFunc(next[string(c.RawSubject)], c.Equal) {
+			continue
+		}
+		next[string(c.RawSubject)] = append(slices.Clip(next[string(c.RawSubject)]), c)
+		added = append(added, c)
+		n++
+	}
+	a.learned.Store(&next)
+	a.learnMu.Unlock()
+	for _, c := range added {
+		a.log.Info("CRL issuer learned from a client's verified chain", "issuer", c.Subject.String())
+		a.mu.Lock()
+		p, ok := a.pending[string(c.RawSubject)]
+		a.mu.Unlock()
+		if ok {
+			a.Apply(p.der, p.origin) // logs and counts its result; applied, it leaves pending
+		}
+	}
+}
+
+// knows reports whether c is a configured or learned issuer.
+func (a *Applier) knows(c *x509.Certificate) bool {
+	return slices.ContainsFunc((*a.issuers.Load())[string(c.RawSubject)], c.Equal) ||
+		slices.ContainsFunc((*a.learned.Load())[string(c.RawSubject)], c.Equal)
 }
