@@ -171,7 +171,10 @@ func (n *Node) listenData() error {
 	}
 	n.data, err = listener.New(ln, listener.Config{Audiences: auds, Set: n.rev.set, HandshakeTimeout: time.Duration(cfg.HandshakeTimeout),
 		MaxHandshakes: cfg.MaxHandshakes, MaxConns: maxConns, KeepExpired: cfg.Revocation.Expired == "keep",
-		Metrics: n.reg.listenerMetrics("data"), Logger: n.log, OnRevocation: n.rev.onRevocation})
+		Metrics: n.reg.listenerMetrics("data"), Logger: n.log, OnRevocation: n.rev.onRevocation,
+		// An intermediate a client presents is trusted for its CRLs; a CRL held for it
+		// applies before this client's revocation check.
+		OnVerified: n.rev.crl.Learn})
 	if err != nil {
 		ln.Close()
 		return err

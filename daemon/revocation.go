@@ -229,6 +229,9 @@ func (n *revocation) crlViews() []admin.CRL {
 
 // crlStale says why the node's CRLs are stale, or "".
 func (n *revocation) crlStale() string {
+	if held := n.crl.Pending(); len(held) > 0 {
+		return fmt.Sprintf("CRL %s is held: its issuer %s is none of the configured CAs and no client has presented it yet (it applies once one does, or list the CA in revocation.crl_issuers)", held[0].Origin, held[0].Issuer)
+	}
 	for _, src := range n.crls {
 		if !src.Loaded() {
 			return "CRL " + src.Origin() + " not loaded"
@@ -257,6 +260,11 @@ func (n *revocation) stale(max time.Duration, pool *x509.CertPool) func() bool {
 			if !src.Loaded() {
 				return true
 			}
+		}
+		// A CRL held for an issuer no client has presented yet: whose conns it covers is
+		// unknown until one does, so every audience with client certificates counts it.
+		if len(n.crl.Pending()) > 0 {
+			return true
 		}
 		for _, ap := range n.crl.Stale() {
 			if _, err := ap.Signer.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err == nil {

@@ -27,9 +27,19 @@ func chainsOf(cs *tls.ConnectionState) [][]*x509.Certificate {
 // with an alert. serveHandshake derives the keys again to track the conn: crypto/tls
 // gives VerifyConnection no handle on the conn to leave them on, and deriving them costs
 // a few microseconds against the handshake's milliseconds (BENCHMARKS.md, keys).
-func (l *Listener) check(cs tls.ConnectionState) error {
+//
+// Staleness is decided here too, not at the ClientHello: OnVerified may just have learned the
+// intermediate a held CRL waits for, and applied it — an audience closed while that CRL was
+// missing would otherwise never see the chain that ends its staleness.
+func (l *Listener) check(a *audience, cs tls.ConnectionState) error {
 	if len(cs.PeerCertificates) > l.maxChain {
 		return fmt.Errorf("%w: %d certificates, more than %d", errChainTooLong, len(cs.PeerCertificates), l.maxChain)
+	}
+	if l.onVer != nil && len(cs.VerifiedChains) > 0 {
+		l.onVer(cs.VerifiedChains)
+	}
+	if a.OnStale == StaleClosed && a.isStale(l.stale) {
+		return ErrStale
 	}
 	chains := chainsOf(&cs)
 	if len(chains) == 0 {

@@ -104,6 +104,11 @@ type Config struct {
 	// conns matched it (each is then confirmed and closed). It runs on the goroutine that
 	// applied the change and must be quick.
 	OnRevocation func(ch revoke.Change, matched int)
+	// OnVerified, if set, is given each handshake's verified client chains before the
+	// revocation check, on the handshake's goroutine: crl.Applier.Learn takes the
+	// intermediates from it, so that a CRL signed by one applies before the first client it
+	// revokes is served. It must be quick.
+	OnVerified func(chains [][]*x509.Certificate)
 	// OnEvict, if set, is told of each conn the listener closed for a reason of its own —
 	// a revocation, an expiry, a reload that no longer trusts it (policy), Shutdown, or
 	// CloseConn (manual) — once the conn is closed. It runs on an eviction worker and must
@@ -143,6 +148,7 @@ type Listener struct {
 	stale    func() bool
 	onRev    func(revoke.Change, int)
 	onEv     func(Eviction)
+	onVer    func([][]*x509.Certificate)
 	log      *slog.Logger
 	// refusedLog is log rate-limited per message, for refused handshakes.
 	refusedLog *slog.Logger
@@ -180,7 +186,7 @@ func New(inner net.Listener, cfg Config) (*Listener, error) {
 	}
 	l := &Listener{
 		inner: inner, set: cfg.Set, clock: cfg.Clock, timeout: cfg.HandshakeTimeout,
-		keepExp: cfg.KeepExpired, stale: cfg.Stale, onRev: cfg.OnRevocation, onEv: cfg.OnEvict, log: cfg.Logger,
+		keepExp: cfg.KeepExpired, stale: cfg.Stale, onRev: cfg.OnRevocation, onEv: cfg.OnEvict, onVer: cfg.OnVerified, log: cfg.Logger,
 		done: make(chan struct{}), ended: make(chan struct{}), queued: make(chan struct{}, 1),
 		handshakes: map[*conntrack.Conn]*list.Element{},
 		maxHS:      cfg.MaxHandshakes, maxChain: cfg.MaxChainLength, adm: newAdmission(cfg.MaxConns),

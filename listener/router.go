@@ -164,7 +164,7 @@ func (l *Listener) addAudience(r *router, a *Audience, prev *audience) error {
 	}
 	theirs := cfg.VerifyConnection
 	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
-		if err := l.check(cs); err != nil {
+		if err := l.check(au, cs); err != nil {
 			return err
 		}
 		if theirs != nil {
@@ -207,9 +207,6 @@ func (l *Listener) route(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 	c, tracked := hello.Conn.(*conntrack.Conn)
 	if tracked {
 		c.Owner().(*ConnInfo).aud = a
-	}
-	if a.OnStale == StaleClosed && a.isStale(l.stale) {
-		return nil, ErrStale
 	}
 	if tracked {
 		if err := l.adm.admit(c, c.Owner().(*ConnInfo), a); err != nil {

@@ -198,7 +198,7 @@ func TestApplyRefusesBadCRLs(t *testing.T) {
 		name, reason, want string
 		der                []byte
 	}{
-		{"another CA", "untrusted", "none of the configured CAs", forged},
+		{"another CA (held until a client presents it)", "pending", "none of the configured CAs", forged},
 		{"bad signature", "signature", "signature", badSig},
 		{"lower number", "rollback", "lower than the applied 5", ca.MustCRL(t, pkitest.CRLOpts{Number: 4})},
 		{"future", "future", "in the future", ca.MustCRL(t, pkitest.CRLOpts{Number: 6, ThisUpdate: time.Now().Add(time.Hour), NextUpdate: time.Now().Add(2 * time.Hour)})},

@@ -54,8 +54,9 @@ type fileStamp struct {
 // Origin is the file's path.
 func (f *File) Origin() string { return f.Path }
 
-// Loaded reports whether a CRL read from the file is in force.
-func (f *File) Loaded() bool { return f.loaded.Load() }
+// Loaded reports whether a CRL read from the file is in force: one the Applier took at
+// once, or one it held until a client presented its issuer.
+func (f *File) Loaded() bool { return f.loaded.Load() || f.Applier.InForce(f.Path) }
 
 // Load reads the file if it changed since the last read and applies it.
 func (f *File) Load(ctx context.Context) error {
@@ -167,8 +168,9 @@ type URL struct {
 // Origin is the URL.
 func (u *URL) Origin() string { return u.URL }
 
-// Loaded reports whether a CRL fetched from the URL is in force.
-func (u *URL) Loaded() bool { return u.loaded.Load() }
+// Loaded reports whether a CRL fetched from the URL is in force: one the Applier took at
+// once, or one it held until a client presented its issuer.
+func (u *URL) Loaded() bool { return u.loaded.Load() || u.Applier.InForce(u.URL) }
 
 // Load fetches the CRL and applies it if the server sent a new one.
 func (u *URL) Load(ctx context.Context) error {
