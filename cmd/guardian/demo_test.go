@@ -257,11 +257,17 @@ func TestDemoAdminRefusesOthers(t *testing.T) {
 	}
 }
 
+// The CLI's errors, from the real binary: each names the flag or field, what is wrong, and
+// the forms accepted.
 func TestCLIErrors(t *testing.T) {
+	bin := guardianBinary(t)
 	dir := t.TempDir()
 	if err := writePKI(dir); err != nil {
 		t.Fatal(err)
 	}
+	typo := filepath.Join(dir, "typo.yaml")
+	os.WriteFile(typo, []byte("listen: ':0'\naudiences:\n  - name: api\n    sni: [localhost]\n    client_auht: require\n"), 0o644)
+	admin := []string{"--admin-cert", filepath.Join(dir, "admin.pem"), "--admin-key", filepath.Join(dir, "admin.key"), "--admin-ca", filepath.Join(dir, "ca.pem")}
 	tests := []struct {
 		name    string
 		args    []string
@@ -274,19 +280,34 @@ func TestCLIErrors(t *testing.T) {
 		{"serial without issuer", []string{"revoke", "--serial", "0a"}, 1, "--issuer-cert"},
 		{"bad reason", []string{"revoke", "--uri", "spiffe://a/b", "--reason", "because"}, 1, "unknown reason"},
 		{"cert without the field", []string{"revoke", "--cert", filepath.Join(dir, "client.pem"), "--by", "email"}, 1, "no email SAN"},
+		{"misspelt --by", []string{"revoke", "--cert", filepath.Join(dir, "client.pem"), "--by", "serail"}, 1, `--by "serail": unknown kind; with --cert use serial, sha256 or spki`},
 		{"no target", []string{"revoke", "--uri", "spiffe://a/b"}, 1, "--admin URL"},
 		{"missing admin flags", []string{"revoke", "--uri", "spiffe://a/b", "--admin", "https://x"}, 1, "--admin-cert"},
+		{"admin without scheme", append([]string{"revoke", "--uri", "spiffe://a/b", "--admin", "127.0.0.1:9443"}, admin...), 1, `--admin "127.0.0.1:9443": not a URL; want the admin API's URL, e.g. https://`},
+		{"admin over http", append([]string{"revoke", "--uri", "spiffe://a/b", "--admin", "http://127.0.0.1:9443"}, admin...), 1, `--admin "http://127.0.0.1:9443": scheme http; want`},
+		{"redis without scheme", []string{"revoke", "--uri", "spiffe://a/b", "--redis", "127.0.0.1:6379"}, 1, `--redis "127.0.0.1:6379": not a URL; want redis://host:port`},
 		{"two targets", []string{"revoke", "--uri", "spiffe://a/b", "--admin", "https://x", "--redis", "redis://x"}, 1, "give one of"},
+		{"close without admin", []string{"conns", "--redis", "redis://127.0.0.1:1", "--close", "3"}, 1, "--close closes a conn on one node"},
+		{"unknown config field", []string{"serve", "--config", typo}, 1, typo + `:5: audiences[0]: unknown field "client_auht" (did you mean "client_auth"?)`},
 		{"unknown flag", []string{"revoke", "--bogus"}, 2, "bogus"},
 		{"unknown command", []string{"frobnicate"}, 2, "unknown command"},
 		{"missing file", []string{"revoke", "--cert", filepath.Join(dir, "nope.pem")}, 1, "no such file"},
+		{"pki init help", []string{"pki", "init", "-h"}, 0, "writes a throw-away development PKI"},
+		{"conns help", []string{"conns", "-h"}, 0, "closes one without revoking"},
+		{"revoke help", []string{"revoke", "-h"}, 0, "revokes one key"},
+		{"usage lists conns --redis", []string{"help"}, 0, "guardian conns    --redis URL"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var out bytes.Buffer
-			code := run(tt.args, &out, &out)
-			if code != tt.code || !strings.Contains(out.String(), tt.mention) {
-				t.Fatalf("exit %d, output %q; want exit %d mentioning %q", code, out.String(), tt.code, tt.mention)
+			out, err := exec.Command(bin, tt.args...).CombinedOutput()
+			code := 0
+			if ee, ok := err.(*exec.ExitError); ok {
+				code = ee.ExitCode()
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if code != tt.code || !strings.Contains(string(out), tt.mention) {
+				t.Fatalf("exit %d, output %q; want exit %d mentioning %q", code, out, tt.code, tt.mention)
 			}
 		})
 	}
