@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -73,6 +74,32 @@ func TestExampleConfigParses(t *testing.T) {
 	}
 	if len(c.Audiences) != 2 || c.Revocation.Store != "embedded" || c.Admin.Listen == "" {
 		t.Fatalf("example config parsed as %+v", c)
+	}
+	// Its certificates come from `guardian pki init`, which names no OCSP responder: OCSP on
+	// would log a warning for every handshake.
+	if m := c.ocspModes(); len(m) > 0 && c.Revocation.OCSP.Responder == "" {
+		t.Fatalf("the example asks for OCSP (%v) with no responder its certificates name", m)
+	}
+}
+
+// The README's set-up names the Go version go.mod asks for.
+func TestReadmeGoVersion(t *testing.T) {
+	mod, err := os.ReadFile(filepath.Join("..", "go.mod"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join("..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var version string
+	for _, l := range strings.Split(string(mod), "\n") {
+		if v, ok := strings.CutPrefix(l, "go "); ok {
+			version = strings.TrimSpace(v)
+		}
+	}
+	if version == "" || !strings.Contains(string(readme), "Go "+version+" (go.mod's version)") {
+		t.Fatalf("README's set-up does not name go.mod's Go version %q", version)
 	}
 }
 
