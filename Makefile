@@ -21,7 +21,8 @@ FUZZ_TARGETS = \
 	./binding:FuzzSessionCookie \
 	./binding:FuzzSplitCookies \
 	./binding:FuzzParseKey \
-	./listener:FuzzHandshakeBytes
+	./listener:FuzzHandshakeBytes \
+	./listener:FuzzParsePolicy
 
 .PHONY: all build demo setup test lint fuzz bench bench-peers bench-pkg soak soak-short clean
 

@@ -155,6 +155,19 @@ type AudienceConfig struct {
 	// UnderscoreHeaders is what happens to request headers with '_' in their names:
 	// drop (the default, as nginx), allow, or reject (400).
 	UnderscoreHeaders string `yaml:"underscore_headers"`
+	// Allow admits only the clients whose verified certificate matches one of these
+	// patterns (listener.ParsePolicy: uri:, dns:, email:, subject:, spki:, sha256:,
+	// issuer:), refusing the others in the handshake; unset admits every verified client.
+	Allow []string `yaml:"allow"`
+	// Routes narrow path prefixes to allow patterns of their own: a request under one whose
+	// client none admits gets 403.
+	Routes []RouteConfig `yaml:"routes"`
+}
+
+// RouteConfig is a path prefix and the clients admitted to it.
+type RouteConfig struct {
+	Path  string   `yaml:"path"`
+	Allow []string `yaml:"allow"`
 }
 
 // UpstreamTimeouts are an audience's proxy timeouts.

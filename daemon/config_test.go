@@ -146,6 +146,18 @@ func TestValidateCodeBuilt(t *testing.T) {
 		{"redis unix", func(c *Config) { c.Revocation.Store, c.Revocation.Redis.URL = "redis", "unix:///run/redis.sock" }, ""},
 		{"redis unix relative", func(c *Config) { c.Revocation.Store, c.Revocation.Redis.URL = "redis", "unix:redis.sock" }, "revocation.redis.url"},
 		{"redis http", func(c *Config) { c.Revocation.Store, c.Revocation.Redis.URL = "redis", "http://x" }, "revocation.redis.url"},
+		{"allow without client certificates", func(c *Config) { c.Audiences[0].Allow = []string{"uri:spiffe://x/y"} }, "audiences[0].allow: admits clients by their certificate, but client_auth is none"},
+		{"bad allow pattern", func(c *Config) {
+			c.Audiences[0].ClientAuth, c.Audiences[0].ClientCA, c.Audiences[0].Allow = "require", []string{"ca.pem"}, []string{"uri:spiffe://x/y*"}
+		}, "audiences[0].allow: listener: allow[0]"},
+		{"route without a leading slash", func(c *Config) {
+			c.Audiences[0].ClientAuth, c.Audiences[0].ClientCA = "require", []string{"ca.pem"}
+			c.Audiences[0].Routes = []RouteConfig{{Path: "admin/", Allow: []string{"uri:spiffe://x/y"}}}
+		}, "audiences[0].routes[0].path"},
+		{"route without patterns", func(c *Config) {
+			c.Audiences[0].ClientAuth, c.Audiences[0].ClientCA = "require", []string{"ca.pem"}
+			c.Audiences[0].Routes = []RouteConfig{{Path: "/admin/"}}
+		}, "audiences[0].routes[0].allow"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := &Config{Audiences: []AudienceConfig{{Name: "x", SNI: []string{"x"}, Cert: "c", Key: "k", ClientAuth: "none"}}}

@@ -105,6 +105,9 @@ func (c *Config) audiences(checker *ocsp.Checker) ([]listener.Audience, error) {
 		}
 		la.IdleTimeout, la.MaxConns, la.MaxConnsPerClient = time.Duration(a.IdleTimeout), a.MaxConns, *a.MaxConnsPerClient
 		la.MinBodyRate = *a.MinBodyRate
+		if len(a.Allow) > 0 {
+			la.Allow, _ = listener.ParsePolicy(a.Allow...) // validated with the config
+		}
 		if m, _ := ocsp.ParseMode(a.OCSP.Mode); m != ocsp.Off && checker != nil {
 			la.TLS = &tls.Config{VerifyConnection: checker.VerifyConnection(m)}
 		}

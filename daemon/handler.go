@@ -24,8 +24,9 @@ import (
 // handlerMetrics are what the audience handlers count; registered once, shared by every
 // handler a reload builds.
 type handlerMetrics struct {
-	binding     *binding.Metrics
-	proxyErrors *prometheus.CounterVec
+	binding      *binding.Metrics
+	proxyErrors  *prometheus.CounterVec
+	routeRefused *prometheus.CounterVec
 }
 
 func newHandlerMetrics(reg prometheus.Registerer) (*handlerMetrics, error) {
@@ -40,7 +41,14 @@ func newHandlerMetrics(reg prometheus.Registerer) (*handlerMetrics, error) {
 	if err := reg.Register(pe); err != nil {
 		return nil, err
 	}
-	return &handlerMetrics{binding: bm, proxyErrors: pe}, nil
+	rr := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "guardian_route_refused_total",
+		Help: "Requests refused (403) by a route's allow policy, by audience and route.",
+	}, []string{"audience", "route"})
+	if err := reg.Register(rr); err != nil {
+		return nil, err
+	}
+	return &handlerMetrics{binding: bm, proxyErrors: pe, routeRefused: rr}, nil
 }
 
 // audienceHandler sends each request to its audience's upstream, or to the identity echo
@@ -126,6 +134,13 @@ func audienceHandler(cfg *Config, m *handlerMetrics, log *slog.Logger) (http.Han
 		}
 		if a.TokenBinding != nil {
 			protected = append(protected, "Authorization")
+		}
+		if len(a.Routes) > 0 {
+			routes := make([]route, len(a.Routes))
+			for j, rc := range a.Routes {
+				routes[j] = newRoute(rc)
+			}
+			h = routesGuard(a.Name, routes, m.routeRefused, log, h)
 		}
 		us, _ := binding.ParseUnderscores(a.UnderscoreHeaders) // validated with the config
 		h = (&binding.Headers{Underscores: us, Protected: protected, Metrics: m.binding, Logger: log}).Wrap(h)

@@ -11,6 +11,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/guardian-mtls/guardian/binding"
+	"github.com/guardian-mtls/guardian/listener"
 	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/ocsp"
 )
@@ -192,6 +193,26 @@ func (c *Config) validateAudience(i int, names map[string]bool) error {
 	}
 	if *a.MaxConnsPerClient < 0 {
 		return configError(f, field+".max_conns_per_client", "negative")
+	}
+	if len(a.Allow) > 0 {
+		if a.ClientAuth == "none" {
+			return configError(f, field+".allow", "admits clients by their certificate, but client_auth is none")
+		}
+		if _, err := listener.ParsePolicy(a.Allow...); err != nil {
+			return configError(f, field+".allow", "%v", err)
+		}
+	}
+	for j, rt := range a.Routes {
+		rf := fmt.Sprintf("%s.routes[%d]", field, j)
+		switch {
+		case !strings.HasPrefix(rt.Path, "/"):
+			return configError(f, rf+".path", "%q: want a path prefix starting with /", rt.Path)
+		case a.ClientAuth == "none":
+			return configError(f, rf, "admits clients by their certificate, but client_auth is none")
+		}
+		if _, err := listener.ParsePolicy(rt.Allow...); err != nil {
+			return configError(f, rf+".allow", "%v", err)
+		}
 	}
 	if _, err := binding.ParseUnderscores(a.UnderscoreHeaders); err != nil {
 		return configError(f, field+".underscore_headers", "%q; want drop, allow or reject", a.UnderscoreHeaders)

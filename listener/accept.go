@@ -213,6 +213,8 @@ func classify(err error) string {
 		return "stale"
 	case errors.Is(err, errPolicy):
 		return "policy"
+	case errors.Is(err, ErrNotAllowed):
+		return "not_allowed"
 	case errors.Is(err, errShed):
 		return "shed"
 	case errors.Is(err, errChainTooLong):

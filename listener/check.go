@@ -41,6 +41,11 @@ func (l *Listener) check(a *audience, cs tls.ConnectionState) error {
 	if a.OnStale == StaleClosed && a.isStale(l.stale) {
 		return ErrStale
 	}
+	if a.Allow != nil {
+		if _, ok := a.Allow.Admits(cs.VerifiedChains); !ok {
+			return ErrNotAllowed
+		}
+	}
 	chains := chainsOf(&cs)
 	if len(chains) == 0 {
 		return nil

@@ -59,6 +59,25 @@ func (i *ConnInfo) Leaf() *x509.Certificate {
 	return i.chains[0][0]
 }
 
+// AllowedBy returns the pattern of its audience's Allow policy that admits the conn, or ""
+// when the audience has no policy.
+func (i *ConnInfo) AllowedBy() string {
+	if i.aud == nil || i.aud.Allow == nil {
+		return ""
+	}
+	p, _ := i.aud.Allow.Admits(i.verified())
+	return p
+}
+
+// verified returns the chains if they were verified: an audience that asks for a
+// certificate without verifying it keeps the presented one, which no policy may admit.
+func (i *ConnInfo) verified() [][]*x509.Certificate {
+	if i.aud == nil || i.aud.ClientAuth < tls.VerifyClientCertIfGiven {
+		return nil
+	}
+	return i.chains
+}
+
 // Keys returns every revocation key that would close this conn.
 func (i *ConnInfo) Keys() []revoke.Key { return revoke.KeysOfChains(i.chains) }
 

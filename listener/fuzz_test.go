@@ -1,11 +1,13 @@
 package listener_test
 
 import (
+	"crypto/x509"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/guardian-mtls/guardian/listener"
 	"github.com/guardian-mtls/guardian/pkitest"
 )
 
@@ -34,6 +36,27 @@ func FuzzHandshakeBytes(f *testing.F) {
 		c.Close()
 		if got := good.get(t, "/"); !strings.Contains(got, "cn=good") {
 			t.Fatalf("good client got %q", got)
+		}
+	})
+}
+
+// Allow patterns from a configuration: parsed or refused, never a panic; a parsed policy
+// matches without panicking and says which pattern admitted.
+func FuzzParsePolicy(f *testing.F) {
+	for _, s := range []string{"uri:spiffe://prod/payments/*", "uri:spiffe://x/**", "dns:*.svc.internal", "email:a@b.c",
+		`subject:CN=a\,b,O=Acme+OU=x`, `subject:CN=\41`, "issuer:" + strings.Repeat("ab", 32), "spki:00"} {
+		f.Add(s)
+	}
+	ca := pkitest.NewCA(f)
+	leaf := ca.MustIssue(f, pkitest.Opts{CommonName: "a,b", URIs: []string{"spiffe://x/y"}, DNS: []string{"a.svc.internal"}})
+	chains := [][]*x509.Certificate{{leaf.Cert, ca.Cert}}
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := listener.ParsePolicy(s)
+		if err != nil {
+			return
+		}
+		if by, ok := p.Admits(chains); ok && by != s {
+			t.Fatalf("admitted by %q; the policy has only %q", by, s)
 		}
 	})
 }

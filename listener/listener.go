@@ -28,6 +28,8 @@ var (
 	errChainTooLong = errors.New("listener: client certificate chain too long")
 	errShed         = errors.New("listener: handshake shed: too many in progress, and this one was the oldest")
 	errPolicy       = errors.New("listener: the audiences were reloaded during the handshake, and they no longer serve this client")
+	// ErrNotAllowed is a verified client the audience's Allow policy does not admit.
+	ErrNotAllowed = errors.New("listener: this client is not in the audience's allow policy")
 )
 
 // StalePolicy is what an audience does while the revocation data is stale.
@@ -50,6 +52,10 @@ type Audience struct {
 	Certificates []tls.Certificate
 	ClientAuth   tls.ClientAuthType
 	ClientCAs    *x509.CertPool
+	// Allow, if set, admits only the clients whose verified chain it matches; the others
+	// are refused in the handshake (reason not_allowed), full and resumed alike, and a
+	// reload that narrows it closes the live conns it no longer admits (reason policy).
+	Allow *Policy
 	// SessionTicketKeys, if set, are this audience's ticket keys (first one encrypts). If
 	// nil, crypto/tls rotates keys of its own for this audience alone, so a ticket issued
 	// for one audience never resumes a session on another.

@@ -42,6 +42,12 @@ func (l *Listener) stillTrusted(r *router, info *ConnInfo) bool {
 		return false
 	case a == info.aud:
 		return true
+	case a.Allow != nil:
+		if _, ok := a.Allow.Admits(info.verified()); !ok {
+			return false
+		}
+	}
+	switch {
 	case len(info.chains) == 0:
 		return a.ClientAuth < tls.RequireAnyClientCert
 	case a.ClientAuth < tls.VerifyClientCertIfGiven:

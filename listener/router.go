@@ -99,6 +99,9 @@ func (l *Listener) addAudience(r *router, a *Audience, prev *audience) error {
 	if a.ClientAuth >= tls.VerifyClientCertIfGiven && a.ClientCAs == nil {
 		return fmt.Errorf("listener: audience %q verifies client certificates but has no client CA pool", a.Name)
 	}
+	if a.Allow != nil && a.ClientAuth < tls.VerifyClientCertIfGiven {
+		return fmt.Errorf("listener: audience %q has an allow policy but does not verify client certificates", a.Name)
+	}
 	if len(a.SNI) == 0 && !a.Default {
 		return fmt.Errorf("listener: audience %q has no SNI names and is not the default", a.Name)
 	}

@@ -459,6 +459,9 @@ func runConns(args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", v.ID, v.Remote, v.Audience, time.Since(v.Since).Round(time.Second), id)
 		if *verbose {
+			if v.AllowedBy != "" {
+				fmt.Fprintf(tw, "\t\t\t\t  allowed by %s\n", v.AllowedBy)
+			}
 			for _, k := range v.Keys {
 				fmt.Fprintf(tw, "\t\t\t\t  %s\n", k)
 			}

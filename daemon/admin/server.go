@@ -342,7 +342,7 @@ func (a *Server) reseed(w http.ResponseWriter, r *http.Request) {
 func (a *Server) conns(w http.ResponseWriter, r *http.Request) {
 	out := []Conn{}
 	a.opts.Conns.Conns(func(info *listener.ConnInfo) bool {
-		v := Conn{ID: info.ID(), Remote: info.RemoteAddr().String(), Since: info.Since(), Audience: info.Audience()}
+		v := Conn{ID: info.ID(), Remote: info.RemoteAddr().String(), Since: info.Since(), Audience: info.Audience(), AllowedBy: info.AllowedBy()}
 		if leaf := info.Leaf(); leaf != nil {
 			v.Subject = leaf.Subject.String()
 			for _, u := range leaf.URIs {

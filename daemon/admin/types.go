@@ -44,6 +44,8 @@ type Conn struct {
 	URIs     []string  `json:"uris,omitempty"`
 	Since    time.Time `json:"since"`
 	Keys     []string  `json:"keys,omitempty"`
+	// AllowedBy is the audience's allow pattern that admitted the conn, if it has a policy.
+	AllowedBy string `json:"allowed_by,omitempty"`
 }
 
 // ReseedRequest is the body of POST /v1/reseed.

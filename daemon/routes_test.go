@@ -1,0 +1,32 @@
+package daemon
+
+import (
+	"net/url"
+	"testing"
+)
+
+// A route applies to every spelling of its path an upstream might read: case, dot
+// segments, doubled slashes, backslashes, ;parameters, percent-encoding (twice over).
+func TestRouteReadings(t *testing.T) {
+	admin := newRoute(RouteConfig{Path: "/admin/", Allow: []string{"uri:spiffe://ops/*"}})
+	for _, tt := range []struct {
+		raw   string
+		under bool
+	}{
+		{"/admin/", true}, {"/admin", true}, {"/admin/x", true}, {"/ADMIN/x", true}, {"//admin/x", true},
+		{"/a/../admin/x", true}, {`/admin\x`, true}, {"/admin;jsessionid=1/x", true}, {"/%61dmin/x", true},
+		{"/%2561dmin/x", true}, {"/x/%2e%2e/admin/x", true}, {"/%2fadmin/x", true},
+		{"/administrator", false}, {"/public/admin", false}, {"/", false},
+	} {
+		u, err := url.Parse("https://h" + tt.raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := underAny(pathReadings(u), admin.prefix); got != tt.under {
+			t.Errorf("%s under /admin/: %v; want %v (readings %q)", tt.raw, got, tt.under, pathReadings(u))
+		}
+	}
+	if root := newRoute(RouteConfig{Path: "/", Allow: []string{"uri:spiffe://ops/*"}}); !underAny(pathReadings(&url.URL{Path: "/anything"}), root.prefix) {
+		t.Error("a route for / does not cover every path")
+	}
+}
