@@ -20,9 +20,14 @@ func TestPolicyPatterns(t *testing.T) {
 	pay := inter.MustIssue(t, pkitest.Opts{CommonName: "billing", URIs: []string{"spiffe://prod/payments/api"}, DNS: []string{"api.svc.internal"}, Emails: []string{"Pay@Example.com"}})
 	deep := root.MustIssue(t, pkitest.Opts{CommonName: "deep", URIs: []string{"spiffe://prod/payments/api/v2"}, DNS: []string{"a.b.svc.internal"}})
 	ops := root.MustIssue(t, pkitest.Opts{CommonName: "ops", URIs: []string{"spiffe://prod/ops/alice/laptop"}})
-	chain := func(l *pkitest.Leaf) [][]*x509.Certificate { return [][]*x509.Certificate{append(append([]*x509.Certificate(nil), l.Chain...), root.Cert)} }
+	chain := func(l *pkitest.Leaf) [][]*x509.Certificate {
+		return [][]*x509.Certificate{append(append([]*x509.Certificate(nil), l.Chain...), root.Cert)}
+	}
 	fp := func(c *x509.Certificate) string { s := sha256.Sum256(c.Raw); return hex.EncodeToString(s[:]) }
-	spki := func(c *x509.Certificate) string { s := sha256.Sum256(c.RawSubjectPublicKeyInfo); return hex.EncodeToString(s[:]) }
+	spki := func(c *x509.Certificate) string {
+		s := sha256.Sum256(c.RawSubjectPublicKeyInfo)
+		return hex.EncodeToString(s[:])
+	}
 	tests := []struct {
 		pattern  string
 		admitted []*pkitest.Leaf
