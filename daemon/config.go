@@ -128,7 +128,12 @@ type AudienceConfig struct {
 	ClientAuth string   `yaml:"client_auth"` // none | optional | require
 	ClientCA   []string `yaml:"client_ca"`
 	OnStale    string   `yaml:"on_stale"` // open | closed
-	Upstream   string   `yaml:"upstream"`
+	// Upstream is an http:// or https:// URL (the audience proxies HTTP), or tcp://host:port
+	// or unix:///path (it splices bytes: MQTT, a database protocol, gRPC passed through).
+	Upstream string `yaml:"upstream"`
+	// ALPN lists the protocols the audience offers in the handshake; default h2 and
+	// http/1.1 for HTTP audiences, none for TCP ones (e.g. [mqtt]).
+	ALPN []string `yaml:"alpn"`
 	// UpstreamTimeouts bound the proxy's dial, its wait for the response headers, and how
 	// long an idle upstream conn is kept (defaults 5s, 60s, 90s). Streams and WebSockets
 	// run for as long as both sides keep them.
@@ -162,6 +167,11 @@ type AudienceConfig struct {
 	// Routes narrow path prefixes to allow patterns of their own: a request under one whose
 	// client none admits gets 403.
 	Routes []RouteConfig `yaml:"routes"`
+}
+
+// tcp reports whether the audience splices bytes to a TCP or unix-socket upstream.
+func (a *AudienceConfig) tcp() bool {
+	return strings.HasPrefix(a.Upstream, "tcp://") || strings.HasPrefix(a.Upstream, "unix://")
 }
 
 // RouteConfig is a path prefix and the clients admitted to it.

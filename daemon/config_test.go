@@ -146,6 +146,15 @@ func TestValidateCodeBuilt(t *testing.T) {
 		{"redis unix", func(c *Config) { c.Revocation.Store, c.Revocation.Redis.URL = "redis", "unix:///run/redis.sock" }, ""},
 		{"redis unix relative", func(c *Config) { c.Revocation.Store, c.Revocation.Redis.URL = "redis", "unix:redis.sock" }, "revocation.redis.url"},
 		{"redis http", func(c *Config) { c.Revocation.Store, c.Revocation.Redis.URL = "redis", "http://x" }, "revocation.redis.url"},
+		{"tcp upstream", func(c *Config) { c.Audiences[0].Upstream = "tcp://127.0.0.1:1883" }, ""},
+		{"unix upstream", func(c *Config) { c.Audiences[0].Upstream = "unix:///run/app.sock" }, ""},
+		{"tcp without a port", func(c *Config) { c.Audiences[0].Upstream = "tcp://127.0.0.1" }, "audiences[0].upstream"},
+		{"unix relative", func(c *Config) { c.Audiences[0].Upstream = "unix://run/app.sock" }, "audiences[0].upstream"},
+		{"ftp upstream", func(c *Config) { c.Audiences[0].Upstream = "ftp://x" }, "or tcp://host:port"},
+		{"routes on tcp", func(c *Config) {
+			c.Audiences[0].ClientAuth, c.Audiences[0].ClientCA, c.Audiences[0].Upstream = "require", []string{"ca.pem"}, "tcp://127.0.0.1:1883"
+			c.Audiences[0].Routes = []RouteConfig{{Path: "/a", Allow: []string{"uri:spiffe://x/y"}}}
+		}, "are for HTTP audiences"},
 		{"allow without client certificates", func(c *Config) { c.Audiences[0].Allow = []string{"uri:spiffe://x/y"} }, "audiences[0].allow: admits clients by their certificate, but client_auth is none"},
 		{"bad allow pattern", func(c *Config) {
 			c.Audiences[0].ClientAuth, c.Audiences[0].ClientCA, c.Audiences[0].Allow = "require", []string{"ca.pem"}, []string{"uri:spiffe://x/y*"}

@@ -108,6 +108,12 @@ func (c *Config) audiences(checker *ocsp.Checker) ([]listener.Audience, error) {
 		if len(a.Allow) > 0 {
 			la.Allow, _ = listener.ParsePolicy(a.Allow...) // validated with the config
 		}
+		switch {
+		case len(a.ALPN) > 0:
+			la.NextProtos = a.ALPN
+		case a.tcp():
+			la.NextProtos = []string{} // none: the listener's default is HTTP's
+		}
 		if m, _ := ocsp.ParseMode(a.OCSP.Mode); m != ocsp.Off && checker != nil {
 			la.TLS = &tls.Config{VerifyConnection: checker.VerifyConnection(m)}
 		}

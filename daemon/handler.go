@@ -62,6 +62,9 @@ func audienceHandler(cfg *Config, m *handlerMetrics, log *slog.Logger) (http.Han
 	byName := map[string]http.Handler{}
 	upstreamConns := cfg.upstreamConns()
 	for i, a := range cfg.Audiences {
+		if a.tcp() {
+			continue // its conns never reach the HTTP server: dispatch splices them
+		}
 		field := fmt.Sprintf("audiences[%d]", i)
 		h := echo
 		if a.Upstream != "" {

@@ -48,13 +48,17 @@ type Node struct {
 	hm      *handlerMetrics
 	reloads *prometheus.CounterVec
 
-	data      *listener.Listener
-	admin     *listener.Listener // nil without admin.listen
-	servers   []*http.Server
-	listeners []net.Listener
-	handler   atomic.Pointer[http.Handler]
-	modes     atomic.Pointer[map[string]ocsp.Mode] // audiences that use OCSP
-	id        string
+	data       *listener.Listener
+	httpLn     *chanListener                        // the data listener's conns of HTTP audiences
+	dispatched chan struct{}                        // closed when dispatch has returned (nil before Run)
+	tcp        atomic.Pointer[map[string]*tcpProxy] // TCP audiences' splices, by name
+	tcpErrors  *prometheus.CounterVec
+	admin      *listener.Listener // nil without admin.listen
+	servers    []*http.Server
+	listeners  []net.Listener
+	handler    atomic.Pointer[http.Handler]
+	modes      atomic.Pointer[map[string]ocsp.Mode] // audiences that use OCSP
+	id         string
 
 	reloadMu sync.Mutex
 	cfg      *Config // the configuration in force; replaced by Reload under reloadMu
@@ -179,8 +183,17 @@ func (n *Node) listenData() error {
 		ln.Close()
 		return err
 	}
+	n.tcpErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "guardian_tcp_upstream_errors_total",
+		Help: "TCP audiences' client conns closed because the upstream could not be reached, by audience and kind (dial, dial_timeout, max_upstream_conns).",
+	}, []string{"audience", "kind"})
+	if err := n.reg.Register(n.tcpErrors); err != nil {
+		return err
+	}
+	n.setTCP(cfg)
+	n.httpLn = newChanListener(n.data.Addr())
 	swappable := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*n.handler.Load()).ServeHTTP(w, r) })
-	n.serve(n.data, &http.Server{Handler: n.data.Progress(swappable), ConnContext: n.data.ConnContext, ConnState: n.data.ConnState,
+	n.serve(n.httpLn, &http.Server{Handler: n.data.Progress(swappable), ConnContext: n.data.ConnContext, ConnState: n.data.ConnState,
 		ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(ratelog.Shared(n.log.Handler(), 10, time.Second), slog.LevelWarn)})
 	return nil
 }
@@ -230,6 +243,18 @@ func (n *Node) listenAdmin() error {
 	n.serve(n.admin, &http.Server{Handler: n.admin.Progress(api.Handler()), ConnState: n.admin.ConnState, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(ratelog.Shared(n.log.Handler(), 10, time.Second), slog.LevelWarn)})
 	return nil
+}
+
+// setTCP builds the splices of cfg's TCP audiences.
+func (n *Node) setTCP(cfg *Config) {
+	m := map[string]*tcpProxy{}
+	conns := cfg.upstreamConns()
+	for _, a := range cfg.Audiences {
+		if a.tcp() {
+			m[a.Name] = newTCPProxy(a, conns[a.Name], n.tcpErrors, n.clog)
+		}
+	}
+	n.tcp.Store(&m)
 }
 
 // serve records a server for Run and Shutdown.
@@ -311,10 +336,16 @@ func (n *Node) Run(ctx context.Context) error {
 // start starts the servers, once.
 func (n *Node) start() {
 	n.runOnce.Do(func() {
-		n.errc = make(chan error, len(n.servers))
+		n.errc = make(chan error, len(n.servers)+1)
 		for i, s := range n.servers {
 			go func() { n.errc <- s.Serve(n.listeners[i]) }()
 		}
+		n.dispatched = make(chan struct{})
+		go func() {
+			if err := n.dispatch(); !errors.Is(err, net.ErrClosed) {
+				n.errc <- err
+			}
+		}()
 	})
 }
 
@@ -324,6 +355,9 @@ func (n *Node) start() {
 func (n *Node) Shutdown(ctx context.Context) error {
 	n.shutdownOnce.Do(func() {
 		n.log.Info("shutting down: no new conns; in-flight requests may finish")
+		if n.data != nil {
+			n.data.Close() // no new conns, for HTTP or TCP audiences
+		}
 		var wg sync.WaitGroup
 		for _, s := range n.servers {
 			wg.Add(1)
@@ -343,6 +377,14 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		}
 		for _, s := range n.servers {
 			s.Close()
+		}
+		if n.dispatched != nil {
+			<-n.dispatched // no splice starts after this
+		}
+		if m := n.tcp.Load(); m != nil {
+			for _, p := range *m {
+				p.active.Wait() // their conns were closed with the listener's
+			}
 		}
 		if n.bgCancel != nil {
 			n.bgCancel()
@@ -412,6 +454,7 @@ func (n *Node) reload() error {
 		return err
 	}
 	n.handler.Store(&h)
+	n.setTCP(next)
 	m := next.ocspModes()
 	n.modes.Store(&m)
 	n.rev.setIssuers(issuers)

@@ -159,9 +159,17 @@ func (c *Config) validateAudience(i int, names map[string]bool) error {
 	default:
 		return configError(f, field+".on_stale", "%q; want open or closed", a.OnStale)
 	}
-	if a.Upstream != "" {
+	if a.tcp() {
+		u, err := url.Parse(a.Upstream)
+		switch {
+		case err != nil || (u.Scheme == "tcp" && (u.Hostname() == "" || u.Port() == "" || u.Path != "")) || (u.Scheme == "unix" && (u.Host != "" || !strings.HasPrefix(u.Path, "/"))):
+			return configError(f, field+".upstream", "%q: want tcp://host:port or unix:///absolute/path", a.Upstream)
+		case a.SessionBinding != nil || a.TokenBinding != nil || len(a.Routes) > 0 || a.UnderscoreHeaders != "":
+			return configError(f, field, "session_binding, token_binding, routes and underscore_headers are for HTTP audiences; upstream %s splices bytes", a.Upstream)
+		}
+	} else if a.Upstream != "" {
 		if why := checkURL(a.Upstream, "http", "https"); why != "" {
-			return configError(f, field+".upstream", "%s", why)
+			return configError(f, field+".upstream", "%s; or tcp://host:port, unix:///path for bytes spliced", why)
 		}
 	} else if a.UpstreamTimeouts != (UpstreamTimeouts{}) {
 		return configError(f, field+".upstream_timeouts", "set, but the audience has no upstream")

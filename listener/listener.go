@@ -60,8 +60,10 @@ type Audience struct {
 	// nil, crypto/tls rotates keys of its own for this audience alone, so a ticket issued
 	// for one audience never resumes a session on another.
 	SessionTicketKeys [][32]byte
-	// NextProtos defaults to h2 and http/1.1. A gRPC server needs h2; a raw TCP protocol
-	// names its own (e.g. "mqtt") or none.
+	// NextProtos are the ALPN protocols offered; nil means h2 and http/1.1, an empty,
+	// non-nil slice none. A gRPC server needs h2; a raw TCP protocol names its own (e.g.
+	// "mqtt") or none. A client that offers protocols, none of them these, is refused in
+	// the handshake.
 	NextProtos []string
 	// OnStale applies while the revocation data is stale: Stale says so, or, when Stale is
 	// nil, Config.Stale.

@@ -143,7 +143,7 @@ func (l *Listener) addAudience(r *router, a *Audience, prev *audience) error {
 	cfg.ClientAuth = a.ClientAuth
 	cfg.ClientCAs = a.ClientCAs
 	cfg.NextProtos = a.NextProtos
-	if len(cfg.NextProtos) == 0 {
+	if cfg.NextProtos == nil {
 		cfg.NextProtos = []string{"h2", "http/1.1"}
 	}
 	if cfg.MinVersion == 0 {

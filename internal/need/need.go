@@ -12,11 +12,14 @@ import (
 // Packages maps each tool the tests run to the Debian package that installs it.
 func Packages() map[string]string {
 	return map[string]string{
-		"redis-server": "redis-server",
-		"redis-cli":    "redis-tools",
-		"openssl":      "openssl",
-		"curl":         "curl",
-		"python3":      "python3",
+		"redis-server":  "redis-server",
+		"redis-cli":     "redis-tools",
+		"openssl":       "openssl",
+		"curl":          "curl",
+		"python3":       "python3",
+		"mosquitto":     "mosquitto",
+		"mosquitto_sub": "mosquitto-clients",
+		"mosquitto_pub": "mosquitto-clients",
 	}
 }
 

@@ -1,0 +1,198 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/guardian-mtls/guardian/listener"
+)
+
+// tcpProxy splices the conns of a TCP audience (upstream tcp://host:port or unix:///path)
+// to its upstream, bytes both ways with no parsing. Evicting the client conn ends the
+// splice and closes the upstream conn with it.
+type tcpProxy struct {
+	audience        string
+	network, addr   string
+	dial            time.Duration
+	idle            time.Duration
+	slots           chan struct{} // max_upstream_conns; nil: no bound
+	errors          *prometheus.CounterVec
+	log             *slog.Logger
+	active          sync.WaitGroup
+}
+
+// newTCPProxy is the proxy of a TCP audience a.
+func newTCPProxy(a AudienceConfig, maxConns int, errs *prometheus.CounterVec, log *slog.Logger) *tcpProxy {
+	u, _ := url.Parse(a.Upstream) // validated with the config
+	p := &tcpProxy{audience: a.Name, network: u.Scheme, addr: u.Host, dial: time.Duration(a.UpstreamTimeouts.Dial),
+		idle: time.Duration(a.IdleTimeout), errors: errs, log: log}
+	if u.Scheme == "unix" {
+		p.addr = u.Path
+	}
+	if maxConns > 0 {
+		p.slots = make(chan struct{}, maxConns)
+	}
+	return p
+}
+
+// serve splices c to the upstream until both sides are done, either side fails, the conn
+// is idle for the audience's idle_timeout, or guardian evicts it.
+func (p *tcpProxy) serve(c net.Conn) {
+	defer p.active.Done() // Add is dispatch's, before it starts serve
+	defer c.Close()
+	if p.slots != nil {
+		select {
+		case p.slots <- struct{}{}:
+			defer func() { <-p.slots }()
+		default:
+			p.fail("max_upstream_conns", c, errors.New("the audience's max_upstream_conns are in use"))
+			return
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), p.dial)
+	up, err := (&net.Dialer{KeepAlive: 30 * time.Second}).DialContext(ctx, p.network, p.addr)
+	cancel()
+	if err != nil {
+		kind := "dial"
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			kind = "dial_timeout"
+		}
+		p.fail(kind, c, err)
+		return
+	}
+	defer up.Close()
+	var last atomic.Int64
+	last.Store(time.Now().UnixNano())
+	var once sync.Once
+	closeBoth := func() { once.Do(func() { c.Close(); up.Close() }) }
+	stop := make(chan struct{})
+	defer close(stop)
+	if p.idle > 0 {
+		go func() {
+			t := time.NewTimer(p.idle)
+			defer t.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+					idle := time.Since(time.Unix(0, last.Load()))
+					if idle >= p.idle {
+						closeBoth()
+						return
+					}
+					t.Reset(p.idle - idle)
+				}
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.copy(up, c, &last, closeBoth) // client → upstream
+	}()
+	p.copy(c, up, &last, closeBoth) // upstream → client
+	<-done
+	closeBoth()
+}
+
+// copy moves src's bytes to dst. At src's end it half-closes dst (TCP FIN, or TLS
+// close_notify toward the client), so a protocol that half-closes works; on an error — an
+// eviction closing the client conn, a reset — it closes both sides.
+func (p *tcpProxy) copy(dst, src net.Conn, last *atomic.Int64, closeBoth func()) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			last.Store(time.Now().UnixNano())
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				closeBoth()
+				return
+			}
+		}
+		if err == io.EOF {
+			if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+				return
+			}
+			closeBoth()
+			return
+		}
+		if err != nil {
+			closeBoth()
+			return
+		}
+	}
+}
+
+func (p *tcpProxy) fail(kind string, c net.Conn, err error) {
+	p.errors.WithLabelValues(p.audience, kind).Inc()
+	p.log.Warn("TCP upstream unavailable; client conn closed", "audience", p.audience, "kind", kind, "remote", c.RemoteAddr().String(), "err", err)
+}
+
+// dispatch takes the data listener's conns and hands each to its audience's server: the
+// HTTP server through httpLn, or a TCP audience's splice.
+func (n *Node) dispatch() error {
+	defer close(n.dispatched)
+	for {
+		c, err := n.data.Accept()
+		if err != nil {
+			n.httpLn.Close()
+			return err
+		}
+		info, _ := listener.FromConn(c)
+		if p := (*n.tcp.Load())[info.Audience()]; p != nil {
+			p.active.Add(1)
+			go p.serve(c)
+			continue
+		}
+		n.httpLn.deliver(c)
+	}
+}
+
+// chanListener is a net.Listener fed by dispatch: the HTTP server's share of the data
+// listener's conns.
+type chanListener struct {
+	addr   net.Addr
+	conns  chan net.Conn
+	done   chan struct{}
+	closer sync.Once
+}
+
+func newChanListener(addr net.Addr) *chanListener {
+	return &chanListener{addr: addr, conns: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// deliver hands c to Accept, or closes it once the listener is closed.
+func (l *chanListener) deliver(c net.Conn) {
+	select {
+	case l.conns <- c:
+	case <-l.done:
+		c.Close()
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.closer.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return l.addr }

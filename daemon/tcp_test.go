@@ -1,0 +1,148 @@
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/guardian-mtls/guardian/internal/metrictest"
+	"github.com/guardian-mtls/guardian/pkitest"
+	"github.com/guardian-mtls/guardian/revoke"
+)
+
+// tcpNode runs a Node whose one audience splices to upstream, with idle as its idle_timeout.
+func tcpNode(t *testing.T, upstream string, idle time.Duration) (n *Node, reg *prometheus.Registry, dial func() *tls.Conn, client *pkitest.Leaf) {
+	t.Helper()
+	dir, ca, client := testPKI(t)
+	cfg := testConfig(dir, "")
+	cfg.Audiences[0].Upstream = "tcp://" + upstream
+	cfg.Audiences[0].IdleTimeout = Duration(idle)
+	reg = prometheus.NewRegistry()
+	n, err := New(context.Background(), cfg, Options{Metrics: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	dial = func() *tls.Conn {
+		t.Helper()
+		c, err := tls.Dial("tcp", n.Addr().String(), &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost", Certificates: []tls.Certificate{client.TLS()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	return n, reg, dial, client
+}
+
+// upstream accepts conns and hands each to serve.
+func upstream(t *testing.T, serve func(net.Conn)) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); serve(c) }()
+		}
+	}()
+	return l.Addr().String()
+}
+
+// A client that half-closes and keeps reading gets the upstream's answer: each side's end
+// of stream crosses as a half-close, the other direction stays open.
+func TestTCPHalfClose(t *testing.T) {
+	up := upstream(t, func(c net.Conn) {
+		b, _ := io.ReadAll(c) // until the client's half-close arrives as a FIN
+		fmt.Fprintf(c, "got %d bytes: %s", len(b), b)
+	})
+	_, _, dial, _ := tcpNode(t, up, time.Minute)
+	c := dial()
+	io.WriteString(c, "hello")
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(c)
+	if err != nil || string(b) != "got 5 bytes: hello" {
+		t.Fatalf("read %q, %v; want the upstream's answer after the client's half-close, then EOF", b, err)
+	}
+}
+
+// An evicted client's splice closes its upstream conn too; an upstream that refuses closes
+// the client's conn, counted; an idle splice is closed at idle_timeout.
+func TestTCPEvictionRefusalAndIdle(t *testing.T) {
+	upstreamSaw := make(chan error, 1)
+	up := upstream(t, func(c net.Conn) {
+		buf := make([]byte, 64)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				upstreamSaw <- err
+				return
+			}
+		}
+	})
+	n, _, dial, client := tcpNode(t, up, time.Minute)
+	c := dial()
+	io.WriteString(c, "x") // the handshake and the splice's dial are done
+	for deadline := time.Now().Add(10 * time.Second); n.data.Len() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no conn tracked")
+		}
+	}
+	key, _ := revoke.KeyFor(client.Cert, revoke.KindSerial)
+	if _, err := n.Store().Revoke(context.Background(), revoke.Entry{Key: key}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-upstreamSaw:
+		if err != io.EOF && (err == nil || !strings.Contains(err.Error(), "reset")) {
+			t.Fatalf("the upstream read %v; want the close of its conn", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream conn still open 10s after its client was revoked")
+	}
+
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	_, reg, dial2, _ := tcpNode(t, deadAddr, time.Minute)
+	c2 := dial2()
+	c2.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c2.Read(make([]byte, 1)); err == nil {
+		t.Fatal("read from a conn whose upstream refused")
+	}
+	for deadline := time.Now().Add(10 * time.Second); metrictest.Value(t, reg, "guardian_tcp_upstream_errors_total", "audience", "api", "kind", "dial") != 1; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the refused dial not counted")
+		}
+	}
+
+	hold := upstream(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+	_, _, dial3, _ := tcpNode(t, hold, 200*time.Millisecond)
+	c3 := dial3()
+	io.WriteString(c3, "x")
+	c3.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c3.Read(make([]byte, 1)); err == nil || strings.Contains(err.Error(), "timeout") {
+		t.Fatalf("an idle splice: %v; want it closed by guardian at idle_timeout", err)
+	}
+}
