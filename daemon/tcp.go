@@ -20,14 +20,14 @@ import (
 // to its upstream, bytes both ways with no parsing. Evicting the client conn ends the
 // splice and closes the upstream conn with it.
 type tcpProxy struct {
-	audience        string
-	network, addr   string
-	dial            time.Duration
-	idle            time.Duration
-	slots           chan struct{} // max_upstream_conns; nil: no bound
-	errors          *prometheus.CounterVec
-	log             *slog.Logger
-	active          sync.WaitGroup
+	audience      string
+	network, addr string
+	dial          time.Duration
+	idle          time.Duration
+	slots         chan struct{} // max_upstream_conns; nil: no bound
+	errors        *prometheus.CounterVec
+	log           *slog.Logger
+	active        sync.WaitGroup
 }
 
 // newTCPProxy is the proxy of a TCP audience a.
