@@ -503,7 +503,11 @@ func (r *Registry) evictOne(v victim) {
 	if c.state.Swap(stateClosed) != stateTracked {
 		return // closed meanwhile by its owner or another eviction
 	}
-	if tc, ok := c.Conn.(*net.TCPConn); ok {
+	tc, ok := c.Conn.(*net.TCPConn)
+	if w, wraps := c.Conn.(interface{ TCPConn() (*net.TCPConn, bool) }); wraps {
+		tc, ok = w.TCPConn() // a PROXY protocol conn (go-proxyproto) over TCP
+	}
+	if ok {
 		// RST at the final close rather than a lingering FIN: no TIME_WAIT is left behind,
 		// and one packet per conn. (A shutdown(2) first, to tell the peer before Go's Close
 		// waits for the conn's blocked reader, cost a syscall and a FIN per conn and made a

@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"fmt"
+	"net/netip"
 	"os"
 	"reflect"
 	"strings"
@@ -23,14 +24,45 @@ type Config struct {
 	// MaxConns bounds the conns held, in their handshake or served (0: no bound). Unset,
 	// it is the process's file descriptor limit less a reserve for upstreams, Redis and
 	// files. At the bound, conns without a client certificate are shed first.
-	MaxConns   *int             `yaml:"max_conns"`
-	Admin      AdminConfig      `yaml:"admin"`
-	Revocation RevocationConfig `yaml:"revocation"`
-	Audiences  []AudienceConfig `yaml:"audiences"`
+	MaxConns *int `yaml:"max_conns"`
+	// ProxyProtocol, when set, puts the data port behind load balancers that send the
+	// PROXY protocol (v1 or v2): a conn from a trusted one must carry a header, whose
+	// client address is then the conn's everywhere; a header from anyone else is refused.
+	ProxyProtocol *ProxyProtocolConfig `yaml:"proxy_protocol"`
+	Admin         AdminConfig          `yaml:"admin"`
+	Revocation    RevocationConfig     `yaml:"revocation"`
+	Audiences     []AudienceConfig     `yaml:"audiences"`
 
 	// file is where it was read from, for errors; relative paths are relative to its
 	// directory ("" for a Config built in code: relative to the working directory).
 	file string
+}
+
+// ProxyProtocolConfig names the load balancers trusted to send PROXY headers.
+type ProxyProtocolConfig struct {
+	// Trusted are their addresses: CIDRs or single IPs.
+	Trusted []string `yaml:"trusted"`
+	// Optional lets a trusted balancer's conn come without a header (a health check).
+	Optional bool `yaml:"optional"`
+	// Timeout bounds the wait for the header (default 5s).
+	Timeout Duration `yaml:"timeout"`
+}
+
+// prefixes are the trusted sources as prefixes; a single IP is its own /32 or /128.
+func (p *ProxyProtocolConfig) prefixes() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range p.Trusted {
+		if pfx, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, pfx.Masked())
+			continue
+		}
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a CIDR or an IP address", s)
+		}
+		out = append(out, netip.PrefixFrom(ip, ip.BitLen()))
+	}
+	return out, nil
 }
 
 // AdminConfig is the admin listener: mTLS with its own CA.

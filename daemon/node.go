@@ -173,6 +173,15 @@ func (n *Node) listenData() error {
 	if err != nil {
 		return configError(cfg.name(), "listen", "%v", err)
 	}
+	if pp := cfg.ProxyProtocol; pp != nil {
+		trusted, _ := pp.prefixes() // validated with the config
+		wrapped, err := listener.ProxyProtocol(ln, listener.ProxyProtocolConfig{Trusted: trusted, Optional: pp.Optional, Timeout: time.Duration(pp.Timeout)})
+		if err != nil {
+			ln.Close()
+			return configError(cfg.name(), "proxy_protocol", "%v", err)
+		}
+		ln = wrapped
+	}
 	n.data, err = listener.New(ln, listener.Config{Audiences: auds, Set: n.rev.set, HandshakeTimeout: time.Duration(cfg.HandshakeTimeout),
 		MaxHandshakes: cfg.MaxHandshakes, MaxConns: maxConns, KeepExpired: cfg.Revocation.Expired == "keep",
 		Metrics: n.reg.listenerMetrics("data"), Logger: n.log, OnRevocation: n.rev.onRevocation,
@@ -465,7 +474,7 @@ func (n *Node) reload() error {
 		n.log.Warn("configuration changed where a reload does not apply it; restart guardian for it", "field", f)
 	}
 	// What a reload does not apply stays as it was started.
-	next.Listen, next.Admin, next.Revocation = cfg.Listen, cfg.Admin, cfg.Revocation
+	next.Listen, next.Admin, next.Revocation, next.ProxyProtocol = cfg.Listen, cfg.Admin, cfg.Revocation, cfg.ProxyProtocol
 	next.HandshakeTimeout, next.MaxConns, next.MaxHandshakes = cfg.HandshakeTimeout, cfg.MaxConns, cfg.MaxHandshakes
 	n.cfg = next
 	n.log.Info("configuration reloaded", "file", cfg.file, "audiences", len(auds), "conns_closed", closed)
@@ -477,6 +486,9 @@ func restartOnly(a, b *Config) []string {
 	var out []string
 	if a.Listen != b.Listen {
 		out = append(out, "listen")
+	}
+	if !reflect.DeepEqual(a.ProxyProtocol, b.ProxyProtocol) {
+		out = append(out, "proxy_protocol")
 	}
 	if !reflect.DeepEqual(a.Admin, b.Admin) {
 		out = append(out, "admin")

@@ -42,6 +42,14 @@ func (c *Config) validate() error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return configError(f, "listen", "%q is not host:port", c.Listen)
 	}
+	if pp := c.ProxyProtocol; pp != nil {
+		if len(pp.Trusted) == 0 {
+			return configError(f, "proxy_protocol.trusted", "required: the load balancers' addresses (CIDRs or IPs)")
+		}
+		if _, err := pp.prefixes(); err != nil {
+			return configError(f, "proxy_protocol.trusted", "%v", err)
+		}
+	}
 	if c.MaxHandshakes < 0 {
 		return configError(f, "max_handshakes", "negative")
 	}

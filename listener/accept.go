@@ -203,6 +203,9 @@ func (l *Listener) refuse(c *conntrack.Conn, info *ConnInfo, err error) {
 }
 
 func classify(err error) string {
+	if r := proxyHeaderReason(err); r != "" {
+		return r
+	}
 	var rh tls.RecordHeaderError
 	switch {
 	case errors.Is(err, ErrRevoked):

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # What `make test` needs beside Go, make and git: a C compiler (the race detector needs cgo)
 # and the real tools the tests run — redis-server and redis-cli, openssl, curl, python3 (the
-# permissive upstream of the attack tests), the mosquitto broker and clients (TCP audiences). Missing ones are installed as Debian packages
+# permissive upstream of the attack tests), the mosquitto broker and clients (TCP audiences),
+# haproxy (a load balancer sending the PROXY protocol). Missing ones are installed as Debian packages
 # when this runs as root with apt-get; otherwise it stops, naming each and how to install it.
 # No test skips for want of a tool, so a green run means every test ran.
 set -uo pipefail
 
 # tool -> Debian package
 tools=(cc:gcc redis-server:redis-server redis-cli:redis-tools openssl:openssl curl:curl python3:python3
-  mosquitto:mosquitto mosquitto_sub:mosquitto-clients mosquitto_pub:mosquitto-clients)
+  mosquitto:mosquitto mosquitto_sub:mosquitto-clients mosquitto_pub:mosquitto-clients haproxy:haproxy)
 
 missing=() pkgs=()
 for tp in "${tools[@]}"; do

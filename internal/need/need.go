@@ -18,6 +18,7 @@ func Packages() map[string]string {
 		"curl":          "curl",
 		"python3":       "python3",
 		"mosquitto":     "mosquitto",
+		"haproxy":       "haproxy",
 		"mosquitto_sub": "mosquitto-clients",
 		"mosquitto_pub": "mosquitto-clients",
 	}
