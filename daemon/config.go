@@ -163,6 +163,10 @@ type AudienceConfig struct {
 	// Upstream is an http:// or https:// URL (the audience proxies HTTP), or tcp://host:port
 	// or unix:///path (it splices bytes: MQTT, a database protocol, gRPC passed through).
 	Upstream string `yaml:"upstream"`
+	// ProxyProtocolUpstream, "v2" for a TCP audience, sends the upstream a PROXY v2 header
+	// ahead of the client's bytes: the client's address, the SNI, ALPN, TLS version and
+	// cipher, and the client certificate's CN, SHA-256 and URI SANs as TLVs.
+	ProxyProtocolUpstream string `yaml:"proxy_protocol_upstream"`
 	// ALPN lists the protocols the audience offers in the handshake; default h2 and
 	// http/1.1 for HTTP audiences, none for TCP ones (e.g. [mqtt]).
 	ALPN []string `yaml:"alpn"`

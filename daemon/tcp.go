@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
@@ -11,6 +13,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pires/go-proxyproto"
+	"github.com/pires/go-proxyproto/tlvparse"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/guardian-mtls/guardian/listener"
@@ -25,6 +29,7 @@ type tcpProxy struct {
 	dial          time.Duration
 	idle          time.Duration
 	slots         chan struct{} // max_upstream_conns; nil: no bound
+	proxyV2       bool          // send a PROXY v2 header with the client's TLS facts
 	errors        *prometheus.CounterVec
 	log           *slog.Logger
 	active        sync.WaitGroup
@@ -38,6 +43,7 @@ func newTCPProxy(a AudienceConfig, maxConns int, errs *prometheus.CounterVec, lo
 	if u.Scheme == "unix" {
 		p.addr = u.Path
 	}
+	p.proxyV2 = a.ProxyProtocolUpstream == "v2"
 	if maxConns > 0 {
 		p.slots = make(chan struct{}, maxConns)
 	}
@@ -71,6 +77,16 @@ func (p *tcpProxy) serve(c net.Conn) {
 		return
 	}
 	defer up.Close()
+	if p.proxyV2 {
+		hdr, err := proxyHeader(c)
+		if err == nil {
+			_, err = up.Write(hdr)
+		}
+		if err != nil {
+			p.fail("proxy_header", c, err)
+			return
+		}
+	}
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
 	var once sync.Once
@@ -196,3 +212,69 @@ func (l *chanListener) Close() error {
 }
 
 func (l *chanListener) Addr() net.Addr { return l.addr }
+
+// TLV types of the PROXY v2 header guardian sends to a TCP upstream beside the spec's
+// (PP2_TYPE_ALPN, PP2_TYPE_AUTHORITY for the SNI, PP2_TYPE_SSL with the version, cipher and
+// the client certificate's CN): in the spec's custom range, the client certificate's
+// SHA-256 (32 bytes) and each of its URI SANs (one TLV per URI).
+const (
+	TLVClientCertSHA256 proxyproto.PP2Type = 0xE0
+	TLVClientCertURI    proxyproto.PP2Type = 0xE1
+)
+
+// proxyHeader is the PROXY v2 header for c: the client's address, and its TLS facts as
+// TLVs (HAProxy's PROXY protocol spec, 2.2).
+func proxyHeader(c net.Conn) ([]byte, error) {
+	h := proxyproto.HeaderProxyFromAddrs(2, c.RemoteAddr(), c.LocalAddr())
+	var tlvs []proxyproto.TLV
+	if tc, ok := c.(*tls.Conn); ok {
+		cs := tc.ConnectionState()
+		if cs.NegotiatedProtocol != "" {
+			tlvs = append(tlvs, proxyproto.TLV{Type: proxyproto.PP2_TYPE_ALPN, Value: []byte(cs.NegotiatedProtocol)})
+		}
+		if cs.ServerName != "" {
+			tlvs = append(tlvs, proxyproto.TLV{Type: proxyproto.PP2_TYPE_AUTHORITY, Value: []byte(cs.ServerName)})
+		}
+		ssl := tlvparse.PP2SSL{Client: tlvparse.PP2_BITFIELD_CLIENT_SSL, TLV: []proxyproto.TLV{
+			{Type: proxyproto.PP2_SUBTYPE_SSL_VERSION, Value: []byte(tlsVersion(cs.Version))},
+			{Type: proxyproto.PP2_SUBTYPE_SSL_CIPHER, Value: []byte(tls.CipherSuiteName(cs.CipherSuite))},
+		}}
+		if len(cs.PeerCertificates) > 0 {
+			leaf := cs.PeerCertificates[0]
+			ssl.Client |= tlvparse.PP2_BITFIELD_CLIENT_CERT_CONN
+			if cs.DidResume {
+				ssl.Client |= tlvparse.PP2_BITFIELD_CLIENT_CERT_SESS
+			}
+			if len(cs.VerifiedChains) == 0 {
+				ssl.Verify = 1 // presented, not verified (client_auth that does not verify)
+			}
+			if leaf.Subject.CommonName != "" {
+				ssl.TLV = append(ssl.TLV, proxyproto.TLV{Type: proxyproto.PP2_SUBTYPE_SSL_CN, Value: []byte(leaf.Subject.CommonName)})
+			}
+			sum := sha256.Sum256(leaf.Raw)
+			tlvs = append(tlvs, proxyproto.TLV{Type: TLVClientCertSHA256, Value: sum[:]})
+			for _, u := range leaf.URIs {
+				tlvs = append(tlvs, proxyproto.TLV{Type: TLVClientCertURI, Value: []byte(u.String())})
+			}
+		}
+		t, err := ssl.Marshal()
+		if err != nil {
+			return nil, err
+		}
+		tlvs = append(tlvs, t)
+	}
+	if err := h.SetTLVs(tlvs); err != nil {
+		return nil, err
+	}
+	return h.Format()
+}
+
+func tlsVersion(v uint16) string {
+	switch v {
+	case tls.VersionTLS13:
+		return "TLSv1.3"
+	case tls.VersionTLS12:
+		return "TLSv1.2"
+	}
+	return tls.VersionName(v)
+}

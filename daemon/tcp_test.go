@@ -1,7 +1,10 @@
 package daemon
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -10,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pires/go-proxyproto"
+	"github.com/pires/go-proxyproto/tlvparse"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/guardian-mtls/guardian/internal/metrictest"
@@ -144,5 +149,80 @@ func TestTCPEvictionRefusalAndIdle(t *testing.T) {
 	c3.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := c3.Read(make([]byte, 1)); err == nil || strings.Contains(err.Error(), "timeout") {
 		t.Fatalf("an idle splice: %v; want it closed by guardian at idle_timeout", err)
+	}
+}
+
+// proxy_protocol_upstream: v2 tells a TCP upstream who is connected: the client's address,
+// and the SNI, TLS version and the client certificate's CN, SHA-256 and URI as TLVs, ahead
+// of the client's own bytes.
+func TestTCPUpstreamProxyHeader(t *testing.T) {
+	got := make(chan *proxyproto.Header, 1)
+	payload := make(chan string, 1)
+	up := upstream(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		h, err := proxyproto.Read(br)
+		if err != nil {
+			t.Errorf("upstream: %v", err)
+			return
+		}
+		got <- h
+		line, _ := br.ReadString('\n')
+		payload <- line
+	})
+	dir, ca, client := testPKI(t)
+	cfg := testConfig(dir, "")
+	cfg.Audiences[0].Upstream, cfg.Audiences[0].ProxyProtocolUpstream = "tcp://"+up, "v2"
+	n, err := New(context.Background(), cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	c, err := tls.Dial("tcp", n.Addr().String(), &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost", Certificates: []tls.Certificate{client.TLS()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "hello\n")
+	var h *proxyproto.Header
+	select {
+	case h = <-got:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no PROXY header reached the upstream")
+	}
+	if h.SourceAddr.String() != c.LocalAddr().String() {
+		t.Errorf("source %v; want the client's %v", h.SourceAddr, c.LocalAddr())
+	}
+	tlvs, err := h.TLVs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(client.Cert.Raw)
+	var sni, uri string
+	var fp []byte
+	var ssl tlvparse.PP2SSL
+	for _, v := range tlvs {
+		switch v.Type {
+		case proxyproto.PP2_TYPE_AUTHORITY:
+			sni = string(v.Value)
+		case TLVClientCertSHA256:
+			fp = v.Value
+		case TLVClientCertURI:
+			uri = string(v.Value)
+		case proxyproto.PP2_TYPE_SSL:
+			if ssl, err = tlvparse.SSL(v); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	cn, _ := ssl.ClientCN()
+	version, _ := ssl.SSLVersion()
+	if sni != "localhost" || !bytes.Equal(fp, sum[:]) || uri != "spiffe://test/client" || cn != "client" || version != "TLSv1.3" || !ssl.Verified() || !ssl.ClientCertConn() {
+		t.Fatalf("TLVs: sni %q uri %q cn %q version %q verified %v cert %v fingerprint ok %v", sni, uri, cn, version, ssl.Verified(), ssl.ClientCertConn(), bytes.Equal(fp, sum[:]))
+	}
+	if p := <-payload; p != "hello\n" {
+		t.Fatalf("payload after the header %q; want the client's bytes", p)
 	}
 }

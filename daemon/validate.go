@@ -175,6 +175,11 @@ func (c *Config) validateAudience(i int, names map[string]bool) error {
 		case a.SessionBinding != nil || a.TokenBinding != nil || len(a.Routes) > 0 || a.UnderscoreHeaders != "":
 			return configError(f, field, "session_binding, token_binding, routes and underscore_headers are for HTTP audiences; upstream %s splices bytes", a.Upstream)
 		}
+		if a.ProxyProtocolUpstream != "" && a.ProxyProtocolUpstream != "v2" {
+			return configError(f, field+".proxy_protocol_upstream", "%q; want v2", a.ProxyProtocolUpstream)
+		}
+	} else if a.ProxyProtocolUpstream != "" {
+		return configError(f, field+".proxy_protocol_upstream", "is for TCP audiences (upstream tcp:// or unix://); an HTTP upstream gets X-Forwarded-For and X-Forwarded-Client-Cert")
 	} else if a.Upstream != "" {
 		if why := checkURL(a.Upstream, "http", "https"); why != "" {
 			return configError(f, field+".upstream", "%s; or tcp://host:port, unix:///path for bytes spliced", why)
