@@ -72,7 +72,7 @@ func TestExampleConfigParses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(c.Audiences) != 2 || c.Revocation.Store != "embedded" || c.Admin.Listen == "" {
+	if len(c.Audiences) != 3 || c.Revocation.Store != "embedded" || c.Admin.Listen == "" || !c.Audiences[1].tcp() || len(c.Audiences[1].Allow) == 0 {
 		t.Fatalf("example config parsed as %+v", c)
 	}
 	// Its certificates come from `guardian pki init`, which names no OCSP responder: OCSP on
