@@ -1,6 +1,7 @@
 package binding
 
 import (
+	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -186,7 +187,35 @@ func hasAnyPrefix(s string, prefixes []string) bool {
 // X-Forwarded-For/-Host/-Proto trio, Forwarded (RFC 7239), X-Real-IP and, for a conn with
 // a client certificate, X-Forwarded-Client-Cert — so nothing the client sent can remove or
 // replace them.
-func SetIdentity(pr *httputil.ProxyRequest) {
+func SetIdentity(pr *httputil.ProxyRequest) { SetIdentityWith(pr, XFCCHeader) }
+
+// ClientCertHeaders says which headers carry the client certificate to the upstream.
+type ClientCertHeaders int
+
+const (
+	// XFCCHeader is X-Forwarded-Client-Cert, Envoy's form: Hash, Subject, URI, DNS.
+	XFCCHeader ClientCertHeaders = 1 << iota
+	// RFC9440Headers are Client-Cert (the certificate, DER as a structured-field byte
+	// sequence) and Client-Cert-Chain (the certificates the client sent after it).
+	RFC9440Headers
+)
+
+// ParseClientCertHeaders reads a configuration's client_cert_header: xfcc (the default),
+// rfc9440 or both.
+func ParseClientCertHeaders(s string) (ClientCertHeaders, error) {
+	switch s {
+	case "", "xfcc":
+		return XFCCHeader, nil
+	case "rfc9440":
+		return RFC9440Headers, nil
+	case "both":
+		return XFCCHeader | RFC9440Headers, nil
+	}
+	return 0, fmt.Errorf("binding: client certificate header %q; want xfcc, rfc9440 or both", s)
+}
+
+// SetIdentityWith is SetIdentity with the client certificate in the headers which names.
+func SetIdentityWith(pr *httputil.ProxyRequest, which ClientCertHeaders) {
 	for name := range pr.Out.Header {
 		if ownedSet.has(name) {
 			delete(pr.Out.Header, name)
@@ -206,8 +235,20 @@ func SetIdentity(pr *httputil.ProxyRequest) {
 		}
 		pr.Out.Header.Set("Forwarded", fmt.Sprintf("for=%s;host=%s;proto=%s", quote(forHost), quote(pr.In.Host), proto))
 	}
-	if x := XFCC(pr.In); x != "" {
+	if x := XFCC(pr.In); x != "" && which&XFCCHeader != 0 {
 		pr.Out.Header.Set("X-Forwarded-Client-Cert", x)
+	}
+	if tls := pr.In.TLS; tls != nil && len(tls.PeerCertificates) > 0 && which&RFC9440Headers != 0 {
+		// RFC 9440: each certificate a structured-field byte sequence, :base64(DER):.
+		sf := func(der []byte) string { return ":" + base64.StdEncoding.EncodeToString(der) + ":" }
+		pr.Out.Header.Set("Client-Cert", sf(tls.PeerCertificates[0].Raw))
+		if rest := tls.PeerCertificates[1:]; len(rest) > 0 {
+			chain := make([]string, len(rest))
+			for i, c := range rest {
+				chain[i] = sf(c.Raw)
+			}
+			pr.Out.Header.Set("Client-Cert-Chain", strings.Join(chain, ", "))
+		}
 	}
 }
 

@@ -163,6 +163,10 @@ type AudienceConfig struct {
 	// Upstream is an http:// or https:// URL (the audience proxies HTTP), or tcp://host:port
 	// or unix:///path (it splices bytes: MQTT, a database protocol, gRPC passed through).
 	Upstream string `yaml:"upstream"`
+	// ClientCertHeader is how an HTTP upstream learns the client certificate: xfcc
+	// (X-Forwarded-Client-Cert, the default), rfc9440 (Client-Cert and Client-Cert-Chain)
+	// or both. guardian owns all three: a client's are removed, in any spelling.
+	ClientCertHeader string `yaml:"client_cert_header"`
 	// ProxyProtocolUpstream, "v2" for a TCP audience, sends the upstream a PROXY v2 header
 	// ahead of the client's bytes: the client's address, the SNI, ALPN, TLS version and
 	// cipher, and the client certificate's CN, SHA-256 and URI SANs as TLVs.

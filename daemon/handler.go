@@ -74,10 +74,11 @@ func audienceHandler(cfg *Config, m *handlerMetrics, log *slog.Logger) (http.Han
 			}
 			ut := a.UpstreamTimeouts
 			name := a.Name
+			which, _ := binding.ParseClientCertHeaders(a.ClientCertHeader) // validated with the config
 			h = &httputil.ReverseProxy{
 				Rewrite: func(pr *httputil.ProxyRequest) {
 					pr.SetURL(u)
-					binding.SetIdentity(pr)
+					binding.SetIdentityWith(pr, which)
 				},
 				Transport: &http.Transport{
 					Proxy:                 nil, // an upstream is dialled directly, never through HTTP_PROXY

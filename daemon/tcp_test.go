@@ -6,9 +6,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -224,5 +227,51 @@ func TestTCPUpstreamProxyHeader(t *testing.T) {
 	}
 	if p := <-payload; p != "hello\n" {
 		t.Fatalf("payload after the header %q; want the client's bytes", p)
+	}
+}
+
+// client_cert_header: rfc9440 gives an HTTP upstream the certificate as RFC 9440 says, and
+// not XFCC; what the client sent under those names, in any spelling, never arrives.
+func TestRFC9440Headers(t *testing.T) {
+	seen := make(chan http.Header, 1)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { seen <- r.Header.Clone() }))
+	defer up.Close()
+	dir, ca, _ := testPKI(t)
+	inter := ca.MustIntermediate(t, "devices")
+	leaf := inter.MustIssue(t, pkitest.Opts{CommonName: "meter"})
+	cfg := testConfig(dir, "")
+	cfg.Audiences[0].Upstream, cfg.Audiences[0].ClientCertHeader = up.URL, "rfc9440"
+	n, err := New(context.Background(), cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{leaf.TLS()}},
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, n.Addr().String())
+		}}
+	defer tr.CloseIdleConnections()
+	req, _ := http.NewRequest("GET", "https://localhost/", nil)
+	req.Header.Set("Client-Cert", ":AAAA:")
+	req.Header["Client_Cert_Chain"] = []string{":BBBB:"}
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	h := <-seen
+	want := ":" + base64.StdEncoding.EncodeToString(leaf.Cert.Raw) + ":"
+	wantChain := ":" + base64.StdEncoding.EncodeToString(inter.Cert.Raw) + ":"
+	if got := h.Values("Client-Cert"); len(got) != 1 || got[0] != want {
+		t.Errorf("Client-Cert %q; want the client's certificate", got)
+	}
+	if got := h.Values("Client-Cert-Chain"); len(got) != 1 || got[0] != wantChain {
+		t.Errorf("Client-Cert-Chain %q; want the intermediate the client sent", got)
+	}
+	if h.Get("X-Forwarded-Client-Cert") != "" || h.Get("Client_Cert_Chain") != "" {
+		t.Errorf("XFCC %q, Client_Cert_Chain %q; want neither", h.Get("X-Forwarded-Client-Cert"), h.Get("Client_Cert_Chain"))
 	}
 }

@@ -235,6 +235,12 @@ func (c *Config) validateAudience(i int, names map[string]bool) error {
 			return configError(f, rf+".allow", "%v", err)
 		}
 	}
+	if _, err := binding.ParseClientCertHeaders(a.ClientCertHeader); err != nil {
+		return configError(f, field+".client_cert_header", "%q; want xfcc, rfc9440 or both", a.ClientCertHeader)
+	}
+	if a.ClientCertHeader != "" && a.tcp() {
+		return configError(f, field+".client_cert_header", "is for HTTP upstreams; a TCP upstream learns the client from proxy_protocol_upstream: v2")
+	}
 	if _, err := binding.ParseUnderscores(a.UnderscoreHeaders); err != nil {
 		return configError(f, field+".underscore_headers", "%q; want drop, allow or reject", a.UnderscoreHeaders)
 	}
