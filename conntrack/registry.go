@@ -26,6 +26,8 @@ const (
 	// ReasonManual is a conn closed on its own, by an operator or a caller, without
 	// revoking its certificate (EvictConn).
 	ReasonManual = "manual"
+	// ReasonLifetime is a conn older than its audience's max_conn_lifetime.
+	ReasonLifetime = "lifetime"
 )
 
 // Cause says why conns are evicted.

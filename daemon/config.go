@@ -192,6 +192,10 @@ type AudienceConfig struct {
 	// descriptors kept beside max_conns, shared among the audiences with an upstream, 16 to
 	// 1024 each).
 	MaxUpstreamConns int `yaml:"max_upstream_conns"`
+	// MaxConnLifetime ends every conn this old (unset: never), so that each client
+	// handshakes, and is checked, again at least this often: an HTTP conn gracefully
+	// (Connection: close, or GOAWAY, then cut at most idle_timeout later), a TCP conn at once.
+	MaxConnLifetime Duration `yaml:"max_conn_lifetime"`
 	// MaxConns bounds the audience's conns (unset or 0: no bound of its own).
 	MaxConns int `yaml:"max_conns"`
 	// MaxConnsPerClient bounds one client address's conns (default 256 where client_auth

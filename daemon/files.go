@@ -108,6 +108,10 @@ func (c *Config) audiences(checker *ocsp.Checker) ([]listener.Audience, error) {
 		if len(a.Allow) > 0 {
 			la.Allow, _ = listener.ParsePolicy(a.Allow...) // validated with the config
 		}
+		la.MaxConnLifetime = time.Duration(a.MaxConnLifetime)
+		if !a.tcp() {
+			la.LifetimeGrace = time.Duration(a.IdleTimeout) // for the requests in flight
+		}
 		switch {
 		case len(a.ALPN) > 0:
 			la.NextProtos = a.ALPN

@@ -275,3 +275,38 @@ func TestRFC9440Headers(t *testing.T) {
 		t.Errorf("XFCC %q, Client_Cert_Chain %q; want neither", h.Get("X-Forwarded-Client-Cert"), h.Get("Client_Cert_Chain"))
 	}
 }
+
+// max_conn_lifetime on a TCP audience: the splice is cut at the lifetime (no graceful end
+// exists for raw bytes), counted with reason lifetime; the upstream sees its conn close.
+func TestTCPMaxConnLifetime(t *testing.T) {
+	closed := make(chan struct{})
+	up := upstream(t, func(c net.Conn) { io.Copy(io.Discard, c); close(closed) })
+	dir, ca, client := testPKI(t)
+	cfg := testConfig(dir, "")
+	cfg.Audiences[0].Upstream, cfg.Audiences[0].MaxConnLifetime = "tcp://"+up, Duration(300*time.Millisecond)
+	reg := prometheus.NewRegistry()
+	n, err := New(context.Background(), cfg, Options{Metrics: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	c, err := tls.Dial("tcp", n.Addr().String(), &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost", Certificates: []tls.Certificate{client.TLS()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "x")
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream conn still open 10s after the client conn's lifetime")
+	}
+	for deadline := time.Now().Add(10 * time.Second); metrictest.Value(t, reg, "guardian_evictions_total", "listener", "data", "reason", "lifetime") != 1; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the lifetime eviction not counted")
+		}
+	}
+}

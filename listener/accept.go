@@ -164,6 +164,14 @@ func (l *Listener) serveHandshake(c *conntrack.Conn, info *ConnInfo) {
 		return
 	}
 	l.adm.served(c, info)
+	if lt := info.aud.MaxConnLifetime; lt > 0 {
+		it := info.timers()
+		it.mu.Lock()
+		it.life = time.AfterFunc(lt+info.aud.LifetimeGrace, func() {
+			l.reg.EvictConn(c, conntrack.Cause{Reason: conntrack.ReasonLifetime})
+		})
+		it.mu.Unlock()
+	}
 	result := "full"
 	if cs.DidResume {
 		result = "resumed"

@@ -170,7 +170,15 @@ func (l *Listener) ConnState(nc net.Conn, s http.ConnState) {
 		return
 	}
 	info, ok := raw.Owner().(*ConnInfo)
-	if !ok || info.aud == nil || info.aud.IdleTimeout <= 0 {
+	if !ok || info.aud == nil {
+		return
+	}
+	if lt := info.aud.MaxConnLifetime; lt > 0 && s == http.StateIdle && l.clock.Now().Sub(raw.Since()) >= lt {
+		// Past its lifetime, and between requests: it ends here, gracefully.
+		l.reg.EvictConn(raw, conntrack.Cause{Reason: conntrack.ReasonLifetime})
+		return
+	}
+	if info.aud.IdleTimeout <= 0 {
 		return
 	}
 	if s == http.StateIdle && tc.ConnectionState().NegotiatedProtocol != "h2" {
@@ -178,13 +186,7 @@ func (l *Listener) ConnState(nc net.Conn, s http.ConnState) {
 		// handler returned; they must not reach into the next request.
 		raw.SetDeadline(time.Time{})
 	}
-	it := info.idle.Load()
-	if it == nil {
-		it = &idleTimer{}
-		if !info.idle.CompareAndSwap(nil, it) {
-			it = info.idle.Load()
-		}
-	}
+	it := info.timers()
 	it.mu.Lock()
 	defer it.mu.Unlock()
 	switch s {
@@ -209,8 +211,21 @@ func (l *Listener) ConnState(nc net.Conn, s http.ConnState) {
 
 // idleTimer is a conn's idle timer, made at its first ConnState.
 type idleTimer struct {
-	mu sync.Mutex
-	t  *time.Timer
+	mu   sync.Mutex
+	t    *time.Timer
+	life *time.Timer // MaxConnLifetime's cut, if the audience has one
+}
+
+// timers returns the conn's timers, made at first use.
+func (info *ConnInfo) timers() *idleTimer {
+	it := info.idle.Load()
+	if it == nil {
+		it = &idleTimer{}
+		if !info.idle.CompareAndSwap(nil, it) {
+			it = info.idle.Load()
+		}
+	}
+	return it
 }
 
 func (it *idleTimer) stop() {
@@ -220,6 +235,9 @@ func (it *idleTimer) stop() {
 	it.mu.Lock()
 	if it.t != nil {
 		it.t.Stop()
+	}
+	if it.life != nil {
+		it.life.Stop()
 	}
 	it.mu.Unlock()
 }

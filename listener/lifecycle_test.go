@@ -283,3 +283,40 @@ func TestUnacceptedConnsAreBounded(t *testing.T) {
 		got.Close()
 	}
 }
+
+// MaxConnLifetime: past it, an HTTP response carries Connection: close and the conn ends
+// with it; a conn that stays (idle, or holding a stream) is cut LifetimeGrace later, reason
+// lifetime. A new conn is served as any other.
+func TestMaxConnLifetime(t *testing.T) {
+	ev := &evictions{}
+	const lifetime, grace = 300 * time.Millisecond, 300 * time.Millisecond
+	e := newEnv(t, envOpts{onEvict: ev.add, audiences: func(e *env) []listener.Audience {
+		return []listener.Audience{{Name: "api", SNI: []string{"localhost"}, Certificates: []tls.Certificate{e.server.TLS()},
+			ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: e.root.Pool(), MaxConnLifetime: lifetime, LifetimeGrace: grace}}
+	}})
+	alice := e.root.MustIssue(t, pkitest.Opts{CommonName: "alice"})
+	bob := e.root.MustIssue(t, pkitest.Opts{CommonName: "bob"})
+	ca, cb := e.client(alice, false), e.client(bob, false)
+	ca.get(t, "/")
+	cb.get(t, "/")
+	time.Sleep(lifetime) // both conns are now past their lifetime
+	resp, err := ca.Get("https://localhost/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if !resp.Close {
+		t.Fatal("a response past the conn's lifetime did not close it (no Connection: close)")
+	}
+	waitClosed(t, ca.conn(0), "alice's conn after its closing response")
+	// bob's conn stays idle: cut at lifetime + grace.
+	waitClosed(t, cb.conn(0), "bob's idle conn past its lifetime")
+	got := ev.wait(t, 1)
+	if got[0].Reason != conntrack.ReasonLifetime || got[0].Conn.Leaf().Subject.CommonName != "bob" {
+		t.Fatalf("eviction %+v; want bob's conn, reason lifetime", got[0])
+	}
+	ca.get(t, "/") // a new conn
+	if ca.numConns() != 2 {
+		t.Fatalf("alice dialled %d conns; want a second one after the first ended", ca.numConns())
+	}
+}

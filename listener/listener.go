@@ -82,6 +82,14 @@ type Audience struct {
 	// first IdleTimeout (Progress enforces it; 0: none): a body trickled a byte at a time
 	// makes progress, yet holds its stream and its upstream conn for as long as it likes.
 	MinBodyRate int
+	// MaxConnLifetime, if set, ends every conn this old, so that each client handshakes —
+	// and is checked — again at least this often: from then on an HTTP conn's responses
+	// carry Connection: close (HTTP/2: a GOAWAY) and it is closed once idle; any conn still
+	// open LifetimeGrace later is cut (reason lifetime). Give HTTP audiences a grace for
+	// in-flight requests to finish (Progress and ConnState must be in use); a raw TCP
+	// audience has no graceful end.
+	MaxConnLifetime time.Duration
+	LifetimeGrace   time.Duration
 	// MaxConns bounds this audience's conns, from their ClientHello on; 0 means no bound.
 	// A conn past it is refused in its handshake (reason audience_full).
 	MaxConns int

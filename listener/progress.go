@@ -27,6 +27,10 @@ import (
 func (l *Listener) Progress(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		info, ok := FromContext(r.Context())
+		if ok && info.aud != nil && info.aud.MaxConnLifetime > 0 && l.clock.Now().Sub(info.Since()) >= info.aud.MaxConnLifetime {
+			// Past its lifetime: this response ends the conn (HTTP/2: with a GOAWAY).
+			w.Header().Set("Connection", "close")
+		}
 		if !ok || info.aud == nil || info.aud.IdleTimeout <= 0 {
 			next.ServeHTTP(w, r)
 			return
