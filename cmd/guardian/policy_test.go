@@ -2,10 +2,15 @@ package main
 
 import (
 	"io"
+	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/guardian-mtls/guardian/internal/need"
 )
 
 const policyConfig = `
@@ -58,6 +63,19 @@ func TestServeAllowAndRoutes(t *testing.T) {
 	}
 	if n := metricOf(t, s, `guardian_route_refused_total{audience="api",route="/admin/"}`); n != 7 {
 		t.Errorf("route refusals counted: %v; want 7", n)
+	}
+	// The real curl, sending the path as typed (--path-as-is), and over HTTP/2.
+	need.Tool(t, "curl")
+	_, port, _ := net.SplitHostPort(s.addr)
+	for _, p := range []string{"/admin/", "/x/../admin/", "/%2561dmin/", "/admin/./x"} {
+		for _, h := range []string{"--http1.1", "--http2"} {
+			out, _ := exec.Command("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--path-as-is", h,
+				"--cacert", filepath.Join(dir, "ca.pem"), "--cert", filepath.Join(dir, "client.pem"), "--key", filepath.Join(dir, "client.key"),
+				"https://localhost:"+port+p).Output()
+			if string(out) != "403" {
+				t.Errorf("curl %s %s: %s; want 403", h, p, out)
+			}
+		}
 	}
 	if n := metricOf(t, s, `guardian_handshake_failures_total{listener="data",reason="not_allowed"}`); n < 1 {
 		t.Errorf("not_allowed handshakes counted: %v; want at least 1", n)
