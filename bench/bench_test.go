@@ -29,11 +29,13 @@ func tinyOptions() options {
 	o.caConns, o.memConns, o.denylist = 60, 50, 100
 	o.loadRounds, o.loadDuration, o.loadWorkers = 1, 200*time.Millisecond, 2
 	o.fleetNodes, o.peerConns, o.peerWindow = 2, 3, 300*time.Millisecond
+	o.tcpRounds, o.tcpMiB, o.tcpDuration, o.tcpWorkers, o.tcpRevokes = 1, 4, 200*time.Millisecond, 2, 3
 	return o
 }
 
 // A tiny run of every scenario with the real pieces: redis-server, the client process,
-// guardian nodes, and nginx and HAProxy where installed. It checks that the harness
+// guardian nodes, nginx where installed and HAProxy (the tcp scenario needs it: make test's
+// setup installs it). It checks that the harness
 // measures, not how fast.
 func TestHarnessSmoke(t *testing.T) {
 	if testing.Short() {
@@ -82,6 +84,26 @@ func TestHarnessSmoke(t *testing.T) {
 			t.Errorf("peers: %s still accepts the revoked certificate: %+v", x.Peer, x)
 		}
 	}
+	if tc := res.TCP; tc == nil || len(tc.Proxies) != 3 {
+		t.Errorf("tcp = %+v", tc)
+	} else {
+		for i, x := range tc.Proxies {
+			if x.Proxy != []string{"guardian", "bare", "haproxy"}[i] || x.UploadMiBps <= 0 || x.DownloadMiBps <= 0 || x.ConnsPerSec <= 0 ||
+				x.Conns <= 0 || x.UploadRatio <= 0 || x.DownloadRatio <= 0 || x.ConnsRatio <= 0 ||
+				x.UploadMin > x.UploadMiBps || x.UploadMax < x.UploadMiBps || x.ConnsMin > x.ConnsPerSec || x.ConnsMax < x.ConnsPerSec ||
+				x.CPUUploadMsPerGiB <= 0 || x.CPUDownloadMsPerGiB <= 0 || x.CPUPerConnUs <= 0 || !strings.HasPrefix(x.TLS, "TLS 1.3 ") {
+				t.Errorf("tcp: %s = %+v", []string{"guardian", "bare", "haproxy"}[i], x)
+			}
+		}
+		if b := tc.Proxies[1]; b.UploadRatio != 1 || b.DownloadRatio != 1 || b.ConnsRatio != 1 {
+			t.Errorf("tcp: the bare proxy's ratios to itself = %+v", b)
+		}
+		// Each revoked live conn ended for the client and at the upstream; no other did.
+		if v := tc.Revocation; v == nil || v.Rounds != 3 || len(v.Samples) != 3 || v.P50 <= 0 || v.P99 < v.P50 || v.Max < v.P99 ||
+			v.UpstreamClosed != 3 || v.UpstreamP50 <= 0 || v.UpstreamMax < v.UpstreamP50 || v.Dropped != 0 || v.OthersOpen != v.Others || v.Others == 0 {
+			t.Errorf("tcp: guardian revocation = %+v", v)
+		}
+	}
 	if res.Env.Go == "" || res.Env.Redis == "" || res.Env.FDLimit == 0 || len(res.StealPercent) != len(allScenarios) {
 		t.Errorf("environment not recorded: %+v, steal %v", res.Env, res.StealPercent)
 	}
@@ -118,6 +140,7 @@ func TestBadOptions(t *testing.T) {
 		{"bad port", func(o *options) { o.redisPort = 70000 }, "-redis-port"},
 		{"occupied port", func(o *options) { o.redisPort = busyPort }, "port " + strconv.Itoa(busyPort) + " is in use"},
 		{"missing redis", func(o *options) { o.redisBin = "no-such-redis-server" }, "apt-get install redis-server"},
+		{"missing haproxy", func(o *options) { o.scenarios, o.haproxyBin = "tcp", "no-such-haproxy" }, "apt-get install haproxy"},
 		{"soak past the fd limit", func(o *options) { o.scenarios, o.soakConns = "soak", 19950 }, "-soak-conns"},
 		{"zero soak conns", func(o *options) { o.scenarios, o.soakConns = "soak", 0 }, "-soak-conns"},
 		{"instant soak", func(o *options) { o.scenarios, o.soakDuration = "soak", time.Millisecond }, "-soak-duration"},

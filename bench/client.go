@@ -21,7 +21,7 @@ import (
 // process under the fd limit and keeps the server's measurements free of client work.
 
 type clientCmd struct {
-	Cmd   string     `json:"cmd"` // dial | load | report | close
+	Cmd   string     `json:"cmd"` // dial | load | report | close | tcp-bulk | tcp-conns
 	Addr  string     `json:"addr,omitempty"`
 	CA    string     `json:"ca,omitempty"`
 	Certs []certSpec `json:"certs,omitempty"`
@@ -38,6 +38,11 @@ type clientCmd struct {
 	Mode     string        `json:"mode,omitempty"`
 	Workers  int           `json:"workers,omitempty"`
 	Duration time.Duration `json:"duration,omitempty"`
+	// tcp-bulk (the tcp scenario): one conn moves Bytes to the upstream (Dir "up") or from
+	// it ("down"); tcp-conns: Workers open conns for Duration, each a full mTLS handshake,
+	// a small message echoed by the upstream, and a close.
+	Bytes int64  `json:"bytes,omitempty"`
+	Dir   string `json:"dir,omitempty"`
 }
 
 type certSpec struct {
@@ -47,12 +52,14 @@ type certSpec struct {
 }
 
 type clientEvent struct {
-	Ev     string `json:"ev"` // progress | ready | close | loaded | reported | error | done
+	Ev     string `json:"ev"` // progress | ready | close | loaded | bulked | reported | error | done
 	Tag    int    `json:"tag,omitempty"`
 	At     int64  `json:"at,omitempty"` // unix nanos
 	N      int    `json:"n,omitempty"`
 	Failed int    `json:"failed,omitempty"`
 	Err    string `json:"err,omitempty"`
+	Dur    int64  `json:"dur,omitempty"`  // tcp-bulk, tcp-conns: nanoseconds the client measured
+	Info   string `json:"info,omitempty"` // tcp-bulk: the TLS version, cipher suite and key exchange
 }
 
 func clientMain(in io.Reader, out io.Writer) error {
@@ -119,6 +126,20 @@ func clientMain(in io.Reader, out io.Writer) error {
 				continue
 			}
 			emit(clientEvent{Ev: "loaded", N: n, Failed: failed})
+		case "tcp-bulk":
+			e, err := tcpBulk(c)
+			if err != nil {
+				emit(clientEvent{Ev: "error", Err: err.Error()})
+				continue
+			}
+			emit(e)
+		case "tcp-conns":
+			e, err := tcpConns(c)
+			if err != nil {
+				emit(clientEvent{Ev: "error", Err: err.Error()})
+				continue
+			}
+			emit(e)
 		case "report":
 			cmu.Lock()
 			out := held

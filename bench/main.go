@@ -1,7 +1,8 @@
 // Command bench is guardian's load harness: in one run on loopback it measures how fast a
 // revocation published to Redis ends live mTLS conns (one conn, a batch, a CA, a fleet), what
 // guardian costs beside a bare crypto/tls listener (requests, handshakes, memory), and what
-// nginx and HAProxy do with a revoked live conn. Clients run in a separate process; the
+// nginx and HAProxy do with a revoked live conn, and how guardian's TCP audiences compare with
+// a bare Go proxy and HAProxy. Clients run in a separate process; the
 // harness starts its own redis-server. See BENCHMARKS.md for the figures and the command.
 package main
 
@@ -44,7 +45,7 @@ var traceFile string
 // memProfile, when set, receives a heap profile after the last scenario.
 var memProfile string
 
-var allScenarios = []string{"eviction-single", "eviction-bulk", "eviction-ca", "overhead", "memory", "fleet", "peers"}
+var allScenarios = []string{"eviction-single", "eviction-bulk", "eviction-ca", "overhead", "memory", "fleet", "peers", "tcp"}
 
 // extraScenarios run only when named: the soak is a reliability check of several minutes,
 // not a speed figure (make soak, make soak-short).
@@ -74,6 +75,12 @@ type options struct {
 	soakDuration time.Duration
 	soakEvery    time.Duration
 	soakFaults   bool
+	tcpRounds    int
+	tcpMiB       int
+	tcpDuration  time.Duration
+	tcpWorkers   int
+	tcpRevokes   int
+	haproxyBin   string
 	progressTo   io.Writer // status lines and progress bars; never nil
 }
 
@@ -81,6 +88,7 @@ func defaultOptions() options {
 	return options{rounds: 200, conns: 10000, certs: 1000, others: 5000, caConns: 15000, memConns: 15000,
 		denylist: 100000, loadRounds: 10, loadDuration: 2 * time.Second, loadWorkers: 16, fleetNodes: 3,
 		peerConns: 100, peerWindow: 3 * time.Second, soakConns: 15000, soakDuration: 5 * time.Minute, soakEvery: 250 * time.Millisecond, soakFaults: true, scenarios: strings.Join(allScenarios, ","), redisBin: "redis-server",
+		tcpRounds: 5, tcpMiB: 256, tcpDuration: time.Second, tcpWorkers: 16, tcpRevokes: 100, haproxyBin: "haproxy",
 		progressTo: io.Discard}
 }
 
@@ -90,6 +98,7 @@ func quickOptions(o options) options {
 	o.caConns, o.memConns, o.denylist = 1500, 1500, 10000
 	o.loadRounds, o.loadDuration = 3, 500*time.Millisecond
 	o.peerConns, o.peerWindow = 20, time.Second
+	o.tcpRounds, o.tcpMiB, o.tcpDuration, o.tcpRevokes = 3, 64, 500*time.Millisecond, 30
 	return o
 }
 
@@ -121,6 +130,12 @@ func main() {
 	flag.DurationVar(&o.soakDuration, "soak-duration", o.soakDuration, "soak: how long revocations arrive under churn")
 	flag.DurationVar(&o.soakEvery, "soak-every", o.soakEvery, "soak: one revocation through Redis this often")
 	flag.BoolVar(&o.soakFaults, "soak-faults", o.soakFaults, "soak: partition, slow and kill Redis, and break the CRL URL and the OCSP responder, during the soak")
+	flag.IntVar(&o.tcpRounds, "tcp-rounds", o.tcpRounds, "tcp: interleaved rounds (each: guardian, the bare Go proxy and HAProxy, a bulk stream each way and new conns)")
+	flag.IntVar(&o.tcpMiB, "tcp-mib", o.tcpMiB, "tcp: MiB of each bulk stream")
+	flag.DurationVar(&o.tcpDuration, "tcp-duration", o.tcpDuration, "tcp: length of each new-conns phase")
+	flag.IntVar(&o.tcpWorkers, "tcp-workers", o.tcpWorkers, "tcp: concurrent client workers opening new conns")
+	flag.IntVar(&o.tcpRevokes, "tcp-revokes", o.tcpRevokes, "tcp: guardian's revoked live TCP conns timed")
+	flag.StringVar(&o.haproxyBin, "haproxy", o.haproxyBin, "the haproxy `BINARY` (tcp scenario)")
 	flag.StringVar(&o.jsonFile, "json", "", "write every figure to `FILE` as JSON")
 	flag.StringVar(&o.plotFile, "plot", "", "draw the eviction scenarios' latency distributions to `FILE.png`")
 	flag.StringVar(&o.redisBin, "redis-server", o.redisBin, "the redis-server `BINARY`")
@@ -177,7 +192,8 @@ const maxConns = 18000
 func (o options) validate() error {
 	for name, v := range map[string]int{"-rounds": o.rounds, "-conns": o.conns, "-certs": o.certs, "-others": o.others,
 		"-ca-conns": o.caConns, "-mem-conns": o.memConns, "-load-rounds": o.loadRounds, "-load-workers": o.loadWorkers,
-		"-fleet-nodes": o.fleetNodes, "-peer-conns": o.peerConns, "-soak-conns": o.soakConns} {
+		"-fleet-nodes": o.fleetNodes, "-peer-conns": o.peerConns, "-soak-conns": o.soakConns,
+		"-tcp-rounds": o.tcpRounds, "-tcp-mib": o.tcpMiB, "-tcp-workers": o.tcpWorkers, "-tcp-revokes": o.tcpRevokes} {
 		if v <= 0 {
 			return fmt.Errorf("%s must be positive, got %d", name, v)
 		}
@@ -187,6 +203,12 @@ func (o options) validate() error {
 	}
 	if o.peerWindow < 100*time.Millisecond {
 		return fmt.Errorf("-peer-window must be at least 100ms, got %s", o.peerWindow)
+	}
+	if o.tcpDuration < 100*time.Millisecond {
+		return fmt.Errorf("-tcp-duration must be at least 100ms, got %s", o.tcpDuration)
+	}
+	if o.tcpMiB > 1<<14 {
+		return fmt.Errorf("-tcp-mib must be at most %d, got %d", 1<<14, o.tcpMiB)
 	}
 	if o.loadDuration < 100*time.Millisecond {
 		return fmt.Errorf("-load-duration must be at least 100ms, got %s", o.loadDuration)
@@ -240,6 +262,7 @@ type Results struct {
 	Fleet          *FleetStats    `json:"fleet,omitempty"`
 	Peers          *PeersStats    `json:"peers,omitempty"`
 	Soak           *SoakStats     `json:"soak,omitempty"`
+	TCP            *TCPStats      `json:"tcp,omitempty"`
 	// StealPercent is, per scenario, the share of the machine's CPU time the hypervisor gave
 	// to other guests while it ran (from /proc/stat; -1 where unreadable).
 	StealPercent map[string]float64 `json:"cpu_steal_percent"`
@@ -310,12 +333,18 @@ func run(ctx context.Context, o options) (*Results, error) {
 	if _, err := exec.LookPath(o.redisBin); err != nil {
 		return nil, fmt.Errorf("%s not found: install it (apt-get install redis-server) or pass -redis-server PATH", o.redisBin)
 	}
+	if slices.Contains(strings.Split(o.scenarios, ","), "tcp") {
+		if _, err := exec.LookPath(o.haproxyBin); err != nil {
+			return nil, haproxyMissing(o.haproxyBin) // before the other scenarios, not after them
+		}
+	}
 	res := &Results{Env: environment(o.redisBin), Options: map[string]any{
 		"quick": o.quick, "rounds": o.rounds, "conns": o.conns, "certs": o.certs, "others": o.others,
 		"ca_conns": o.caConns, "mem_conns": o.memConns, "denylist": o.denylist, "load_rounds": o.loadRounds,
 		"load_duration": o.loadDuration.String(), "load_workers": o.loadWorkers, "fleet_nodes": o.fleetNodes,
 		"peer_conns": o.peerConns, "peer_window": o.peerWindow.String(), "scenarios": o.scenarios,
 		"soak_conns": o.soakConns, "soak_duration": o.soakDuration.String(), "soak_every": o.soakEvery.String(), "soak_faults": o.soakFaults,
+		"tcp_rounds": o.tcpRounds, "tcp_mib": o.tcpMiB, "tcp_duration": o.tcpDuration.String(), "tcp_workers": o.tcpWorkers, "tcp_revokes": o.tcpRevokes,
 	}}
 	dir, err := os.MkdirTemp("", "guardian-bench-")
 	if err != nil {
@@ -381,6 +410,8 @@ func run(ctx context.Context, o options) (*Results, error) {
 			res.Fleet, err = fleet(ctx, h, cl)
 		case "peers":
 			res.Peers, err = peers(ctx, h, cl)
+		case "tcp":
+			res.TCP, err = tcpScenario(ctx, h, cl)
 		case "soak":
 			res.Soak, err = soak(ctx, h, cl)
 			if err != nil && res.Soak != nil {

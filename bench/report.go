@@ -70,6 +70,27 @@ func printTable(w io.Writer, r *Results) {
 		}
 		fmt.Fprintln(w)
 	}
+	if t := r.TCP; t != nil {
+		fmt.Fprintf(w, "tcp              (TCP over mTLS to one plain upstream; %d interleaved rounds: one %d MiB stream each way, new conns by %d workers for %s)\n",
+			t.Rounds, t.BulkMiB, t.Workers, t.ConnPhase)
+		fmt.Fprintf(w, "  %-9s %12s %14s %10s   %-22s %15s %17s %13s\n", "", "upload MiB/s", "download MiB/s", "conns/s",
+			"÷ bare: up/down/conns", "CPU ms/GiB up", "CPU ms/GiB down", "CPU µs/conn")
+		for _, x := range t.Proxies {
+			fmt.Fprintf(w, "  %-9s %12.0f %14.0f %10.0f   %-22s %15.0f %17.0f %13.0f\n", x.Proxy, x.UploadMiBps, x.DownloadMiBps, x.ConnsPerSec,
+				fmt.Sprintf("%.2f / %.2f / %.2f", x.UploadRatio, x.DownloadRatio, x.ConnsRatio), x.CPUUploadMsPerGiB, x.CPUDownloadMsPerGiB, x.CPUPerConnUs)
+		}
+		for _, x := range t.Proxies {
+			fmt.Fprintf(w, "  %-9s rounds: up %.0f–%.0f, down %.0f–%.0f, conns %.0f–%.0f; %d conns, %d failed; %s; %s\n", x.Proxy,
+				x.UploadMin, x.UploadMax, x.DownloadMin, x.DownloadMax, x.ConnsMin, x.ConnsMax, x.Conns, x.FailedConns, x.TLS, x.Version)
+		}
+		if v := t.Revocation; v != nil {
+			fmt.Fprintf(w, "  guardian, %d revoked live TCP conns (Store.Revoke → end): client saw it p50 %.3f ms, p99 %.3f ms, max %.3f ms\n",
+				v.Rounds, v.P50, v.P99, v.Max)
+			fmt.Fprintf(w, "    upstream conn closed too: %d of %d, p50 %.3f ms, p99 %.3f ms, max %.3f ms; other live conns dropped %d of %d (upstream side open: %d)\n",
+				v.UpstreamClosed, v.Rounds, v.UpstreamP50, v.UpstreamP99, v.UpstreamMax, v.Dropped, v.Others, v.OthersOpen)
+		}
+		fmt.Fprintln(w)
+	}
 	if s := r.Soak; s != nil {
 		fmt.Fprintf(w, "soak             (%d conns of %d certificates held for %.0f s under churn; %d revocations (%d of held certificates) and %d unrevocations through Redis)\n",
 			s.Conns, s.Certs, s.Seconds, s.Revocations, s.HeldRevocations, s.Unrevocations)
