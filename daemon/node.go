@@ -53,6 +53,7 @@ type Node struct {
 	dispatched chan struct{}                        // closed when dispatch has returned (nil before Run)
 	tcp        atomic.Pointer[map[string]*tcpProxy] // TCP audiences' splices, by name
 	tcpErrors  *prometheus.CounterVec
+	splices    sync.Map           // *listener.ConnInfo → func() ending that splice: see tcpProxy
 	admin      *listener.Listener // nil without admin.listen
 	servers    []*http.Server
 	listeners  []net.Listener
@@ -185,6 +186,11 @@ func (n *Node) listenData() error {
 	n.data, err = listener.New(ln, listener.Config{Audiences: auds, Set: n.rev.set, HandshakeTimeout: time.Duration(cfg.HandshakeTimeout),
 		MaxHandshakes: cfg.MaxHandshakes, MaxConns: maxConns, KeepExpired: cfg.Revocation.Expired == "keep",
 		Metrics: n.reg.listenerMetrics("data"), Logger: n.log, OnRevocation: n.rev.onRevocation,
+		OnEvict: func(e listener.Eviction) {
+			if end, ok := n.splices.Load(e.Conn); ok {
+				end.(func())()
+			}
+		},
 		// An intermediate a client presents is trusted for its CRLs; a CRL held for it
 		// applies before this client's revocation check.
 		OnVerified: n.rev.crl.Learn})
@@ -260,7 +266,7 @@ func (n *Node) setTCP(cfg *Config) {
 	conns := cfg.upstreamConns()
 	for _, a := range cfg.Audiences {
 		if a.tcp() {
-			m[a.Name] = newTCPProxy(a, conns[a.Name], n.tcpErrors, n.clog)
+			m[a.Name] = newTCPProxy(a, conns[a.Name], n.tcpErrors, n.clog, &n.splices)
 		}
 	}
 	n.tcp.Store(&m)

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/url"
 	"path"
+	"strconv"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -48,31 +49,79 @@ func routesGuard(audience string, routes []route, refused *prometheus.CounterVec
 	})
 }
 
-// pathReadings are the ways an upstream might read the request's path, normalised: cleaned,
-// lower-cased, backslashes as slashes, ;parameters dropped, and decoded up to three times.
+// pathReadings are the ways an upstream might read the request's path: as sent and
+// percent-decoded up to three times (leniently: an invalid escape stays, the rest decode),
+// each with backslashes as slashes, ;parameters dropped or kept, cut at a NUL or not, with
+// trailing dots and spaces of each segment trimmed or not (Windows), case-folded as Go and as
+// Java or Python do (ToUpper first: "ı" and "ſ" become I and S), and both with dot segments
+// resolved and as they stand — an upstream that does not resolve them routes /admin/../x to
+// /admin/.
 func pathReadings(u *url.URL) []string {
 	var out []string
 	add := func(p string) {
 		for _, q := range []string{p, dropParams(p)} {
-			q = path.Clean("/" + strings.ToLower(strings.ReplaceAll(q, `\`, "/")))
-			if q == "/" {
-				q = ""
+			if i := strings.IndexByte(q, 0); i >= 0 {
+				out = addForms(out, q[:i])
 			}
-			out = append(out, q)
+			out = addForms(out, q)
+			out = addForms(out, trimSegments(q))
 		}
 	}
-	p := u.EscapedPath()
 	add(u.Path)
-	for range 3 {
+	p := u.EscapedPath()
+	for range 4 {
 		add(p)
-		d, err := url.PathUnescape(p)
-		if err != nil || d == p {
+		d := lenientUnescape(p)
+		if d == p {
 			break
 		}
 		p = d
 	}
-	add(p)
 	return out
+}
+
+// addForms appends p's normal forms: case-folded two ways, backslashes as slashes, cleaned
+// and as it stands (without a trailing slash, so that it compares with a prefix).
+func addForms(out []string, p string) []string {
+	p = strings.ReplaceAll(p, `\`, "/")
+	p = strings.ReplaceAll(p, "\xc0\xae", ".") // overlong UTF-8 for '.', which old decoders take
+	for _, c := range []string{strings.ToLower(p), strings.ToLower(strings.ToUpper(p))} {
+		cleaned := path.Clean("/" + c)
+		if cleaned == "/" {
+			cleaned = ""
+		}
+		out = append(out, cleaned, strings.TrimRight("/"+c, "/"))
+	}
+	return out
+}
+
+// trimSegments drops each segment's trailing dots and spaces, as Windows does.
+func trimSegments(p string) string {
+	segs := strings.Split(p, "/")
+	for i, s := range segs {
+		segs[i] = strings.TrimRight(s, ". ")
+	}
+	return strings.Join(segs, "/")
+}
+
+// lenientUnescape decodes each valid %XX and leaves the rest as it is, as many decoders do:
+// url.PathUnescape refuses the whole path at one invalid escape.
+func lenientUnescape(p string) string {
+	if !strings.Contains(p, "%") {
+		return p
+	}
+	var b strings.Builder
+	for i := 0; i < len(p); i++ {
+		if p[i] == '%' && i+2 < len(p) {
+			if v, err := strconv.ParseUint(p[i+1:i+3], 16, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 2
+				continue
+			}
+		}
+		b.WriteByte(p[i])
+	}
+	return b.String()
 }
 
 // dropParams removes each segment's ;parameters (/admin;x=1/ is /admin/ to Tomcat).

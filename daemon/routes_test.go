@@ -9,6 +9,9 @@ import (
 // segments, doubled slashes, backslashes, ;parameters, percent-encoding (twice over).
 func TestRouteReadings(t *testing.T) {
 	admin := newRoute(RouteConfig{Path: "/admin/", Allow: []string{"uri:spiffe://ops/*"}})
+	if sign := newRoute(RouteConfig{Path: "/sign/", Allow: []string{"uri:spiffe://ops/*"}}); !underAny(pathReadings(&url.URL{Path: "/\u017fign/x"}), sign.prefix) {
+		t.Error("/ſign/x (long s) is not under /sign/")
+	}
 	for _, tt := range []struct {
 		raw   string
 		under bool
@@ -16,7 +19,15 @@ func TestRouteReadings(t *testing.T) {
 		{"/admin/", true}, {"/admin", true}, {"/admin/x", true}, {"/ADMIN/x", true}, {"//admin/x", true},
 		{"/a/../admin/x", true}, {`/admin\x`, true}, {"/admin;jsessionid=1/x", true}, {"/%61dmin/x", true},
 		{"/%2561dmin/x", true}, {"/x/%2e%2e/admin/x", true}, {"/%2fadmin/x", true},
-		{"/administrator", false}, {"/public/admin", false}, {"/", false},
+		// Dot segments an upstream does not resolve (Flask's <path:p>, Express app.use):
+		{"/admin/../x", true}, {"/admin/..", true}, {"/admin/users/../../x", true}, {"/admin%2f..%2fx", true},
+		{"/admin%2F%2e%2e%2Fx", true}, {"/%61dmin/../x", true},
+		// An invalid escape does not stop the decoding of the rest:
+		{"/%2561dmin/%25zz", true}, {"/%2561dmin/%25", true},
+		// Case folding as Java and Python do, Windows' trailing dots and spaces, NUL, overlong '.':
+		{"/adm%C4%B1n/", true}, {"/admin./", true}, {"/admin%20/", true}, {"/admin%00/", true},
+		{"/x/%c0%ae%c0%ae/admin/", true},
+		{"/administrator", false}, {"/public/admin", false}, {"/", false}, {"/adminx/../y", false},
 	} {
 		u, err := url.Parse("https://h" + tt.raw)
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,15 +32,19 @@ type tcpProxy struct {
 	slots         chan struct{} // max_upstream_conns; nil: no bound
 	proxyV2       bool          // send a PROXY v2 header with the client's TLS facts
 	errors        *prometheus.CounterVec
-	log           *slog.Logger
-	active        sync.WaitGroup
+	// splices are the node's live splices by client conn, for an eviction to end both
+	// sides at once: a splice whose client half-closed, or whose upstream stopped reading,
+	// would not notice the client conn closing.
+	splices *sync.Map
+	log     *slog.Logger
+	active  sync.WaitGroup
 }
 
 // newTCPProxy is the proxy of a TCP audience a.
-func newTCPProxy(a AudienceConfig, maxConns int, errs *prometheus.CounterVec, log *slog.Logger) *tcpProxy {
+func newTCPProxy(a AudienceConfig, maxConns int, errs *prometheus.CounterVec, log *slog.Logger, splices *sync.Map) *tcpProxy {
 	u, _ := url.Parse(a.Upstream) // validated with the config
 	p := &tcpProxy{audience: a.Name, network: u.Scheme, addr: u.Host, dial: time.Duration(a.UpstreamTimeouts.Dial),
-		idle: time.Duration(a.IdleTimeout), errors: errs, log: log}
+		idle: time.Duration(a.IdleTimeout), errors: errs, log: log, splices: splices}
 	if u.Scheme == "unix" {
 		p.addr = u.Path
 	}
@@ -91,6 +96,17 @@ func (p *tcpProxy) serve(c net.Conn) {
 	last.Store(time.Now().UnixNano())
 	var once sync.Once
 	closeBoth := func() { once.Do(func() { c.Close(); up.Close() }) }
+	if info, ok := listener.FromConn(c); ok {
+		p.splices.Store(info, func() {
+			// Revoked (or expired, or cut): nothing more reaches the upstream — an RST drops
+			// what its socket still holds of the client's bytes.
+			if tc, ok := up.(*net.TCPConn); ok {
+				tc.SetLinger(0)
+			}
+			closeBoth()
+		})
+		defer p.splices.Delete(info)
+	}
 	stop := make(chan struct{})
 	defer close(stop)
 	if p.idle > 0 {
@@ -233,7 +249,8 @@ func proxyHeader(c net.Conn) ([]byte, error) {
 			tlvs = append(tlvs, proxyproto.TLV{Type: proxyproto.PP2_TYPE_ALPN, Value: []byte(cs.NegotiatedProtocol)})
 		}
 		if cs.ServerName != "" {
-			tlvs = append(tlvs, proxyproto.TLV{Type: proxyproto.PP2_TYPE_AUTHORITY, Value: []byte(cs.ServerName)})
+			// DNS characters only (the router refuses others), case-folded.
+			tlvs = append(tlvs, proxyproto.TLV{Type: proxyproto.PP2_TYPE_AUTHORITY, Value: []byte(strings.ToLower(cs.ServerName))})
 		}
 		ssl := tlvparse.PP2SSL{Client: tlvparse.PP2_BITFIELD_CLIENT_SSL, TLV: []proxyproto.TLV{
 			{Type: proxyproto.PP2_SUBTYPE_SSL_VERSION, Value: []byte(tlsVersion(cs.Version))},

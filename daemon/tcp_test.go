@@ -310,3 +310,36 @@ func TestTCPMaxConnLifetime(t *testing.T) {
 		}
 	}
 }
+
+// A revoked client whose splice no longer reads it — the client half-closed first, so only
+// the upstream's direction is left, and the upstream is silent — still has its splice ended
+// and its upstream conn closed at once, not at the idle timeout.
+func TestTCPEvictionAfterHalfClose(t *testing.T) {
+	up := upstream(t, func(c net.Conn) {
+		io.Copy(io.Discard, c) // the client's bytes, then its half-close
+		c.Write([]byte{'.'})   // one byte, then silence: nothing makes the splice write
+		time.Sleep(20 * time.Second)
+	})
+	n, _, dial, client := tcpNode(t, up, time.Hour)
+	c := dial()
+	io.WriteString(c, "x")
+	c.CloseWrite()
+	c.Read(make([]byte, 1)) // the upstream's byte: the splice runs, the client half-closed
+	live := func() int {
+		k := 0
+		n.splices.Range(func(_, _ any) bool { k++; return true })
+		return k
+	}
+	if live() != 1 {
+		t.Fatalf("%d live splices; want 1", live())
+	}
+	key, _ := revoke.KeyFor(client.Cert, revoke.KindSerial)
+	if _, err := n.Store().Revoke(context.Background(), revoke.Entry{Key: key}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); live() != 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the splice of a revoked, half-closed client still running 10s later (its upstream conn open)")
+		}
+	}
+}

@@ -29,7 +29,8 @@ type rule struct {
 //	uri:spiffe://prod/payments/*   a URI SAN; * is one path segment, a final ** one or more
 //	dns:*.svc.internal             a DNS SAN; a leading *. is one label
 //	email:ops@example.com          an email SAN
-//	subject:CN=billing,O=Acme      every attribute given is in the subject DN (RFC 4514)
+//	subject:CN=billing,O=Acme      every attribute given is in the subject DN (RFC 4514), and
+//	                               the DN holds no other value of a type named (one CN only)
 //	spki:<hex> / sha256:<hex>      the client certificate's key or the certificate itself
 //	issuer:<hex>                   a CA (its certificate's SHA-256) in the verified chain
 //
@@ -121,7 +122,7 @@ func parseRule(s string) (rule, error) {
 			r.match = func(_ *x509.Certificate, keys []revoke.Key, _ []*x509.Certificate) bool {
 				for _, k := range keys {
 					if d, ok := strings.CutPrefix(string(k), "dns:"); ok {
-						if label, ok := strings.CutSuffix(d, suffix); ok && label != "" && !strings.Contains(label, ".") {
+						if label, ok := strings.CutSuffix(d, suffix); ok && label != "" && !strings.ContainsAny(label, ".*") {
 							return true
 						}
 					}
@@ -166,6 +167,22 @@ func parseRule(s string) (rule, error) {
 			return rule{}, err
 		}
 		r.match = func(leaf *x509.Certificate, _ []revoke.Key, _ []*x509.Certificate) bool {
+			// Every value the certificate holds of a type the pattern names must be one the
+			// pattern gives: a certificate with CN=billing and CN=ops is not billing alone
+			// (Go reports the last CN, ops; another reader may take the first).
+			for _, got := range leaf.Subject.Names {
+				named, listed := false, false
+				for _, want := range attrs {
+					if got.Type.Equal(want.Type) {
+						named = true
+						s, ok := got.Value.(string)
+						listed = listed || (ok && s == want.Value)
+					}
+				}
+				if named && !listed {
+					return false
+				}
+			}
 			for _, want := range attrs {
 				found := false
 				for _, got := range leaf.Subject.Names {
@@ -198,14 +215,24 @@ func exactKey(r rule, k revoke.Key) rule {
 	return r
 }
 
-// globSegments matches path segments against a pattern's: * is any one non-empty segment,
-// a final ** one or more.
+// globSegments matches path segments against a pattern's: * is any one segment, a final **
+// one or more. A wildcard never matches an empty, dot or dot-dot segment, nor one holding a
+// percent-escape (%2F would be a slash to some readers): SPIFFE IDs allow none of them.
 func globSegments(pat, segs []string) bool {
+	wild := func(s string) bool { return s != "" && s != "." && s != ".." && !strings.Contains(s, "%") }
 	for i, p := range pat {
 		if p == "**" {
-			return len(segs) > i && segs[i] != ""
+			if len(segs) <= i {
+				return false
+			}
+			for _, s := range segs[i:] {
+				if !wild(s) {
+					return false
+				}
+			}
+			return true
 		}
-		if i >= len(segs) || (p == "*" && segs[i] == "") || (p != "*" && p != segs[i]) {
+		if i >= len(segs) || (p == "*" && !wild(segs[i])) || (p != "*" && p != segs[i]) {
 			return false
 		}
 	}

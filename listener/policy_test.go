@@ -1,13 +1,21 @@
 package listener_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/hex"
+	"math/big"
 	"net"
+	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/guardian-mtls/guardian/conntrack"
 	"github.com/guardian-mtls/guardian/listener"
@@ -134,5 +142,84 @@ func TestAllowPolicyInTheHandshake(t *testing.T) {
 	if _, err := listener.New(inner, listener.Config{Set: e.set, Audiences: []listener.Audience{{Name: "x", SNI: []string{"x"},
 		Certificates: []tls.Certificate{srv}, ClientAuth: tls.RequireAnyClientCert, Allow: narrow}}}); err == nil || !strings.Contains(err.Error(), "does not verify") {
 		t.Fatalf("New with a policy over unverified certificates: %v", err)
+	}
+}
+
+// What an attacker's CA-issued certificate might try (second outside attack on issue 16):
+// two CNs, a URI with dot or encoded-slash segments, a DNS SAN with a literal '*'.
+func TestPolicyRefusesAmbiguousIdentities(t *testing.T) {
+	root := pkitest.NewCA(t)
+	issue := func(subject pkix.Name, uris []string, dns []string) *x509.Certificate {
+		t.Helper()
+		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		var us []*url.URL
+		for _, s := range uris {
+			u, err := url.Parse(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			us = append(us, u)
+		}
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: subject, URIs: us, DNSNames: dns,
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, root.Cert, &key.PublicKey, root.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, _ := x509.ParseCertificate(der)
+		return c
+	}
+	twoCNs := issue(pkix.Name{Organization: []string{"Acme"}, ExtraNames: []pkix.AttributeTypeAndValue{
+		{Type: asn1.ObjectIdentifier{2, 5, 4, 3}, Value: "billing"}, {Type: asn1.ObjectIdentifier{2, 5, 4, 3}, Value: "ops"}}}, nil, nil)
+	dotdot := issue(pkix.Name{CommonName: "x"}, []string{"spiffe://prod/payments/.."}, nil)
+	encoded := issue(pkix.Name{CommonName: "y"}, []string{"spiffe://prod/payments/a%2F..%2F..%2Fops"}, nil)
+	star := issue(pkix.Name{CommonName: "z"}, nil, []string{"a*.svc.internal"})
+	for _, tt := range []struct {
+		pattern string
+		cert    *x509.Certificate
+	}{
+		{"subject:CN=billing,O=Acme", twoCNs},
+		{"uri:spiffe://prod/payments/*", dotdot},
+		{"uri:spiffe://prod/payments/**", dotdot},
+		{"uri:spiffe://prod/payments/*", encoded},
+		{"uri:spiffe://prod/payments/**", encoded},
+		{"dns:*.svc.internal", star},
+	} {
+		p, err := listener.ParsePolicy(tt.pattern)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if by, ok := p.Admits([][]*x509.Certificate{{tt.cert, root.Cert}}); ok {
+			t.Errorf("%s admitted %v (subject %s, URIs %v, DNS %v)", by, tt.cert.Subject, tt.cert.Subject, tt.cert.URIs, tt.cert.DNSNames)
+		}
+	}
+	// Both CNs named: admitted.
+	if p, _ := listener.ParsePolicy("subject:CN=billing,CN=ops,O=Acme"); p != nil {
+		if _, ok := p.Admits([][]*x509.Certificate{{twoCNs, root.Cert}}); !ok {
+			t.Error("a pattern naming both CNs does not admit the certificate that has both")
+		}
+	}
+}
+
+// A server name that is not made of DNS characters matches no audience, wildcards included:
+// it never becomes a conn's SNI (which a TCP upstream's PROXY header would carry).
+func TestSNIOfOddBytesIsUnknown(t *testing.T) {
+	e := newEnv(t, envOpts{audiences: func(e *env) []listener.Audience {
+		return []listener.Audience{{Name: "api", SNI: []string{"*.api.test"}, Certificates: []tls.Certificate{e.server.TLS()},
+			ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: e.root.Pool()}}
+	}})
+	leaf := e.root.MustIssue(t, pkitest.Opts{CommonName: "c"})
+	for _, sni := range []string{"x\xff.api.test", "a b.api.test", "a\r\nb.api.test"} {
+		c, err := tls.Dial("tcp", e.addr, &tls.Config{RootCAs: e.root.Pool(), ServerName: sni, InsecureSkipVerify: true, Certificates: []tls.Certificate{leaf.TLS()}})
+		if err == nil {
+			c.Close()
+			t.Errorf("SNI %q was served", sni)
+		}
+	}
+	waitMetric(t, e, "guardian_handshake_failures_total", 3, "reason", "unknown_sni")
+	if c, err := tls.Dial("tcp", e.addr, &tls.Config{RootCAs: e.root.Pool(), ServerName: "ok.api.test", InsecureSkipVerify: true, Certificates: []tls.Certificate{leaf.TLS()}}); err != nil {
+		t.Fatalf("a valid name under the wildcard: %v", err)
+	} else {
+		c.Close()
 	}
 }

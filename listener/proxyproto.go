@@ -55,7 +55,7 @@ func ProxyProtocol(inner net.Listener, cfg ProxyProtocolConfig) (net.Listener, e
 		ValidateHeader: func(h *proxyproto.Header) error {
 			// A LOCAL header (the balancer's own health check) carries no client: the
 			// peer's address stays. A PROXY header must name a TCP client.
-			if h.Command.IsProxy() && !h.TransportProtocol.IsStream() {
+			if h.Command.IsProxy() && !(h.TransportProtocol.IsStream() && (h.TransportProtocol.IsIPv4() || h.TransportProtocol.IsIPv6())) {
 				return fmt.Errorf("%w (%v)", errBadProxyHeader, h.TransportProtocol)
 			}
 			return nil

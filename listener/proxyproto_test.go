@@ -36,6 +36,7 @@ func TestProxyProtocol(t *testing.T) {
 		{"trusted, malformed", "127.0.0.1/32", []byte("PROXY TCP4 not-an-address 127.0.0.1 1 2\r\n"), "proxy_header_bad", ""},
 		{"trusted, v2 of a bogus family", "127.0.0.1/32", append([]byte("\r\n\r\n\x00\r\nQUIT\n"), 0x21, 0xff, 0, 0), "proxy_header_bad", ""},
 		{"trusted, oversized v1", "127.0.0.1/32", []byte("PROXY TCP4 " + strings.Repeat("1", 200) + "\r\n"), "proxy_header_bad", ""},
+		{"trusted, v2 of the UNIX family", "127.0.0.1/32", append(append([]byte("\r\n\r\n\x00\r\nQUIT\n"), 0x21, 0x31, 0, 216), make([]byte, 216)...), "proxy_header_bad", ""},
 		{"untrusted, forged", "127.0.0.2/32", v2Header(t, "10.9.9.9:1"), "proxy_header_untrusted", ""},
 		{"untrusted, no header", "127.0.0.2/32", nil, "", "127.0.0.1:"},
 	} {

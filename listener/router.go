@@ -200,10 +200,29 @@ func (r *router) lookup(sni string) *audience {
 	return nil
 }
 
+// validSNI reports whether a server name is made of DNS characters (letters, digits, '-',
+// '_', '.') and is at most 253 bytes: anything else matches no audience, and so never
+// reaches an upstream as the conn's SNI (a PROXY header's AUTHORITY, a log line).
+func validSNI(name string) bool {
+	if len(name) > 253 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i] | 0x20
+		if !(c >= 'a' && c <= 'z' || name[i] >= '0' && name[i] <= '9' || name[i] == '-' || name[i] == '_' || name[i] == '.') {
+			return false
+		}
+	}
+	return true
+}
+
 // route is the base config's GetConfigForClient: it picks the audience and records it on
 // the conn.
 func (l *Listener) route(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-	a := l.router.Load().lookup(hello.ServerName)
+	var a *audience
+	if validSNI(hello.ServerName) {
+		a = l.router.Load().lookup(hello.ServerName)
+	}
 	if a == nil {
 		return nil, fmt.Errorf("%w %q", ErrUnknownSNI, clip.String(hello.ServerName, 64))
 	}
