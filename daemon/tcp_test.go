@@ -343,3 +343,20 @@ func TestTCPEvictionAfterHalfClose(t *testing.T) {
 		}
 	}
 }
+
+// An upstream that resets its conn mid-splice closes the client's conn, and nothing else.
+func TestTCPUpstreamReset(t *testing.T) {
+	up := upstream(t, func(c net.Conn) {
+		c.Read(make([]byte, 1))
+		c.(*net.TCPConn).SetLinger(0) // RST
+	})
+	_, _, dial, _ := tcpNode(t, up, time.Minute)
+	c := dial()
+	io.WriteString(c, "x")
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || strings.Contains(err.Error(), "timeout") {
+		t.Fatalf("after the upstream reset: %v; want the client's conn closed", err)
+	}
+	other := dial() // the node serves on
+	io.WriteString(other, "y")
+}
