@@ -16,6 +16,7 @@ FUZZ_TARGETS = \
 	./internal/pemfile:FuzzParseCerts \
 	./daemon/admin:FuzzRevokeRequest \
 	./daemon:FuzzParseConfig \
+	./daemon:FuzzPathReadings \
 	./internal/clip:FuzzString \
 	./binding:FuzzTokens \
 	./binding:FuzzSessionCookie \

@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"net/url"
+	"path"
+	"strings"
 	"testing"
 )
 
@@ -40,4 +42,26 @@ func TestRouteReadings(t *testing.T) {
 	if root := newRoute(RouteConfig{Path: "/", Allow: []string{"uri:spiffe://ops/*"}}); !underAny(pathReadings(&url.URL{Path: "/anything"}), root.prefix) {
 		t.Error("a route for / does not cover every path")
 	}
+}
+
+// Client paths, through the route's readings: never a panic, a bounded number of readings,
+// and a path that Go itself reads as under /admin/ is always under it.
+func FuzzPathReadings(f *testing.F) {
+	for _, s := range []string{"/admin/", "/x/../admin/", "/%2561dmin/%25zz", "/adm%C4%B1n/", `/a\b;c=d/%00`, "/%c0%ae%c0%ae/"} {
+		f.Add(s)
+	}
+	admin := newRoute(RouteConfig{Path: "/admin/", Allow: []string{"uri:spiffe://ops/*"}})
+	f.Fuzz(func(t *testing.T, raw string) {
+		u, err := url.ParseRequestURI(raw)
+		if err != nil {
+			return
+		}
+		r := pathReadings(u)
+		if len(r) > 200 {
+			t.Fatalf("%d readings of %q", len(r), raw)
+		}
+		if clean := path.Clean("/" + strings.ToLower(u.Path)); (clean == "/admin" || strings.HasPrefix(clean, "/admin/")) && !underAny(r, admin.prefix) {
+			t.Fatalf("%q: Go reads %q, under /admin/, but the route does not apply", raw, clean)
+		}
+	})
 }
