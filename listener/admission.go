@@ -173,8 +173,12 @@ func (l *Listener) ConnState(nc net.Conn, s http.ConnState) {
 	if !ok || info.aud == nil {
 		return
 	}
-	if lt := info.aud.MaxConnLifetime; lt > 0 && s == http.StateIdle && l.clock.Now().Sub(raw.Since()) >= lt {
-		// Past its lifetime, and between requests: it ends here, gracefully.
+	if lt := info.aud.MaxConnLifetime; lt > 0 && s == http.StateIdle && l.clock.Now().Sub(raw.Since()) >= lt &&
+		tc.ConnectionState().NegotiatedProtocol != "h2" {
+		// Past its lifetime, and between HTTP/1.1 requests (the last response is written):
+		// it ends here, gracefully. An HTTP/2 conn goes idle while its last response may
+		// still be queued; it ends with the GOAWAY that response's Connection: close sends,
+		// or at the cut.
 		l.reg.EvictConn(raw, conntrack.Cause{Reason: conntrack.ReasonLifetime})
 		return
 	}
