@@ -14,6 +14,7 @@ import (
 	"github.com/guardian-mtls/guardian/binding"
 	"github.com/guardian-mtls/guardian/internal/pemfile"
 	"github.com/guardian-mtls/guardian/listener"
+	"github.com/guardian-mtls/guardian/revoke"
 	"github.com/guardian-mtls/guardian/revoke/ocsp"
 	"github.com/guardian-mtls/guardian/revoke/redisfeed"
 )
@@ -237,6 +238,30 @@ func (c *Config) certs(files []string, field string) ([]*x509.Certificate, error
 		out = append(out, cs...)
 	}
 	return out, nil
+}
+
+// adminAudience is the admin listener's one audience, its files read, and the identities
+// admin.allow lists.
+func (c *Config) adminAudience() (listener.Audience, []revoke.Key, error) {
+	cert, err := tls.LoadX509KeyPair(c.path(c.Admin.Cert), c.path(c.Admin.Key))
+	if err != nil {
+		return listener.Audience{}, nil, configError(c.name(), "admin.cert", "%v", err)
+	}
+	var allowed []revoke.Key
+	for _, k := range c.Admin.Allow {
+		allowed = append(allowed, revoke.MustParseKey(k)) // validated with the config
+	}
+	pool, err := c.pool(c.Admin.ClientCA, "admin.client_ca")
+	if err != nil {
+		return listener.Audience{}, nil, err
+	}
+	return listener.Audience{
+		Name: "admin", Default: true, SNI: []string{"localhost"}, Certificates: []tls.Certificate{cert},
+		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool, IdleTimeout: time.Minute,
+		// A certificate admin.allow does not list is refused in the handshake, so it
+		// cannot hold admin conns (the API refuses it again, for any other path).
+		TLS: &tls.Config{VerifyConnection: adminAllowed(allowed)},
+	}, allowed, nil
 }
 
 // RedisClientConfig is the Redis client the configuration describes, TLS included; the

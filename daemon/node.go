@@ -47,6 +47,8 @@ type Node struct {
 	rev     *revocation
 	hm      *handlerMetrics
 	reloads *prometheus.CounterVec
+	// fileReloads counts the certificate files applied after a change on disk.
+	fileReloads *prometheus.CounterVec
 
 	data       *listener.Listener
 	httpLn     *chanListener                        // the data listener's conns of HTTP audiences
@@ -131,6 +133,12 @@ func (n *Node) open(ctx context.Context) error {
 		Name: "guardian_config_reloads_total", Help: "Configuration reloads (SIGHUP), by result (ok, error).",
 	}, []string{"result"})
 	if err := n.reg.Register(n.reloads); err != nil {
+		return err
+	}
+	n.fileReloads = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "guardian_file_reloads_total", Help: "Certificate, key and CA files applied again after they changed on disk, by result (ok, error: the last good ones stay).",
+	}, []string{"result"})
+	if err := n.reg.Register(n.fileReloads); err != nil {
 		return err
 	}
 
@@ -219,15 +227,7 @@ func (n *Node) listenAdmin() error {
 	if cfg.Admin.Listen == "" {
 		return nil
 	}
-	cert, err := tls.LoadX509KeyPair(cfg.path(cfg.Admin.Cert), cfg.path(cfg.Admin.Key))
-	if err != nil {
-		return configError(cfg.name(), "admin.cert", "%v", err)
-	}
-	var allowed []revoke.Key
-	for _, k := range cfg.Admin.Allow {
-		allowed = append(allowed, revoke.MustParseKey(k)) // validated with the config
-	}
-	pool, err := cfg.pool(cfg.Admin.ClientCA, "admin.client_ca")
+	aud, allowed, err := cfg.adminAudience()
 	if err != nil {
 		return err
 	}
@@ -237,13 +237,8 @@ func (n *Node) listenAdmin() error {
 	}
 	// Bounded as an audience is: any certificate of the admin CA can connect before
 	// admin.allow refuses it, and its conns must not take the data port's descriptors.
-	n.admin, err = listener.New(ln, listener.Config{Set: n.rev.set, Logger: n.log, Metrics: n.reg.listenerMetrics("admin"), MaxConns: cfg.adminMaxConns(), Audiences: []listener.Audience{{
-		Name: "admin", Default: true, SNI: []string{"localhost"}, Certificates: []tls.Certificate{cert},
-		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool, IdleTimeout: time.Minute,
-		// A certificate admin.allow does not list is refused in the handshake, so it
-		// cannot hold admin conns (the API refuses it again, for any other path).
-		TLS: &tls.Config{VerifyConnection: adminAllowed(allowed)},
-	}}})
+	n.admin, err = listener.New(ln, listener.Config{Set: n.rev.set, Logger: n.log, Metrics: n.reg.listenerMetrics("admin"),
+		MaxConns: cfg.adminMaxConns(), Audiences: []listener.Audience{aud}})
 	if err != nil {
 		ln.Close()
 		return err
@@ -302,6 +297,7 @@ func (n *Node) background(ctx context.Context) {
 		run(func() { n.rev.heartbeat(ctx, n.id, n.data.Len, n.log) })
 	}
 	run(func() { n.rev.prune(ctx, time.Minute) })
+	run(func() { n.watchFiles(ctx, n.fileReloads) })
 }
 
 // Addr returns the data port's address.
