@@ -138,6 +138,24 @@ func TestCertificateFilesAreWatched(t *testing.T) {
 	publish("..2026_e", c3, k3, both)
 	eventually(t, "the whole pair served", func() bool { return serverSerial(t, addr, ca, client).Cmp(s3) == 0 })
 
+	// The certificate file deleted, then a directory in its place: refused, counted, the
+	// last good pair stays served; put back, nothing changes.
+	errorsSoFar := metrictest.Value(t, reg, "guardian_file_reloads_total", "result", "error")
+	crt := filepath.Join(k8s, "tls.crt")
+	os.Remove(crt)
+	eventually(t, "the deleted certificate counted", func() bool {
+		return metrictest.Value(t, reg, "guardian_file_reloads_total", "result", "error") > errorsSoFar
+	})
+	os.Mkdir(crt, 0o700)
+	eventually(t, "the directory in its place counted", func() bool {
+		return metrictest.Value(t, reg, "guardian_file_reloads_total", "result", "error") > errorsSoFar+1
+	})
+	if serverSerial(t, addr, ca, client).Cmp(s3) != 0 || !open(live) {
+		t.Fatal("a deleted certificate file changed what is served, or closed a conn")
+	}
+	os.Remove(crt)
+	os.Symlink(filepath.Join("..data", "tls.crt"), crt)
+
 	// The partner CA leaves the bundle: its conn is closed, the other stays.
 	publish("..2026_f", c3, k3, ca.CertPEM())
 	eventually(t, "the partner's conn closed", func() bool { return !open(partnerConn) })
