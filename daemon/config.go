@@ -112,11 +112,19 @@ type AudienceOCSP struct {
 	Mode string `yaml:"mode"` // off | soft | hard; default revocation.ocsp.mode
 }
 
-// CRLConfig is one CRL source: a file or a URL. CRLs pushed through Redis (guardian crl
-// push) need no entry here.
+// CRLConfig is one CRL source: a file, a URL, or the distribution points of the
+// certificates clients present. CRLs pushed through Redis (guardian crl push) need no entry
+// here.
 type CRLConfig struct {
 	File string `yaml:"file"`
 	URL  string `yaml:"url"`
+	// FromCertificates follows the HTTP CRL Distribution Points of the certificates in
+	// clients' verified chains (leaves and CAs), each as a URL source (refresh, timeout and
+	// max_size apply).
+	FromCertificates bool `yaml:"from_certificates"`
+	// Wait bounds how long a handshake waits for a distribution point's first fetch
+	// (from_certificates only; default 2s); see the audiences' crl_unavailable.
+	Wait Duration `yaml:"wait"`
 	// Every is how often a file is checked for changes (default 2s).
 	Every Duration `yaml:"every"`
 	// Refresh is the longest time between fetches of a URL (default 5m); a CRL whose
@@ -163,6 +171,10 @@ type AudienceConfig struct {
 	// Upstream is an http:// or https:// URL (the audience proxies HTTP), or tcp://host:port
 	// or unix:///path (it splices bytes: MQTT, a database protocol, gRPC passed through).
 	Upstream string `yaml:"upstream"`
+	// CRLUnavailable is what a handshake does when a CRL its certificates name in their
+	// distribution points (revocation.crl from_certificates) cannot be had within its wait:
+	// open (serve, logged) or closed (refuse, reason crl_unavailable). Default open.
+	CRLUnavailable string `yaml:"crl_unavailable"`
 	// ClientCertHeader is how an HTTP upstream learns the client certificate: xfcc
 	// (X-Forwarded-Client-Cert, the default), rfc9440 (Client-Cert and Client-Cert-Chain)
 	// or both. guardian owns all three: a client's are removed, in any spelling.

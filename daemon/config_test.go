@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 const seedConfig = `
@@ -146,6 +147,15 @@ func TestValidateCodeBuilt(t *testing.T) {
 		{"redis unix", func(c *Config) { c.Revocation.Store, c.Revocation.Redis.URL = "redis", "unix:///run/redis.sock" }, ""},
 		{"redis unix relative", func(c *Config) { c.Revocation.Store, c.Revocation.Redis.URL = "redis", "unix:redis.sock" }, "revocation.redis.url"},
 		{"redis http", func(c *Config) { c.Revocation.Store, c.Revocation.Redis.URL = "redis", "http://x" }, "revocation.redis.url"},
+		{"crl from certificates", func(c *Config) {
+			c.Audiences[0].ClientAuth, c.Audiences[0].ClientCA, c.Audiences[0].CRLUnavailable = "require", []string{"ca.pem"}, "closed"
+			c.Revocation.CRL = []CRLConfig{{FromCertificates: true, Wait: Duration(time.Second)}}
+		}, ""},
+		{"crl from certificates and a url", func(c *Config) {
+			c.Audiences[0].ClientAuth, c.Audiences[0].ClientCA = "require", []string{"ca.pem"}
+			c.Revocation.CRL = []CRLConfig{{FromCertificates: true, URL: "http://x/y.crl"}}
+		}, "revocation.crl[0]: from_certificates finds its URLs"},
+		{"crl_unavailable typo", func(c *Config) { c.Audiences[0].CRLUnavailable = "shut" }, "audiences[0].crl_unavailable"},
 		{"tcp upstream", func(c *Config) { c.Audiences[0].Upstream = "tcp://127.0.0.1:1883" }, ""},
 		{"unix upstream", func(c *Config) { c.Audiences[0].Upstream = "unix:///run/app.sock" }, ""},
 		{"tcp without a port", func(c *Config) { c.Audiences[0].Upstream = "tcp://127.0.0.1" }, "audiences[0].upstream"},

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -55,8 +56,9 @@ type Node struct {
 	dispatched chan struct{}                        // closed when dispatch has returned (nil before Run)
 	tcp        atomic.Pointer[map[string]*tcpProxy] // TCP audiences' splices, by name
 	tcpErrors  *prometheus.CounterVec
-	splices    sync.Map           // *listener.ConnInfo → func() ending that splice: see tcpProxy
-	admin      *listener.Listener // nil without admin.listen
+	splices    sync.Map                        // *listener.ConnInfo → func() ending that splice: see tcpProxy
+	crlClosed  atomic.Pointer[map[string]bool] // audiences with crl_unavailable: closed
+	admin      *listener.Listener              // nil without admin.listen
 	servers    []*http.Server
 	listeners  []net.Listener
 	handler    atomic.Pointer[http.Handler]
@@ -178,6 +180,7 @@ func (n *Node) listenData() error {
 	if cfg.MaxConns != nil {
 		maxConns = *cfg.MaxConns
 	}
+	n.setCRLPolicy(cfg)
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return configError(cfg.name(), "listen", "%v", err)
@@ -200,8 +203,9 @@ func (n *Node) listenData() error {
 			}
 		},
 		// An intermediate a client presents is trusted for its CRLs; a CRL held for it
-		// applies before this client's revocation check.
-		OnVerified: n.rev.crl.Learn})
+		// applies before this client's revocation check, as does a first fetch of a
+		// distribution point its certificates name.
+		OnVerified: n.onVerified})
 	if err != nil {
 		ln.Close()
 		return err
@@ -253,6 +257,36 @@ func (n *Node) listenAdmin() error {
 	n.serve(n.admin, &http.Server{Handler: n.admin.Progress(api.Handler()), ConnState: n.admin.ConnState, ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(ratelog.Shared(n.log.Handler(), 10, time.Second), slog.LevelWarn)})
 	return nil
+}
+
+// onVerified runs in each handshake before the revocation check: the CRL applier learns the
+// chain's CAs, and with from_certificates the chain's distribution points are followed — a
+// handshake waits for a first fetch at most crl wait, then its audience's crl_unavailable
+// decides.
+func (n *Node) onVerified(audience string, chains [][]*x509.Certificate) error {
+	n.rev.crl.Learn(chains)
+	d := n.rev.discovery
+	if d == nil {
+		return nil
+	}
+	missing := d.Unavailable(chains, n.rev.discoveryWait)
+	if len(missing) == 0 {
+		return nil
+	}
+	if (*n.crlClosed.Load())[audience] {
+		return listener.Refusal("crl_unavailable", fmt.Errorf("the CRL of %s is not in force, and audience %s is crl_unavailable: closed", missing[0], audience))
+	}
+	n.clog.Warn("serving a client whose CRL is not in force (crl_unavailable: open)", "audience", audience, "distribution_point", missing[0])
+	return nil
+}
+
+// setCRLPolicy records which audiences refuse a client whose CRL is unavailable.
+func (n *Node) setCRLPolicy(cfg *Config) {
+	m := map[string]bool{}
+	for _, a := range cfg.Audiences {
+		m[a.Name] = a.CRLUnavailable == "closed"
+	}
+	n.crlClosed.Store(&m)
 }
 
 // setTCP builds the splices of cfg's TCP audiences.
@@ -466,6 +500,7 @@ func (n *Node) reload() error {
 	}
 	n.handler.Store(&h)
 	n.setTCP(next)
+	n.setCRLPolicy(next)
 	m := next.ocspModes()
 	n.modes.Store(&m)
 	n.rev.setIssuers(issuers)

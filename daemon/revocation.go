@@ -29,10 +29,14 @@ type revocation struct {
 	rstore *redisfeed.Store // nil unless the store is Redis
 	crl    *crl.Applier     // every CRL, from a file, a URL or Redis, goes through it
 	crls   []crl.Source
-	ocsp   *ocsp.Checker // nil unless an audience uses OCSP
-	close  []func()
-	pruned prometheus.Counter
-	start  time.Time // when the node started, for a feed that never reached Redis
+	// discovery follows the certificates' distribution points (from_certificates); nil
+	// without; discoveryWait bounds a handshake's wait for a first fetch.
+	discovery     *crl.Discovery
+	discoveryWait time.Duration
+	ocsp          *ocsp.Checker // nil unless an audience uses OCSP
+	close         []func()
+	pruned        prometheus.Counter
+	start         time.Time // when the node started, for a feed that never reached Redis
 
 	mu        sync.Mutex
 	matched   map[string]int // recently revoked keys: conns each change matched
@@ -187,6 +191,14 @@ func (n *revocation) openCRLs(ctx context.Context, cfg *Config, metrics promethe
 		return err
 	}
 	for _, cs := range cfg.Revocation.CRL {
+		if cs.FromCertificates {
+			n.discovery = &crl.Discovery{Applier: n.crl, Refresh: time.Duration(cs.Refresh), Timeout: time.Duration(cs.Timeout), MaxSize: cs.MaxSize}
+			n.discoveryWait = time.Duration(cs.Wait)
+			if n.discoveryWait <= 0 {
+				n.discoveryWait = 2 * time.Second
+			}
+			continue
+		}
 		var src crl.Source
 		if cs.File != "" {
 			src = &crl.File{Path: cfg.path(cs.File), Every: time.Duration(cs.Every), MaxSize: cs.MaxSize, Applier: n.crl}
@@ -202,6 +214,9 @@ func (n *revocation) openCRLs(ctx context.Context, cfg *Config, metrics promethe
 	}
 	wg.Wait()
 	rctx, cancel := context.WithCancel(context.Background())
+	if n.discovery != nil {
+		n.discovery.Start(rctx)
+	}
 	for _, src := range n.crls {
 		wg.Add(1)
 		go func() { defer wg.Done(); src.Run(rctx) }()
@@ -229,6 +244,11 @@ func (n *revocation) crlViews() []admin.CRL {
 
 // crlStale says why the node's CRLs are stale, or "".
 func (n *revocation) crlStale() string {
+	if n.discovery != nil {
+		if failing := n.discovery.Failing(); len(failing) > 0 {
+			return fmt.Sprintf("the CRL of distribution point %s (named by a client's certificate) is not in force: it could not be fetched or applied", failing[0])
+		}
+	}
 	if held := n.crl.Pending(); len(held) > 0 {
 		return fmt.Sprintf("CRL %s is held: its issuer %s is none of the configured CAs and no client has presented it yet (it applies once one does, or list the CA in revocation.crl_issuers)", held[0].Origin, held[0].Issuer)
 	}

@@ -85,8 +85,13 @@ func (c *Config) validate() error {
 	for i, cs := range r.CRL {
 		field := fmt.Sprintf("revocation.crl[%d]", i)
 		switch {
+		case cs.FromCertificates && (cs.File != "" || cs.URL != "" || cs.Every != 0):
+			return configError(f, field, "from_certificates finds its URLs in the certificates: no file, url or every with it")
+		case cs.FromCertificates:
+		case cs.Wait != 0:
+			return configError(f, field+".wait", "is for from_certificates")
 		case (cs.File == "") == (cs.URL == ""):
-			return configError(f, field, "set file or url, one of them")
+			return configError(f, field, "set file or url, or from_certificates: true, one of them")
 		case cs.URL != "":
 			if why := checkURL(cs.URL, "http", "https"); why != "" {
 				return configError(f, field+".url", "%s", why)
@@ -234,6 +239,11 @@ func (c *Config) validateAudience(i int, names map[string]bool) error {
 		if _, err := listener.ParsePolicy(rt.Allow...); err != nil {
 			return configError(f, rf+".allow", "%v", err)
 		}
+	}
+	switch a.CRLUnavailable {
+	case "", "open", "closed":
+	default:
+		return configError(f, field+".crl_unavailable", "%q; want open or closed", a.CRLUnavailable)
 	}
 	if _, err := binding.ParseClientCertHeaders(a.ClientCertHeader); err != nil {
 		return configError(f, field+".client_cert_header", "%q; want xfcc, rfc9440 or both", a.ClientCertHeader)

@@ -214,6 +214,10 @@ func classify(err error) string {
 	if r := proxyHeaderReason(err); r != "" {
 		return r
 	}
+	var refusal *RefusalError
+	if errors.As(err, &refusal) {
+		return refusal.Reason
+	}
 	var rh tls.RecordHeaderError
 	switch {
 	case errors.Is(err, ErrRevoked):

@@ -36,7 +36,9 @@ func (l *Listener) check(a *audience, cs tls.ConnectionState) error {
 		return fmt.Errorf("%w: %d certificates, more than %d", errChainTooLong, len(cs.PeerCertificates), l.maxChain)
 	}
 	if l.onVer != nil && len(cs.VerifiedChains) > 0 {
-		l.onVer(cs.VerifiedChains)
+		if err := l.onVer(a.Name, cs.VerifiedChains); err != nil {
+			return err
+		}
 	}
 	if a.OnStale == StaleClosed && a.isStale(l.stale) {
 		return ErrStale

@@ -120,11 +120,12 @@ type Config struct {
 	// conns matched it (each is then confirmed and closed). It runs on the goroutine that
 	// applied the change and must be quick.
 	OnRevocation func(ch revoke.Change, matched int)
-	// OnVerified, if set, is given each handshake's verified client chains before the
-	// revocation check, on the handshake's goroutine: crl.Applier.Learn takes the
+	// OnVerified, if set, is given each handshake's audience and verified client chains
+	// before the revocation check, on the handshake's goroutine: crl.Applier.Learn takes the
 	// intermediates from it, so that a CRL signed by one applies before the first client it
-	// revokes is served. It must be quick.
-	OnVerified func(chains [][]*x509.Certificate)
+	// revokes is served. An error refuses the handshake (give it a reason with Refusal). It
+	// must be quick, or bounded.
+	OnVerified func(audience string, chains [][]*x509.Certificate) error
 	// OnEvict, if set, is told of each conn the listener closed for a reason of its own —
 	// a revocation, an expiry, a reload that no longer trusts it (policy), Shutdown, or
 	// CloseConn (manual) — once the conn is closed. It runs on an eviction worker and must
@@ -150,6 +151,19 @@ type Config struct {
 	MaxConns int
 }
 
+// RefusalError is a handshake refused by a hook of the embedder's (OnVerified), with the
+// reason counted and logged for it.
+type RefusalError struct {
+	Reason string
+	Err    error
+}
+
+func (e *RefusalError) Error() string { return e.Err.Error() }
+func (e *RefusalError) Unwrap() error { return e.Err }
+
+// Refusal is err, to be counted as a refusal with reason (e.g. crl_unavailable).
+func Refusal(reason string, err error) error { return &RefusalError{Reason: reason, Err: err} }
+
 // Listener is a revocation-aware TLS listener. Create one with New.
 type Listener struct {
 	inner    net.Listener
@@ -164,7 +178,7 @@ type Listener struct {
 	stale    func() bool
 	onRev    func(revoke.Change, int)
 	onEv     func(Eviction)
-	onVer    func([][]*x509.Certificate)
+	onVer    func(string, [][]*x509.Certificate) error
 	log      *slog.Logger
 	// refusedLog is log rate-limited per message, for refused handshakes.
 	refusedLog *slog.Logger

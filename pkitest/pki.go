@@ -135,6 +135,8 @@ type Opts struct {
 	EKU []x509.ExtKeyUsage
 	// OCSP lists OCSP responder URLs for the AIA extension.
 	OCSP []string
+	// CRLDistributionPoints lists the URLs of the CRLs that cover the certificate.
+	CRLDistributionPoints []string
 }
 
 // Leaf is an issued end-entity certificate with its key and the intermediates above it.
@@ -161,16 +163,17 @@ func (ca *CA) Issue(o Opts) (*Leaf, error) {
 		o.NotAfter = now.Add(24 * time.Hour)
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber:   o.Serial,
-		Subject:        pkix.Name{CommonName: o.CommonName, Organization: []string{"guardian test"}},
-		NotBefore:      o.NotBefore,
-		NotAfter:       o.NotAfter,
-		KeyUsage:       x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:    []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
-		OCSPServer:     o.OCSP,
-		DNSNames:       o.DNS,
-		IPAddresses:    o.IPs,
-		EmailAddresses: o.Emails,
+		SerialNumber:          o.Serial,
+		Subject:               pkix.Name{CommonName: o.CommonName, Organization: []string{"guardian test"}},
+		NotBefore:             o.NotBefore,
+		NotAfter:              o.NotAfter,
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
+		OCSPServer:            o.OCSP,
+		CRLDistributionPoints: o.CRLDistributionPoints,
+		DNSNames:              o.DNS,
+		IPAddresses:           o.IPs,
+		EmailAddresses:        o.Emails,
 	}
 	if o.EKU != nil {
 		tmpl.ExtKeyUsage = o.EKU
