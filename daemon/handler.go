@@ -63,7 +63,7 @@ func audienceHandler(cfg *Config, m *handlerMetrics, log *slog.Logger) (http.Han
 	upstreamConns := cfg.upstreamConns()
 	for i, a := range cfg.Audiences {
 		if a.tcp() {
-			continue // its conns never reach the HTTP server: dispatch splices them
+			continue // its conns never reach the HTTP server: httpListener splices them
 		}
 		field := fmt.Sprintf("audiences[%d]", i)
 		h := echo

@@ -51,19 +51,22 @@ type Node struct {
 	// fileReloads counts the certificate files applied after a change on disk.
 	fileReloads *prometheus.CounterVec
 
-	data       *listener.Listener
-	httpLn     *chanListener                        // the data listener's conns of HTTP audiences
-	dispatched chan struct{}                        // closed when dispatch has returned (nil before Run)
-	tcp        atomic.Pointer[map[string]*tcpProxy] // TCP audiences' splices, by name
-	tcpErrors  *prometheus.CounterVec
-	splices    sync.Map                        // *listener.ConnInfo → func() ending that splice: see tcpProxy
-	crlClosed  atomic.Pointer[map[string]bool] // audiences with crl_unavailable: closed
-	admin      *listener.Listener              // nil without admin.listen
-	servers    []*http.Server
-	listeners  []net.Listener
-	handler    atomic.Pointer[http.Handler]
-	modes      atomic.Pointer[map[string]ocsp.Mode] // audiences that use OCSP
-	id         string
+	data *listener.Listener
+	// spliceWG counts the TCP splices; once splicesDone is set (under spliceMu), no new one
+	// starts and Shutdown waits for the rest.
+	spliceMu    sync.Mutex
+	splicesDone bool
+	spliceWG    sync.WaitGroup
+	tcp         atomic.Pointer[map[string]*tcpProxy] // TCP audiences' splices, by name
+	tcpErrors   *prometheus.CounterVec
+	splices     sync.Map                        // *listener.ConnInfo → func() ending that splice: see tcpProxy
+	crlClosed   atomic.Pointer[map[string]bool] // audiences with crl_unavailable: closed
+	admin       *listener.Listener              // nil without admin.listen
+	servers     []*http.Server
+	listeners   []net.Listener
+	handler     atomic.Pointer[http.Handler]
+	modes       atomic.Pointer[map[string]ocsp.Mode] // audiences that use OCSP
+	id          string
 
 	reloadMu sync.Mutex
 	cfg      *Config // the configuration in force; replaced by Reload under reloadMu
@@ -218,9 +221,8 @@ func (n *Node) listenData() error {
 		return err
 	}
 	n.setTCP(cfg)
-	n.httpLn = newChanListener(n.data.Addr())
 	swappable := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*n.handler.Load()).ServeHTTP(w, r) })
-	n.serve(n.httpLn, &http.Server{Handler: n.data.Progress(swappable), ConnContext: n.data.ConnContext, ConnState: n.data.ConnState,
+	n.serve(httpListener{n.data, n}, &http.Server{Handler: n.data.Progress(swappable), ConnContext: n.data.ConnContext, ConnState: n.data.ConnState,
 		ReadHeaderTimeout: 30 * time.Second, ErrorLog: slog.NewLogLogger(ratelog.Shared(n.log.Handler(), 10, time.Second), slog.LevelWarn)})
 	return nil
 }
@@ -381,16 +383,10 @@ func (n *Node) Run(ctx context.Context) error {
 // start starts the servers, once.
 func (n *Node) start() {
 	n.runOnce.Do(func() {
-		n.errc = make(chan error, len(n.servers)+1)
+		n.errc = make(chan error, len(n.servers))
 		for i, s := range n.servers {
 			go func() { n.errc <- s.Serve(n.listeners[i]) }()
 		}
-		n.dispatched = make(chan struct{})
-		go func() {
-			if err := n.dispatch(); !errors.Is(err, net.ErrClosed) {
-				n.errc <- err
-			}
-		}()
 	})
 }
 
@@ -423,14 +419,10 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		for _, s := range n.servers {
 			s.Close()
 		}
-		if n.dispatched != nil {
-			<-n.dispatched // no splice starts after this
-		}
-		if m := n.tcp.Load(); m != nil {
-			for _, p := range *m {
-				p.active.Wait() // their conns were closed with the listener's
-			}
-		}
+		n.spliceMu.Lock()
+		n.splicesDone = true // no splice starts after this
+		n.spliceMu.Unlock()
+		n.spliceWG.Wait() // their conns were closed with the listener's
 		if n.bgCancel != nil {
 			n.bgCancel()
 		}

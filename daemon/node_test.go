@@ -47,6 +47,25 @@ func testConfig(dir, admin string) *Config {
 	}
 }
 
+// runNode starts a Node on cfg and runs it until the test ends.
+func runNode(t *testing.T, cfg *Config, opts Options) *Node {
+	t.Helper()
+	n, err := New(context.Background(), cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	})
+	return n
+}
+
 // goroutines waits until the process runs at most n goroutines, and returns how many it runs.
 func goroutines(n int) int {
 	deadline := time.Now().Add(10 * time.Second)

@@ -37,7 +37,6 @@ type tcpProxy struct {
 	// would not notice the client conn closing.
 	splices *sync.Map
 	log     *slog.Logger
-	active  sync.WaitGroup
 }
 
 // newTCPProxy is the proxy of a TCP audience a.
@@ -58,7 +57,6 @@ func newTCPProxy(a AudienceConfig, maxConns int, errs *prometheus.CounterVec, lo
 // serve splices c to the upstream until both sides are done, either side fails, the conn
 // is idle for the audience's idle_timeout, or guardian evicts it.
 func (p *tcpProxy) serve(c net.Conn) {
-	defer p.active.Done() // Add is dispatch's, before it starts serve
 	defer c.Close()
 	if p.slots != nil {
 		select {
@@ -107,26 +105,23 @@ func (p *tcpProxy) serve(c net.Conn) {
 		})
 		defer p.splices.Delete(info)
 	}
-	stop := make(chan struct{})
-	defer close(stop)
 	if p.idle > 0 {
-		go func() {
-			t := time.NewTimer(p.idle)
-			defer t.Stop()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-t.C:
-					idle := time.Since(time.Unix(0, last.Load()))
-					if idle >= p.idle {
-						closeBoth()
-						return
-					}
-					t.Reset(p.idle - idle)
-				}
+		// One runtime timer, re-armed for what is left of the idle time when it fires: no
+		// goroutine, and no timer reset per read. mu makes t visible to its own callback.
+		var mu sync.Mutex
+		var t *time.Timer
+		mu.Lock()
+		t = time.AfterFunc(p.idle, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if idle := time.Since(time.Unix(0, last.Load())); idle < p.idle {
+				t.Reset(p.idle - idle)
+				return
 			}
-		}()
+			closeBoth()
+		})
+		mu.Unlock()
+		defer func() { mu.Lock(); t.Stop(); mu.Unlock() }()
 	}
 	done := make(chan struct{})
 	go func() {
@@ -171,63 +166,36 @@ func (p *tcpProxy) fail(kind string, c net.Conn, err error) {
 	p.log.Warn("TCP upstream unavailable; client conn closed", "audience", p.audience, "kind", kind, "remote", c.RemoteAddr().String(), "err", err)
 }
 
-// dispatch takes the data listener's conns and hands each to its audience's server: the
-// HTTP server through httpLn, or a TCP audience's splice.
-func (n *Node) dispatch() error {
-	defer close(n.dispatched)
+// httpListener is the data listener as the HTTP server sees it: Accept hands each TCP
+// audience's conn to its splice, on a goroutine of its own, and returns the others — no
+// extra goroutine or channel between the handshake and the HTTP server.
+type httpListener struct {
+	*listener.Listener
+	n *Node
+}
+
+func (l httpListener) Accept() (net.Conn, error) {
 	for {
-		c, err := n.data.Accept()
+		c, err := l.Listener.Accept()
 		if err != nil {
-			n.httpLn.Close()
-			return err
+			return nil, err
 		}
 		info, _ := listener.FromConn(c)
-		if p := (*n.tcp.Load())[info.Audience()]; p != nil {
-			p.active.Add(1)
-			go p.serve(c)
+		p := (*l.n.tcp.Load())[info.Audience()]
+		if p == nil {
+			return c, nil
+		}
+		l.n.spliceMu.Lock()
+		if l.n.splicesDone {
+			l.n.spliceMu.Unlock()
+			c.Close()
 			continue
 		}
-		n.httpLn.deliver(c)
+		l.n.spliceWG.Add(1)
+		l.n.spliceMu.Unlock()
+		go func() { defer l.n.spliceWG.Done(); p.serve(c) }()
 	}
 }
-
-// chanListener is a net.Listener fed by dispatch: the HTTP server's share of the data
-// listener's conns.
-type chanListener struct {
-	addr   net.Addr
-	conns  chan net.Conn
-	done   chan struct{}
-	closer sync.Once
-}
-
-func newChanListener(addr net.Addr) *chanListener {
-	return &chanListener{addr: addr, conns: make(chan net.Conn), done: make(chan struct{})}
-}
-
-func (l *chanListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.done:
-		return nil, net.ErrClosed
-	}
-}
-
-// deliver hands c to Accept, or closes it once the listener is closed.
-func (l *chanListener) deliver(c net.Conn) {
-	select {
-	case l.conns <- c:
-	case <-l.done:
-		c.Close()
-	}
-}
-
-func (l *chanListener) Close() error {
-	l.closer.Do(func() { close(l.done) })
-	return nil
-}
-
-func (l *chanListener) Addr() net.Addr { return l.addr }
 
 // TLV types of the PROXY v2 header guardian sends to a TCP upstream beside the spec's
 // (PP2_TYPE_ALPN, PP2_TYPE_AUTHORITY for the SNI, PP2_TYPE_SSL with the version, cipher and

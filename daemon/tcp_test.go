@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,14 +34,7 @@ func tcpNode(t *testing.T, upstream string, idle time.Duration) (n *Node, reg *p
 	cfg.Audiences[0].Upstream = "tcp://" + upstream
 	cfg.Audiences[0].IdleTimeout = Duration(idle)
 	reg = prometheus.NewRegistry()
-	n, err := New(context.Background(), cfg, Options{Metrics: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	n = runNode(t, cfg, Options{Metrics: reg})
 	dial = func() *tls.Conn {
 		t.Helper()
 		c, err := tls.Dial("tcp", n.Addr().String(), &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost", Certificates: []tls.Certificate{client.TLS()}})
@@ -175,14 +169,7 @@ func TestTCPUpstreamProxyHeader(t *testing.T) {
 	dir, ca, client := testPKI(t)
 	cfg := testConfig(dir, "")
 	cfg.Audiences[0].Upstream, cfg.Audiences[0].ProxyProtocolUpstream = "tcp://"+up, "v2"
-	n, err := New(context.Background(), cfg, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	n := runNode(t, cfg, Options{})
 	c, err := tls.Dial("tcp", n.Addr().String(), &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost", Certificates: []tls.Certificate{client.TLS()}})
 	if err != nil {
 		t.Fatal(err)
@@ -241,14 +228,7 @@ func TestRFC9440Headers(t *testing.T) {
 	leaf := inter.MustIssue(t, pkitest.Opts{CommonName: "meter"})
 	cfg := testConfig(dir, "")
 	cfg.Audiences[0].Upstream, cfg.Audiences[0].ClientCertHeader = up.URL, "rfc9440"
-	n, err := New(context.Background(), cfg, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	n := runNode(t, cfg, Options{})
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{leaf.TLS()}},
 		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, network, n.Addr().String())
@@ -285,14 +265,7 @@ func TestTCPMaxConnLifetime(t *testing.T) {
 	cfg := testConfig(dir, "")
 	cfg.Audiences[0].Upstream, cfg.Audiences[0].MaxConnLifetime = "tcp://"+up, Duration(300*time.Millisecond)
 	reg := prometheus.NewRegistry()
-	n, err := New(context.Background(), cfg, Options{Metrics: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	n := runNode(t, cfg, Options{Metrics: reg})
 	c, err := tls.Dial("tcp", n.Addr().String(), &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost", Certificates: []tls.Certificate{client.TLS()}})
 	if err != nil {
 		t.Fatal(err)
@@ -346,9 +319,15 @@ func TestTCPEvictionAfterHalfClose(t *testing.T) {
 
 // An upstream that resets its conn mid-splice closes the client's conn, and nothing else.
 func TestTCPUpstreamReset(t *testing.T) {
+	var first atomic.Bool
 	up := upstream(t, func(c net.Conn) {
-		c.Read(make([]byte, 1))
-		c.(*net.TCPConn).SetLinger(0) // RST
+		b := make([]byte, 1)
+		c.Read(b)
+		if first.CompareAndSwap(false, true) {
+			c.(*net.TCPConn).SetLinger(0) // RST
+			return
+		}
+		c.Write(b) // the others are echoed
 	})
 	_, _, dial, _ := tcpNode(t, up, time.Minute)
 	c := dial()
@@ -359,4 +338,9 @@ func TestTCPUpstreamReset(t *testing.T) {
 	}
 	other := dial() // the node serves on
 	io.WriteString(other, "y")
+	other.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(other, b); err != nil || b[0] != 'y' {
+		t.Fatalf("another client after the reset: %q, %v; want its echo", b, err)
+	}
 }

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"math/big"
@@ -83,14 +82,7 @@ func TestCertificateFilesAreWatched(t *testing.T) {
 	a := &cfg.Audiences[0]
 	a.Cert, a.Key, a.ClientCA = filepath.Join(k8s, "tls.crt"), filepath.Join(k8s, "tls.key"), []string{filepath.Join(k8s, "ca.crt")}
 	reg := prometheus.NewRegistry()
-	n, err := New(context.Background(), cfg, Options{Metrics: reg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- n.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	n := runNode(t, cfg, Options{Metrics: reg})
 	addr := n.Addr().String()
 	dial := func(l *pkitest.Leaf, roots *x509.CertPool) *tls.Conn {
 		c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, ServerName: "localhost", Certificates: []tls.Certificate{l.TLS()}})
